@@ -1,0 +1,124 @@
+"""The ``marquee`` command. Each verb parses its options and calls one library function."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+import marquee  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
+from marquee.data.contract import ContractError
+
+
+def _echo(line: str) -> None:
+    click.echo(line, err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(marquee.__version__, prog_name="marquee")
+def main() -> None:
+    """marquee: retrieval -> ranking -> re-ranking for a video-streaming service, on TFX."""
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@main.group()
+def data() -> None:
+    """Create, import and validate datasets (the data contract, docs/data.md)."""
+
+
+@data.command("synth")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Dataset folder to write.")
+@click.option("--users", default=3000, show_default=True, type=click.IntRange(min=1))
+@click.option("--items", default=2000, show_default=True, type=click.IntRange(min=1))
+@click.option("--days", default=60, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True, type=int)
+def data_synth(out_dir: str, users: int, items: int, days: int, seed: int) -> None:
+    """Simulate a streaming service (users, catalogue, logged impressions and watches)."""
+    from marquee.data.simulate import SimConfig, simulate
+
+    summary = simulate(out_dir, SimConfig(users=users, items=items, days=days, seed=seed),
+                       progress=_echo)
+    click.echo(str(summary))
+
+
+@data.command("validate")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--max-bad-share", default=0.01, show_default=True,
+              type=click.FloatRange(0.0, 1.0),
+              help="Largest share of rejected rows per table before the command fails.")
+@click.option("--rejects", type=click.Path(dir_okay=False),
+              help="Where to write rejected rows [default: DATA_DIR/_rejects.csv].")
+def data_validate(data_dir: str, max_bad_share: float, rejects: str | None) -> None:
+    """Check a dataset folder against the contract; bad rows go to a rejects file."""
+    from marquee.data.validate import validate_dataset
+
+    try:
+        report = validate_dataset(data_dir, max_bad_share, rejects, progress=_echo)
+    except ContractError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(report.summary())
+    if not report.ok:
+        sys.exit(1)
+
+
+@data.command("import-movielens")
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+def data_import_movielens(src: str, out_dir: str) -> None:
+    """Convert MovieLens (100K, 1M, latest, 20M, 25M) into the data contract."""
+    from marquee.data.movielens import import_movielens
+
+    try:
+        summary = import_movielens(src, out_dir, progress=_echo)
+    except ContractError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(str(summary))
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+@main.group()
+def pipeline() -> None:
+    """Build and run the TFX pipeline."""
+
+
+@pipeline.command("run")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Dataset folder in the data contract.")
+@click.option("--root", "root", required=True, type=click.Path(file_okay=False),
+              help="Run folder: artifacts, SQLite metadata, serving models, summary.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="YAML config (see marquee/config.py for every setting).")
+def pipeline_run(data_dir: str, root: str, config_file: str | None) -> None:
+    """Run the pipeline locally (LocalDagRunner, Beam DirectRunner)."""
+    from marquee.config import ConfigError, load_config
+    from pipeline.local_runner import run_local
+
+    try:
+        config = load_config(config_file)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from e
+    summary = run_local(Path(data_dir), Path(root), config, progress=_echo)
+    click.echo(summary)
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+@main.command("demo")
+@click.option("--workdir", default="build/demo", show_default=True,
+              type=click.Path(file_okay=False), help="Where the demo writes data and runs.")
+def demo(workdir: str) -> None:
+    """Run everything end to end on simulated data and print a homepage."""
+    from marquee.demo import run_demo
+
+    run_demo(Path(workdir), progress=_echo)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Typed configuration: one YAML file, loaded into frozen dataclasses.
+
+Every knob the pipeline and serving read lives here with its default. A config file only lists
+what it changes::
+
+    retrieval:
+      epochs: 5
+      embedding_dim: 64
+    index:
+      min_recall_at_100: 0.95
+
+An unknown section or key is an error that names the valid ones (a typo never silently falls back
+to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    # Largest share of rejected rows per table before a run stops.
+    max_bad_share: float = 0.01
+    # Interactions in the last `eval_fraction` of the time span go to eval; the rest to train.
+    eval_fraction: float = 0.1
+    # Fixed cutoff (UTC seconds) instead of `eval_fraction`; eval is timestamp >= cutoff.
+    eval_cutoff: int | None = None
+    # Items in a user's history feature (the last N watches before the event).
+    history_length: int = 20
+    # A watch counts as a retrieval positive from this many seconds on.
+    min_watch_seconds: float = 120.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalConfig:
+    embedding_dim: int = 64
+    # Width of the hidden layer in each tower (0 = no hidden layer).
+    hidden_dim: int = 128
+    epochs: int = 8
+    batch_size: int = 1024
+    learning_rate: float = 0.05
+    # Softmax temperature for the in-batch loss.
+    temperature: float = 0.1
+    # Subtract log(sampling probability) from in-batch logits (log-Q correction).
+    logq_correction: bool = True
+    remove_accidental_hits: bool = True
+    # Stop when the eval loss has not improved for this many epochs.
+    early_stopping_patience: int = 2
+    # Rows of the vocabulary-free hash buckets for out-of-vocabulary ids.
+    oov_buckets: int = 10
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexConfig:
+    # Neighbours retrieved per query and used for the recall check.
+    num_neighbors: int = 100
+    # The index is blessed only when recall@num_neighbors vs brute force reaches this...
+    min_recall: float = 0.95
+    # ...and the median single-query search latency stays under this.
+    max_latency_ms: float = 20.0
+    # Held-out queries used to measure recall and latency.
+    eval_queries: int = 500
+    # Items per leaf the tree aims for (leaves scale with catalogue size).
+    items_per_leaf: int = 100
+    # Share of leaves searched per query.
+    leaves_to_search_share: float = 0.2
+    # Candidates re-scored exactly after asymmetric hashing.
+    reorder: int = 400
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamConfig:
+    # DirectRunner, DataflowRunner, FlinkRunner or PortableRunner.
+    runner: str = "DirectRunner"
+    # DirectRunner workers; 0 means one per core.
+    direct_num_workers: int = 0
+    # in_memory, multi_threading or multi_processing.
+    direct_running_mode: str = "multi_processing"
+    # Extra pipeline options passed through to Beam, e.g. ["--project=p", "--region=r"].
+    extra_args: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    data: DataConfig = DataConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    index: IndexConfig = IndexConfig()
+    beam: BeamConfig = BeamConfig()
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        return from_dict(json.loads(text))
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(where: str, value, hint):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(where, v, args[0]) for v in value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not (
+        isinstance(value, hint) and not (hint is int and isinstance(value, bool))
+    ):
+        raise ConfigError(
+            f"{where}: expected {hint.__name__}, got {value!r} ({type(value).__name__})"
+        )
+    return value
+
+
+def _build(cls, raw: dict, where: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(raw) - fields
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown setting(s) {', '.join(sorted(unknown))}; "
+            f"valid ones are {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{where}.{name}" if where else name)
+        else:
+            kwargs[name] = _coerce(f"{where}.{name}" if where else name, value, hint)
+    return cls(**kwargs)
+
+
+def from_dict(raw: dict | None) -> Config:
+    return _build(Config, raw or {}, "")
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Loads a YAML config file; ``None`` gives the defaults."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    try:
+        return from_dict(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
