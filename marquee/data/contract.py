@@ -173,8 +173,8 @@ def open_parquet(path: Path) -> pq.ParquetFile:
         return pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a damaged or non-Parquet file
         raise ContractError(
-            f"{path}: not a readable Parquet file ({e}). Rewrite it with pandas.DataFrame.to_parquet "
-            "or pyarrow.parquet.write_table."
+            f"{path}: not a readable Parquet file ({e}). Rewrite it with "
+            "pandas.DataFrame.to_parquet or pyarrow.parquet.write_table."
         ) from e
 
 

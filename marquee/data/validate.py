@@ -304,7 +304,7 @@ def _scan(
                 try:
                     typed, reasons = check_frame(table, frame, known)
                 except c.ContractError as e:
-                    raise type(e)(f"{path}: {e}") from None
+                    raise c.ContractError(f"{path}: {e}") from None
                 bad = reasons != ""
                 for i in np.flatnonzero(bad):
                     rejects.writerow([table, str(path), offset + int(i), reasons[i]])
