@@ -7,6 +7,7 @@ the test suite, the TFX module files) imports ``marquee`` before TensorFlow.
 """
 
 import os
+import warnings
 
 if os.environ.get("TF_USE_LEGACY_KERAS", "1") != "1":
     raise RuntimeError(
@@ -16,5 +17,8 @@ if os.environ.get("TF_USE_LEGACY_KERAS", "1") != "1":
     )
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# google-api-core warns on every import under Python 3.10, which TFX 1.16 requires.
+warnings.filterwarnings("ignore", message="You are using a non-supported Python version")
 
 __version__ = "0.1.0"

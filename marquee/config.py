@@ -45,7 +45,8 @@ class RetrievalConfig:
     hidden_dim: int = 128
     epochs: int = 8
     batch_size: int = 1024
-    learning_rate: float = 0.05
+    # Adam learning rate.
+    learning_rate: float = 0.01
     # Softmax temperature for the in-batch loss.
     temperature: float = 0.1
     # Subtract log(sampling probability) from in-batch logits (log-Q correction).

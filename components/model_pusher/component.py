@@ -1,0 +1,56 @@
+"""ModelPusher: pushes towers + index into the versioned serving layout, only when blessed."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from tfx import types
+from tfx.dsl.components.base import base_component, base_executor, executor_spec
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
+from tfx.utils import path_utils
+
+from components.model_pusher import push_lib
+from components.scann_indexer.component import ScannIndex
+from components.scann_indexer.executor import BLESSED
+from trainer.retrieval import METADATA_FILE
+
+
+class Executor(base_executor.BaseExecutor):
+    def Do(self, input_dict, output_dict, exec_properties):
+        model = artifact_utils.get_single_instance(input_dict["model"])
+        index = artifact_utils.get_single_instance(input_dict["index"])
+        pushed = artifact_utils.get_single_instance(output_dict["pushed_model"])
+        serving_dir = path_utils.serving_model_path(model.uri)
+        with open(os.path.join(serving_dir, METADATA_FILE)) as fh:
+            run = json.load(fh)["training_run"]
+        result = push_lib.push(serving_dir, index.uri,
+                               bool(index.get_int_custom_property(BLESSED)),
+                               exec_properties["serving_dir"], run)
+        pushed.set_int_custom_property("pushed", int(result.pushed))
+        if result.version is not None:
+            pushed.set_int_custom_property("pushed_version", result.version)
+        os.makedirs(pushed.uri, exist_ok=True)
+        with open(os.path.join(pushed.uri, "push.json"), "w") as fh:
+            json.dump({**vars(result), "training_run": run}, fh, indent=2)
+        print(f"ModelPusher: {result.reason}")
+
+
+class ModelPusherSpec(ComponentSpec):
+    PARAMETERS = {"serving_dir": ExecutionParameter(type=str)}
+    INPUTS = {
+        "model": ChannelParameter(type=standard_artifacts.Model),
+        "index": ChannelParameter(type=ScannIndex),
+    }
+    OUTPUTS = {"pushed_model": ChannelParameter(type=standard_artifacts.PushedModel)}
+
+
+class ModelPusher(base_component.BaseComponent):
+    SPEC_CLASS = ModelPusherSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
+
+    def __init__(self, model, index, serving_dir: str):
+        super().__init__(spec=ModelPusherSpec(
+            model=model, index=index, serving_dir=str(serving_dir),
+            pushed_model=types.Channel(type=standard_artifacts.PushedModel)))

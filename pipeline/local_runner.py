@@ -1,0 +1,115 @@
+"""Local runner: the pipeline factory on TFX's LocalDagRunner and Beam's DirectRunner.
+
+RUN_DIR layout::
+
+    RUN_DIR/tfx/            pipeline root (every component's artifacts)
+    RUN_DIR/metadata.sqlite ML Metadata
+    RUN_DIR/serving/        pushed models (TF Serving layout, see components/model_pusher)
+    RUN_DIR/summary.md      what ran, row counts, metrics, where the outputs are
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import marquee  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from pipeline.pipeline import beam_args, create_pipeline
+from marquee.config import Config
+
+PIPELINE_NAME = "marquee"
+
+
+def run_dirs(root: Path) -> dict[str, Path]:
+    return {"pipeline_root": root / "tfx", "metadata": root / "metadata.sqlite",
+            "serving": root / "serving", "summary": root / "summary.md"}
+
+
+def run_local(data_dir: Path, root: Path, config: Config,
+              progress: Callable[[str], None] | None = None) -> str:
+    """Runs the whole pipeline; returns the run summary (also written to RUN_DIR/summary.md)."""
+    from tfx import v1 as tfx
+
+    say = progress or (lambda _: None)
+    root = root.resolve()
+    dirs = run_dirs(root)
+    root.mkdir(parents=True, exist_ok=True)
+    p = create_pipeline(
+        PIPELINE_NAME, str(dirs["pipeline_root"]), str(Path(data_dir).resolve()),
+        str(dirs["serving"]), config,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            str(dirs["metadata"])),
+        beam_pipeline_args=beam_args(config.beam, os.cpu_count() or 1),
+    )
+    say(f"running the pipeline on {data_dir} into {root} (LocalDagRunner, Beam "
+        f"{config.beam.runner})")
+    started = time.time()
+    tfx.orchestration.LocalDagRunner().run(p)
+    summary = summarize(root, data_dir, time.time() - started)
+    dirs["summary"].write_text(summary)
+    return summary
+
+
+def _latest(pipeline_root: Path, component: str, output: str) -> Path | None:
+    d = pipeline_root / component / output
+    if not d.is_dir():
+        return None
+    runs = sorted((p for p in d.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    return runs[-1] if runs else None
+
+
+def component_seconds(metadata_path: Path, since: float = 0.0) -> dict[str, float]:
+    """Wall seconds per component from ML Metadata (executions that started after ``since``)."""
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    cfg = metadata_store_pb2.ConnectionConfig()
+    cfg.sqlite.filename_uri = str(metadata_path)
+    store = metadata_store.MetadataStore(cfg)
+    types = {t.id: t.name for t in store.get_execution_types()}
+    out: dict[str, float] = {}
+    for e in store.get_executions():
+        if e.create_time_since_epoch / 1000 < since:
+            continue
+        name = types.get(e.type_id, str(e.type_id)).rsplit(".", 1)[-1]
+        out[name] = (e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000
+    return out
+
+
+def summarize(root: Path, data_dir: Path, seconds: float) -> str:
+    dirs = run_dirs(root)
+    pr = dirs["pipeline_root"]
+    lines = [f"# marquee pipeline run", "", f"- data: {Path(data_dir).resolve()}",
+             f"- run folder: {root}", f"- wall time: {seconds:.0f} s", ""]
+    ex = _latest(pr, "ContractExampleGen", "examples")
+    if ex and (ex / "counts.json").is_file():
+        info = json.loads((ex / "counts.json").read_text())
+        cutoff = time.strftime("%Y-%m-%d %H:%M", time.gmtime(info["eval_cutoff"]))
+        lines += ["## Examples", "",
+                  *(f"- {k}: {v:,}" for k, v in info["counts"].items()),
+                  f"- time split: eval from {cutoff} UTC",
+                  f"- rejected rows: {info['rejected']} (details: {info['rejects']})", ""]
+    model = _latest(pr, "Trainer", "model")
+    meta_file = model / "Format-Serving" / "metadata.json" if model else None
+    if meta_file and meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        lines += ["## Retrieval model", "", f"- training run: {meta['training_run']}",
+                  *(f"- {k}: {v}" for k, v in meta["metrics"].items()), ""]
+    index = _latest(pr, "ScannIndexer", "index")
+    if index and (index / "index.json").is_file():
+        ev = json.loads((index / "index.json").read_text()).get("evaluation", {})
+        lines += ["## ScaNN index", "", *(f"- {k}: {v}" for k, v in ev.items()), ""]
+    pushed = _latest(pr, "ModelPusher", "pushed_model")
+    if pushed and (pushed / "push.json").is_file():
+        push = json.loads((pushed / "push.json").read_text())
+        lines += ["## Push", "", f"- {push['reason']}",
+                  *(f"- {k}: {v}" for k, v in push.get("paths", {}).items()), ""]
+    try:
+        secs = component_seconds(dirs["metadata"], time.time() - seconds - 5)
+        lines += ["## Seconds per component", "", *(f"- {k}: {v:.1f}" for k, v in secs.items())]
+    except Exception as e:  # the summary is best effort; say why the timing is missing
+        lines += [f"(component timings unavailable: {e})"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,79 @@
+"""The one pipeline factory. Runners (local, Kubeflow) only choose roots, metadata and Beam args.
+
+    ContractExampleGen -> StatisticsGen -> ExampleValidator (curated schema) -> AnomalyGate
+                       -> Transform -> Trainer (two-tower) -> ScannIndexer -> ModelPusher
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import marquee  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from tfx import v1 as tfx
+from tfx.proto import transform_pb2
+
+from components.anomaly_gate.component import AnomalyGate
+from components.contract_example_gen.component import ContractExampleGen
+from components.contract_example_gen.example_lib import CATALOGUE, EVAL, TRAIN
+from components.model_pusher.component import ModelPusher
+from components.scann_indexer.component import ScannIndexer
+from marquee.config import BeamConfig, Config
+
+SCHEMA_FILE = str(Path(__file__).resolve().parent / "schema" / "schema.pbtxt")
+PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
+RETRIEVAL_RUN_FN = "trainer.retrieval.run_fn"
+
+
+def beam_args(beam: BeamConfig, cores: int) -> list[str]:
+    """Beam pipeline options from config; the DirectRunner gets one worker per core by default."""
+    args = [f"--runner={beam.runner}"]
+    if beam.runner == "DirectRunner":
+        workers = beam.direct_num_workers or cores
+        args += [f"--direct_running_mode={beam.direct_running_mode}",
+                 f"--direct_num_workers={workers}"]
+    return args + list(beam.extra_args)
+
+
+def create_pipeline(
+    pipeline_name: str,
+    pipeline_root: str,
+    data_dir: str,
+    serving_dir: str,
+    config: Config,
+    metadata_connection_config=None,
+    beam_pipeline_args: list[str] | None = None,
+) -> tfx.dsl.Pipeline:
+    example_gen = ContractExampleGen(data_dir=data_dir, config=config)
+    examples = example_gen.outputs["examples"]
+    statistics = tfx.components.StatisticsGen(examples=examples, exclude_splits=[CATALOGUE])
+    schema = tfx.components.ImportSchemaGen(schema_file=SCHEMA_FILE)
+    validator = tfx.components.ExampleValidator(
+        statistics=statistics.outputs["statistics"], schema=schema.outputs["schema"],
+        exclude_splits=[CATALOGUE])
+    gate = AnomalyGate(anomalies=validator.outputs["anomalies"])
+    transform = tfx.components.Transform(
+        examples=examples, schema=schema.outputs["schema"], preprocessing_fn=PREPROCESSING_FN,
+        splits_config=transform_pb2.SplitsConfig(analyze=[TRAIN],
+                                                 transform=[TRAIN, EVAL, CATALOGUE]))
+    transform.add_upstream_node(gate)
+    trainer = tfx.components.Trainer(
+        run_fn=RETRIEVAL_RUN_FN,
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(splits=[TRAIN]),
+        eval_args=tfx.proto.EvalArgs(splits=[EVAL]),
+        custom_config={"config": config.to_json()},
+    )
+    indexer = ScannIndexer(model=trainer.outputs["model"], examples=examples, config=config)
+    pusher = ModelPusher(model=trainer.outputs["model"], index=indexer.outputs["index"],
+                         serving_dir=serving_dir)
+    return tfx.dsl.Pipeline(
+        pipeline_name=pipeline_name,
+        pipeline_root=pipeline_root,
+        components=[example_gen, statistics, schema, validator, gate, transform, trainer,
+                    indexer, pusher],
+        enable_cache=False,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=beam_pipeline_args or [],
+    )

@@ -1,0 +1,85 @@
+"""TFX Transform module: raw retrieval features -> model inputs.
+
+The analysers run on the train split only; the resulting graph is embedded in every exported
+tower, so serving feeds raw features and cannot skew from training.
+
+Outputs (``features.transformed_name`` of each key), shapes for a batch of B examples:
+- ids (user, item, history): vocabulary indices with ``oov_buckets`` out-of-vocabulary buckets,
+  so an unseen id maps to a bucket instead of failing. Item id and history share one vocabulary.
+  user/item: int64 [B, 1]; history: SparseTensor int64 [B, None].
+- categorical strings (country, tier, age bucket, device, director): vocabulary index [B, 1],
+  one OOV bucket. Genres, cast, keywords, title tokens: SparseTensor [B, None].
+- hour [B, 1] (24 buckets) and day of week [B, 1] (7 buckets) pass through as bucket ids.
+- release year and log duration: z-scored over known values; missing (0) becomes the mean (0.0
+  after scaling) plus a ``_missing`` flag, float32 [B, 1].
+"""
+
+from __future__ import annotations
+
+import marquee  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from trainer import features as f
+
+# Out-of-vocabulary buckets for ids (an unseen user or item lands in one of these).
+ID_OOV_BUCKETS = 10
+TITLE_VOCAB_SIZE = 20_000
+
+
+def _as_string(x):
+    if isinstance(x, tf.SparseTensor):
+        return tf.SparseTensor(x.indices, tf.strings.as_string(x.values), x.dense_shape)
+    return tf.strings.as_string(x)
+
+
+def _known_scaled(x: tf.Tensor, log: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+    """Z-scores the known (> 0) values; missing values become 0.0 with a flag of 1.0."""
+    x = tf.cast(x, tf.float32)
+    known = x > 0
+    v = tf.math.log1p(tf.maximum(x, 0.0)) if log else x
+    kv = tf.boolean_mask(v, known)
+    mean = tft.mean(kv)
+    std = tf.sqrt(tft.var(kv)) + 1e-6
+    scaled = tf.where(known, (v - mean) / std, tf.zeros_like(v))
+    return scaled, 1.0 - tf.cast(known, tf.float32)
+
+
+def title_tokens(title: tf.Tensor) -> tf.SparseTensor:
+    """Lower-cased alphanumeric word tokens of a [B, 1] string title -> SparseTensor [B, None]."""
+    text = tf.strings.lower(tf.reshape(title, [-1]))
+    text = tf.strings.regex_replace(text, r"[^a-z0-9]+", " ")
+    return tf.strings.split(text).to_sparse()
+
+
+def preprocessing_fn(inputs: dict) -> dict:
+    out = {}
+    xf = f.transformed_name
+
+    out[xf(f.USER_ID)] = tft.compute_and_apply_vocabulary(
+        _as_string(inputs[f.USER_ID]), num_oov_buckets=ID_OOV_BUCKETS,
+        vocab_filename=f.USER_VOCAB)
+    item_vocab = tft.vocabulary(_as_string(inputs[f.ITEM_ID]), vocab_filename=f.ITEM_VOCAB)
+    out[xf(f.ITEM_ID)] = tft.apply_vocabulary(
+        _as_string(inputs[f.ITEM_ID]), item_vocab, num_oov_buckets=ID_OOV_BUCKETS)
+    out[xf(f.HISTORY)] = tft.apply_vocabulary(
+        _as_string(inputs[f.HISTORY]), item_vocab, num_oov_buckets=ID_OOV_BUCKETS)
+
+    for key in f.QUERY_STRING + (f.DIRECTOR,) + f.CANDIDATE_STRING_LIST:
+        out[xf(key)] = tft.compute_and_apply_vocabulary(
+            inputs[key], num_oov_buckets=1, vocab_filename=f.vocab_name(key))
+    out[xf(f.TITLE_TOKENS)] = tft.compute_and_apply_vocabulary(
+        title_tokens(inputs[f.TITLE]), top_k=TITLE_VOCAB_SIZE, num_oov_buckets=1,
+        vocab_filename=f.vocab_name(f.TITLE_TOKENS))
+
+    out[xf(f.HOUR)] = tf.clip_by_value(inputs[f.HOUR], 0, 23)
+    out[xf(f.DAY_OF_WEEK)] = tf.clip_by_value(inputs[f.DAY_OF_WEEK], 0, 6)
+
+    for key, log in ((f.RELEASE_YEAR, False), (f.DURATION_SECONDS, True)):
+        scaled, missing = _known_scaled(inputs[key], log=log)
+        out[xf(key)] = scaled
+        out[xf(key) + "_missing"] = missing
+    # Raw ids pass through for evaluation (the towers read only the _xf features).
+    out[f.ITEM_ID] = inputs[f.ITEM_ID]
+    out[f.HISTORY] = inputs[f.HISTORY]
+    return out

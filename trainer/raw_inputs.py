@@ -1,0 +1,60 @@
+"""Raw tf.Examples -> the dense, padded inputs of the towers' serving signatures.
+
+Used by the indexer (to embed the catalogue and held-out queries through the exported
+SavedModels exactly as serving does) and by tests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from trainer import features as f
+from trainer.retrieval import HISTORY_PAD, LIST_PAD
+
+_LIST_PAD = {tf.int64: HISTORY_PAD, tf.string: LIST_PAD}
+
+
+def raw_feature_spec(keys) -> dict:
+    spec = {}
+    for k in keys:
+        if k in f.QUERY_INT_LIST:
+            spec[k] = tf.io.VarLenFeature(tf.int64)
+        elif k in f.CANDIDATE_STRING_LIST:
+            spec[k] = tf.io.VarLenFeature(tf.string)
+        elif k in f.QUERY_INT + f.CANDIDATE_INT + f.META_INT:
+            spec[k] = tf.io.FixedLenFeature([], tf.int64)
+        elif k in f.META_FLOAT:
+            spec[k] = tf.io.FixedLenFeature([], tf.float32)
+        else:
+            spec[k] = tf.io.FixedLenFeature([], tf.string)
+    return spec
+
+
+def parse_examples(serialized: list[bytes], keys) -> dict[str, tf.Tensor]:
+    """Parses serialized raw examples into signature inputs: scalars [B], lists [B, L] padded."""
+    parsed = tf.io.parse_example(tf.constant(serialized), raw_feature_spec(keys))
+    out = {}
+    for k, v in parsed.items():
+        if isinstance(v, tf.SparseTensor):
+            v = tf.sparse.to_dense(v, default_value=_LIST_PAD[v.dtype])
+        out[k] = v
+    return out
+
+
+def read_examples(patterns: list[str], limit: int | None = None) -> list[bytes]:
+    files = [p for pattern in patterns for p in sorted(tf.io.gfile.glob(pattern))]
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    if limit is not None:
+        ds = ds.take(limit)
+    return [r.numpy() for r in ds]
+
+
+def embed(signature, inputs: dict[str, tf.Tensor], batch_size: int = 4096) -> np.ndarray:
+    """Runs a tower's serving signature over inputs in batches -> embeddings [N, dim]."""
+    n = int(next(iter(inputs.values())).shape[0])
+    out = []
+    for start in range(0, n, batch_size):
+        chunk = {k: v[start:start + batch_size] for k, v in inputs.items()}
+        out.append(signature(**chunk)["embedding"].numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

@@ -1,0 +1,280 @@
+"""TFX Trainer module for the two-tower retrieval model: ``run_fn`` trains, evaluates, exports.
+
+Exports, under the Trainer's serving model directory::
+
+    query_tower/       SavedModel; serving_default(raw query features) -> {"embedding": [B, dim]}
+    candidate_tower/   SavedModel; serving_default(raw item features)  -> {"embedding": [B, dim]}
+    metadata.json      training run id, config, metrics, item popularity (for the baseline)
+
+Both SavedModels carry the Transform graph, so they take raw features. List features are dense
+and padded: ``history`` int64 [B, H] padded with -1; genres / cast / keywords string [B, L] padded
+with "". Every tower also carries ``assets.extra/marquee.json`` with the training run id, which
+serving compares to the index's to refuse a mismatched pair.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import marquee  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from marquee.config import Config, RetrievalConfig
+from trainer import features as f
+from trainer.model import TwoTowerModel, VocabSizes
+from trainer.preprocessing import ID_OOV_BUCKETS
+
+xf = f.transformed_name
+HISTORY_PAD = -1
+LIST_PAD = ""
+EMBEDDING = "embedding"
+METADATA_FILE = "metadata.json"
+RECALL_K = 100
+# Eval examples used for the brute-force recall figure (keeps the Trainer fast on big data).
+MAX_EVAL_QUERIES = 20_000
+
+
+def _files(patterns: list[str]) -> list[str]:
+    out = []
+    for p in patterns:
+        out.extend(sorted(tf.io.gfile.glob(p)))
+    return out
+
+
+def dataset(patterns: list[str], spec: dict, batch_size: int, shuffle_seed: int | None = None):
+    files = _files(patterns)
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    if shuffle_seed is not None:
+        ds = ds.shuffle(50_000, seed=shuffle_seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(lambda s: tf.io.parse_example(s, spec),
+                                  num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def vocab_sizes(tft_out: tft.TFTransformOutput) -> VocabSizes:
+    def size(name: str, oov: int) -> int:
+        return tft_out.vocabulary_size_by_name(name) + oov
+
+    return VocabSizes(
+        user_id=size(f.USER_VOCAB, ID_OOV_BUCKETS),
+        item_id=size(f.ITEM_VOCAB, ID_OOV_BUCKETS),
+        title_tokens=size(f.vocab_name(f.TITLE_TOKENS), 1),
+        **{k: size(f.vocab_name(k), 1) for k in (
+            f.COUNTRY, f.SUBSCRIPTION_TIER, f.AGE_BUCKET, f.DEVICE, f.DIRECTOR,
+            f.GENRES, f.CAST, f.KEYWORDS)},
+    )
+
+
+def _scan(ds) -> tuple[np.ndarray, np.ndarray, int]:
+    """Transformed item index and raw item id of every example; one pass."""
+    idx, raw = [], []
+    for batch in ds:
+        idx.append(tf.reshape(batch[xf(f.ITEM_ID)], [-1]).numpy())
+        raw.append(tf.reshape(batch[f.ITEM_ID], [-1]).numpy())
+    if not idx:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
+    idx_a, raw_a = np.concatenate(idx), np.concatenate(raw)
+    return idx_a, raw_a, len(idx_a)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _raw_inputs(provided: dict, raw_spec: dict, batch: tf.Tensor) -> dict:
+    """Completes serving inputs into the Transform layer's raw feature dict.
+
+    Dense padded lists become SparseTensors (padding dropped); features a tower does not take
+    get neutral defaults (the Transform layer needs every raw feature; their outputs are unused).
+    """
+    out = {}
+    for key, spec in raw_spec.items():
+        if key in provided:
+            v = provided[key]
+            if isinstance(spec, tf.io.VarLenFeature):
+                pad = HISTORY_PAD if v.dtype == tf.int64 else LIST_PAD
+                where = tf.where(tf.not_equal(v, tf.constant(pad, v.dtype)))
+                out[key] = tf.SparseTensor(
+                    where, tf.gather_nd(v, where), tf.shape(v, out_type=tf.int64))
+            else:
+                out[key] = tf.reshape(v, [-1, 1])
+        elif isinstance(spec, tf.io.VarLenFeature):
+            out[key] = tf.SparseTensor(
+                tf.zeros([0, 2], tf.int64), tf.zeros([0], spec.dtype),
+                tf.stack([tf.cast(batch, tf.int64), tf.constant(0, tf.int64)]))
+        else:
+            zero = "" if spec.dtype == tf.string else 0
+            out[key] = tf.fill(tf.stack([batch, 1]), tf.constant(zero, spec.dtype))
+    return out
+
+
+def query_signature() -> dict[str, tf.TensorSpec]:
+    spec = {k: tf.TensorSpec([None], tf.int64, k) for k in f.QUERY_INT}
+    spec.update({k: tf.TensorSpec([None], tf.string, k) for k in f.QUERY_STRING})
+    spec[f.HISTORY] = tf.TensorSpec([None, None], tf.int64, f.HISTORY)
+    return spec
+
+
+def candidate_signature() -> dict[str, tf.TensorSpec]:
+    spec = {k: tf.TensorSpec([None], tf.int64, k) for k in f.CANDIDATE_INT}
+    spec.update({k: tf.TensorSpec([None], tf.string, k) for k in f.CANDIDATE_STRING})
+    spec.update({k: tf.TensorSpec([None, None], tf.string, k) for k in f.CANDIDATE_STRING_LIST})
+    return spec
+
+
+class _TowerExport(tf.Module):
+    def __init__(self, tower, tft_layer, raw_spec):
+        super().__init__()
+        self.tower = tower
+        self.tft_layer = tft_layer
+        self._raw_spec = raw_spec
+
+    def embed(self, inputs: dict) -> dict:
+        first = next(iter(inputs.values()))
+        batch = tf.shape(first)[0]
+        transformed = self.tft_layer(_raw_inputs(inputs, self._raw_spec, batch))
+        return {EMBEDDING: self.tower(transformed)}
+
+
+def export_tower(tower, tft_out, signature: dict, path: str, info: dict) -> None:
+    module = _TowerExport(tower, tft_out.transform_features_layer(), tft_out.raw_feature_spec())
+    fn = tf.function(lambda **kw: module.embed(kw), input_signature=None)
+    concrete = fn.get_concrete_function(**signature)
+    tf.saved_model.save(module, path, signatures={"serving_default": concrete})
+    extra = Path(path) / "assets.extra"
+    extra.mkdir(parents=True, exist_ok=True)
+    (extra / "marquee.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def recall_at_k(
+    query_emb: np.ndarray, positives: np.ndarray, histories: list[np.ndarray],
+    cat_emb: np.ndarray, cat_ids: np.ndarray, popularity: np.ndarray, k: int = RECALL_K,
+) -> dict[str, float]:
+    """Recall@k of the model and of popularity on single-positive eval examples.
+
+    query_emb [E, dim]; positives [E] raw item ids; histories: per example, item ids to exclude
+    (already watched); cat_emb [N, dim] and cat_ids [N] the catalogue; popularity [N] train
+    positives per catalogue item. An example is a hit when its item is in the top k.
+    """
+    row = {int(i): r for r, i in enumerate(cat_ids)}
+    k = min(k, len(cat_ids))
+    model_hits = pop_hits = 0
+    pop_order = np.argsort(-popularity, kind="stable")
+    for start in range(0, len(query_emb), 1024):
+        scores = query_emb[start:start + 1024] @ cat_emb.T
+        for j in range(scores.shape[0]):
+            e = start + j
+            exclude = [row[h] for h in histories[e] if h in row and h != positives[e]]
+            s = scores[j]
+            s[exclude] = -np.inf
+            top = np.argpartition(-s, k - 1)[:k]
+            target = row.get(int(positives[e]))
+            model_hits += int(target is not None and target in set(top.tolist()))
+            excl = set(exclude)
+            pop_top = [r for r in pop_order[: k + len(excl)] if r not in excl][:k]
+            pop_hits += int(target is not None and target in set(pop_top))
+    n = max(1, len(query_emb))
+    return {f"recall@{k}": model_hits / n, f"popularity_recall@{k}": pop_hits / n,
+            "eval_queries": len(query_emb)}
+
+
+def _embed_all(tower, ds, keys: tuple[str, ...]) -> tuple[np.ndarray, dict[str, list]]:
+    embs, extra = [], {k: [] for k in keys}
+    for batch in ds:
+        embs.append(tower(batch).numpy())
+        for k in keys:
+            v = batch[k]
+            if isinstance(v, tf.SparseTensor):
+                extra[k].extend(tf.RaggedTensor.from_sparse(v).to_list())
+            else:
+                extra[k].extend(tf.reshape(v, [-1]).numpy().tolist())
+    return (np.concatenate(embs) if embs else np.zeros((0, 1), np.float32)), extra
+
+
+# ----------------------------------------------------------------------------- run_fn
+
+
+def train_and_export(
+    train_patterns: list[str], eval_patterns: list[str], catalogue_patterns: list[str],
+    transform_dir: str, serving_dir: str, cfg: RetrievalConfig, config_json: str,
+) -> dict:
+    """Trains the two towers, measures recall@100 on eval, exports both; returns metadata."""
+    tf.keras.utils.set_random_seed(cfg.seed)
+    tft_out = tft.TFTransformOutput(transform_dir)
+    spec = tft_out.transformed_feature_spec()
+    sizes = vocab_sizes(tft_out)
+
+    idx, raw, n_train = _scan(dataset(train_patterns, spec, 4096))
+    if n_train == 0:
+        raise ValueError("the train split has no examples; check the data and data.eval_fraction")
+    counts = np.bincount(idx, minlength=sizes.item_id).astype(np.float64)
+    model = TwoTowerModel(sizes, counts / counts.sum(), cfg)
+    model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate))
+
+    train_ds = dataset(train_patterns, spec, cfg.batch_size, shuffle_seed=cfg.seed)
+    eval_ds = dataset(eval_patterns, spec, cfg.batch_size)
+    has_eval = any(True for _ in eval_ds.take(1))
+    callbacks = []
+    if has_eval:
+        callbacks.append(tf.keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=cfg.early_stopping_patience, restore_best_weights=True))
+    t0 = time.perf_counter()
+    history = model.fit(train_ds, validation_data=eval_ds if has_eval else None,
+                        epochs=cfg.epochs, callbacks=callbacks, verbose=2)
+    train_seconds = time.perf_counter() - t0
+    epochs_run = len(history.history["loss"])
+
+    cat_emb, cat = _embed_all(model.candidate_tower, dataset(catalogue_patterns, spec, 4096),
+                              (f.ITEM_ID,))
+    cat_ids = np.asarray(cat[f.ITEM_ID], np.int64)
+    pop_by_id: dict[int, int] = {}
+    for i in raw.tolist():
+        pop_by_id[i] = pop_by_id.get(i, 0) + 1
+    popularity = np.array([pop_by_id.get(int(i), 0) for i in cat_ids], np.float64)
+    metrics: dict = {"train_examples": n_train, "epochs_run": epochs_run,
+                     "train_seconds": round(train_seconds, 2),
+                     "train_examples_per_second": round(n_train * epochs_run / train_seconds, 1),
+                     "final_loss": float(history.history["loss"][-1])}
+    if has_eval:
+        q_emb, q = _embed_all(model.query_tower, dataset(eval_patterns, spec, 4096).take(
+            -(-MAX_EVAL_QUERIES // 4096)), (f.ITEM_ID, f.HISTORY))
+        q_emb = q_emb[:MAX_EVAL_QUERIES]
+        metrics["final_val_loss"] = float(min(history.history["val_loss"]))
+        metrics.update(recall_at_k(
+            q_emb, np.asarray(q[f.ITEM_ID][:len(q_emb)], np.int64),
+            [np.asarray(h, np.int64) for h in q[f.HISTORY][:len(q_emb)]],
+            cat_emb, cat_ids, popularity))
+
+    info = {"training_run": f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-"
+                            f"{uuid.uuid4().hex[:8]}",
+            "embedding_dim": cfg.embedding_dim}
+    export_tower(model.query_tower, tft_out, query_signature(),
+                 os.path.join(serving_dir, "query_tower"), info)
+    export_tower(model.candidate_tower, tft_out, candidate_signature(),
+                 os.path.join(serving_dir, "candidate_tower"), info)
+    metadata = {**info, "metrics": metrics, "config": json.loads(config_json),
+                "popularity": {str(k): v for k, v in sorted(pop_by_id.items())}}
+    Path(serving_dir, METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+    return metadata
+
+
+def _sibling_split(patterns: list[str], split: str) -> list[str]:
+    return [p.replace("Split-train", f"Split-{split}") for p in patterns]
+
+
+def run_fn(fn_args) -> None:
+    """TFX Trainer entry point."""
+    config_json = fn_args.custom_config["config"]
+    cfg = Config.from_json(config_json).retrieval
+    metadata = train_and_export(
+        fn_args.train_files, fn_args.eval_files, _sibling_split(fn_args.train_files, "catalogue"),
+        fn_args.transform_output, fn_args.serving_model_dir, cfg, config_json)
+    print(json.dumps(metadata["metrics"], indent=2))
