@@ -16,9 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import marquee  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from pipeline.pipeline import beam_args, create_pipeline
 from marquee.config import Config
+from pipeline.pipeline import beam_args, create_pipeline
 
 PIPELINE_NAME = "marquee"
 
@@ -82,7 +81,7 @@ def component_seconds(metadata_path: Path, since: float = 0.0) -> dict[str, floa
 def summarize(root: Path, data_dir: Path, seconds: float) -> str:
     dirs = run_dirs(root)
     pr = dirs["pipeline_root"]
-    lines = [f"# marquee pipeline run", "", f"- data: {Path(data_dir).resolve()}",
+    lines = ["# marquee pipeline run", "", f"- data: {Path(data_dir).resolve()}",
              f"- run folder: {root}", f"- wall time: {seconds:.0f} s", ""]
     ex = _latest(pr, "ContractExampleGen", "examples")
     if ex and (ex / "counts.json").is_file():

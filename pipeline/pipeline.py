@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import marquee  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from tfx import v1 as tfx
 from tfx.proto import transform_pb2
 

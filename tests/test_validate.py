@@ -178,3 +178,25 @@ def test_folder_of_parts_is_read_in_order(tmp_path):
         w.write(rest)
     ds = load_dataset(tmp_path)
     assert ds.interactions[c.TIMESTAMP].tolist() == x[c.TIMESTAMP]
+
+
+def test_writer_names_unknown_missing_and_null_columns(tmp_path):
+    with pytest.raises(c.ContractError, match="not in the contract"):
+        c.write_table(tmp_path, c.USERS, {**users(), "usr_id": [1, 2, 3]})
+    u = users()
+    del u[c.COUNTRY]
+    with pytest.raises(c.ContractError, match="missing required column.*country"):
+        c.write_table(tmp_path, c.USERS, u)
+    u = users()
+    u[c.SIGNUP_AT] = [T0, None, T0]
+    with pytest.raises(c.ContractError, match="users.signup_at: 1 null"):
+        c.write_table(tmp_path, c.USERS, u)
+    # a failed write leaves no half table behind
+    assert not (tmp_path / "users.parquet").exists()
+
+
+def test_table_in_both_file_and_folder_is_ambiguous(tmp_path):
+    write(tmp_path)
+    (tmp_path / "interactions").mkdir()
+    with pytest.raises(c.ContractError, match="both interactions.parquet and interactions/"):
+        validate_dataset(tmp_path)

@@ -58,6 +58,16 @@ ITEM_VOCAB = "item_id_vocab"
 USER_VOCAB = "user_id_vocab"
 
 
+def hour_of_day(ts: int) -> int:
+    """The HOUR feature of a UTC-seconds timestamp."""
+    return (int(ts) // 3600) % 24
+
+
+def day_of_week(ts: int) -> int:
+    """The DAY_OF_WEEK feature: 0 = Monday (1970-01-01 was a Thursday)."""
+    return (int(ts) // 86400 + 3) % 7
+
+
 def transformed_name(key: str) -> str:
     return f"{key}_xf"
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import marquee  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs

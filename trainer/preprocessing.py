@@ -16,7 +16,6 @@ Outputs (``features.transformed_name`` of each key), shapes for a batch of B exa
 
 from __future__ import annotations
 
-import marquee  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
 import tensorflow_transform as tft
 

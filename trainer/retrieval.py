@@ -20,7 +20,6 @@ import time
 import uuid
 from pathlib import Path
 
-import marquee  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft

@@ -127,19 +127,10 @@ def query_features(user: dict | None, timestamp: int, device: str, history: list
         f.SUBSCRIPTION_TIER: _bytes([_s(user.get(c.SUBSCRIPTION_TIER))]),
         f.AGE_BUCKET: _bytes([_s(user.get(c.AGE_BUCKET))]),
         f.DEVICE: _bytes([_s(device)]),
-        f.HOUR: _ints([hour_of_day(timestamp)]),
-        f.DAY_OF_WEEK: _ints([day_of_week(timestamp)]),
+        f.HOUR: _ints([f.hour_of_day(timestamp)]),
+        f.DAY_OF_WEEK: _ints([f.day_of_week(timestamp)]),
         f.HISTORY: _ints(history),
     }
-
-
-def hour_of_day(ts: int) -> int:
-    return (int(ts) // 3600) % 24
-
-
-def day_of_week(ts: int) -> int:
-    """0 = Monday (1970-01-01 was a Thursday)."""
-    return (int(ts) // 86400 + 3) % 7
 
 
 def catalogue_example(item: dict) -> tf.train.Example:
@@ -171,7 +162,7 @@ class UserExamples(beam.DoFn):
         )
         history: list[int] = []
         for w in watches:
-            feats = query_features(user, w[c.TIMESTAMP], w[c.DEVICE], history[: self.history_length])
+            feats = query_features(user, w[c.TIMESTAMP], w[c.DEVICE], history)
             feats.update(candidate_features(items[w[c.ITEM_ID]]))
             feats[f.TIMESTAMP] = _ints([w[c.TIMESTAMP]])
             feats[f.WATCH_SECONDS] = _floats([w[c.WATCH_SECONDS]])

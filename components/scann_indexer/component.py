@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from tfx import types
 from tfx.dsl.components.base import base_component, executor_spec
-from tfx.types.artifact import Artifact
 from tfx.types import standard_artifacts
+from tfx.types.artifact import Artifact
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
 from components.scann_indexer.executor import Executor

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 
-import marquee  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import numpy as np
 import tensorflow as tf
 from tfx.dsl.components.base import base_executor

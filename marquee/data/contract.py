@@ -145,6 +145,10 @@ def table_path(data_dir: str | Path, table: str) -> Path:
     data_dir = Path(data_dir)
     single = data_dir / f"{table}.parquet"
     folder = data_dir / table
+    if single.is_file() and folder.is_dir():
+        raise ContractError(
+            f"{data_dir}: both {single.name} and {folder.name}/ exist; a table lives in one of "
+            "them. Move the single file into the folder (as a part file) or remove one.")
     if single.is_file():
         return single
     if folder.is_dir():
@@ -193,7 +197,10 @@ def iter_batches(
 class TableWriter:
     """Writes one contract table in chunks (bounded memory), casting each chunk to the schema.
 
-    Use as a context manager; ``write`` takes a pandas DataFrame or a dict of columns.
+    Use as a context manager; ``write`` takes a pandas DataFrame or a dict of columns. A chunk
+    with a column the contract does not know, without a required column, or with a null in a
+    non-nullable column raises ContractError naming it. If the block raises, the partial file
+    is deleted, so a failed write never leaves a valid-looking half table.
     """
 
     def __init__(self, path: str | Path, table: str):
@@ -205,12 +212,24 @@ class TableWriter:
         self.rows = 0
 
     def write(self, columns) -> None:
-        batch = pa.Table.from_pydict(
-            {c: columns[c] for c in self.schema.names if c in columns}
-        )
+        names = list(columns.keys())
+        unknown = sorted(set(names) - set(self.schema.names))
+        if unknown:
+            raise ContractError(
+                f"{self.table}: column(s) {', '.join(unknown)} are not in the contract "
+                f"(its columns: {', '.join(self.schema.names)}); rename or remove them.")
+        required = {col.name for col in SCHEMAS[self.table] if col.required}
+        missing = sorted(required - set(names))
+        if missing:
+            raise ContractError(f"{self.table}: missing required column(s) {', '.join(missing)}")
+        batch = pa.Table.from_pydict({c: columns[c] for c in names})
         for field in self.schema:
             if field.name not in batch.column_names:
                 batch = batch.append_column(field.name, pa.nulls(batch.num_rows, field.type))
+            elif not field.nullable and batch.column(field.name).null_count:
+                raise ContractError(
+                    f"{self.table}.{field.name}: {batch.column(field.name).null_count} null "
+                    "value(s) in a column that must not be null; fill or drop those rows first.")
         batch = batch.select(self.schema.names).cast(self.schema)
         self._writer.write_table(batch)
         self.rows += batch.num_rows
@@ -221,8 +240,10 @@ class TableWriter:
     def __enter__(self) -> TableWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         self.close()
+        if exc_type is not None:
+            self.path.unlink(missing_ok=True)
 
 
 def write_table(data_dir: str | Path, table: str, columns) -> Path:
