@@ -40,8 +40,11 @@ def data_synth(out_dir: str, users: int, items: int, days: int, seed: int) -> No
     """Simulate a streaming service (users, catalogue, logged impressions and watches)."""
     from marquee.data.simulate import SimConfig, simulate
 
-    summary = simulate(out_dir, SimConfig(users=users, items=items, days=days, seed=seed),
-                       progress=_echo)
+    try:
+        summary = simulate(out_dir, SimConfig(users=users, items=items, days=days, seed=seed),
+                           progress=_echo)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
     click.echo(str(summary))
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -71,6 +72,7 @@ KIND_KEYWORDS = ("feature", "episode")
 DAY = 86_400
 YEAR = 365 * DAY
 _USER_DEVICES = tuple(d for d in c.DEVICES if d != "unknown")
+_USER_DEVICE_INDEX = np.array([c.DEVICES.index(d) for d in _USER_DEVICES])
 _DEVICE_SHARE = {"tv": 0.45, "mobile": 0.25, "tablet": 0.12, "web": 0.18}
 # Share of a title watched on each device relative to a TV (phones give up sooner).
 _DEVICE_COMPLETION = {"tv": 1.0, "mobile": 0.7, "tablet": 0.85, "web": 0.9, "unknown": 0.9}
@@ -171,8 +173,7 @@ class SimConfig:
         return self.start + self.days * DAY
 
 
-_INT_FIELDS = {"users", "items", "days", "seed", "start", "truth_users", "chunk_users",
-               "page_size"}
+_INT_FIELDS = {f.name for f in dataclasses.fields(SimConfig) if f.type in (int, "int")}
 # (field, check, what was expected, how to fix it)
 _CHECKS: tuple[tuple[str, Callable[[SimConfig, float], bool], str, str], ...] = (
     ("users", lambda s, v: v >= 1, "an integer >= 1", "Simulate at least one user."),
@@ -456,7 +457,7 @@ def _make_users(cfg: SimConfig, chunk: int, lo: int, hi: int) -> tuple[_Users, d
         embed=embed,
         genre_cdf=np.cumsum(taste, axis=1),
         rate=np.minimum(rate, 8.0),
-        device=np.array([c.DEVICES.index(d) for d in _USER_DEVICES])[device],
+        device=_USER_DEVICE_INDEX[device],
         hour=np.mod(local_hour - utc_offset, 24.0),
     )
     # The onboarding quiz: three genres near the top of the user's taste (a little noisy).
@@ -515,12 +516,16 @@ def _page(cfg: SimConfig, cat: _Catalogue, users: _Users, user, t, rng):
 
 
 def _block(cfg: SimConfig, cat: _Catalogue, users: _Users, ids: np.ndarray, user, t, rng):
-    """Impressions and watches of a block of sessions, as ``interactions`` columns."""
+    """Impressions and watches of a block of sessions.
+
+    Returns (``interactions`` columns sorted by session, time and position; impressions; watches;
+    ratings).
+    """
     session, item, position = _page(cfg, cat, users, user, t, rng)
     u = user[session]
     affinity = _affinity(users.embed, cat.embed, u, item).astype(np.float64)
     device = np.where(rng.random(len(user)) < 0.8, users.device[user],
-                      rng.integers(0, len(_USER_DEVICES), len(user)))
+                      _USER_DEVICE_INDEX[rng.integers(0, len(_USER_DEVICES), len(user))])
     device = np.where(rng.random(len(user)) < 0.01, c.DEVICES.index("unknown"), device)[session]
     p_watch = position.astype(np.float64) ** -cfg.position_bias * _sigmoid(
         affinity + cfg.watch_bias)
@@ -549,7 +554,7 @@ def _block(cfg: SimConfig, cat: _Catalogue, users: _Users, ids: np.ndarray, user
         c.USER_ID: ids[np.concatenate([u, u[w]])][order],
         c.ITEM_ID: np.concatenate([item, item[w]])[order] + 1,
         c.TIMESTAMP: ts[order],
-        c.EVENT: pa.array(c.EVENTS).take(pa.array(is_watch[order])),
+        c.EVENT: pa.array([c.EVENT_IMPRESSION, c.EVENT_WATCH]).take(pa.array(is_watch[order])),
         c.POSITION: pos[order],
         c.WATCH_SECONDS: np.concatenate([np.zeros(n_imp), seconds])[order],
         c.DEVICE: pa.array(c.DEVICES).take(pa.array(np.concatenate([device, device[w]])[order])),
@@ -578,7 +583,7 @@ P(watch | shown at position p) = p ** -{position_bias} * sigmoid({affinity} + {w
 
 def simulate(
     out_dir: str | Path,
-    config: SimConfig = SimConfig(),  # noqa: B008 (frozen, so a shared default is safe)
+    config: SimConfig = SimConfig(),
     progress: Callable[[str], None] | None = None,
 ) -> SimSummary:
     """Writes a simulated dataset to ``out_dir`` (see the module docstring); returns a summary.
@@ -629,6 +634,16 @@ def simulate(
                 progress(f"simulate: users {lo + 1:,}-{hi:,} of {cfg.users:,} (chunk {chunk + 1}/"
                          f"{n_chunks}): {events_out.rows:,} interaction rows so far, "
                          f"{time.perf_counter() - began:.1f} s")
+        if not events_out.rows:
+            # Raising inside the writers' block deletes the contract tables; the truth goes too.
+            truth_out.close()
+            shutil.rmtree(truth_path.parent)
+            raise ValueError(
+                f"{out}: the simulated log is empty: {cfg.users:,} users over {cfg.days} days at "
+                f"sessions_per_day={cfg.sessions_per_day} had no session, and the contract needs "
+                "at least one interaction. Simulate more users or days, or raise "
+                "sessions_per_day."
+            )
         rows = {c.USERS: users_out.rows, c.ITEMS: items_out.rows,
                 c.INTERACTIONS: events_out.rows}
     return SimSummary(out_dir=out, rows=rows, impressions=counts["impressions"],
