@@ -75,6 +75,10 @@ class IndexConfig:
     leaves_to_search_share: float = 0.2
     # Candidates re-scored exactly after asymmetric hashing.
     reorder: int = 400
+    # Catalogues smaller than this are searched exactly (ScaNN brute force): exact search over a
+    # few thousand items costs microseconds, while a tree over them scores too few items for
+    # recall@100 >= 0.95 (measured 0.74-0.92 at 2,000-3,000 clustered items, >= 0.99 at 5,000).
+    brute_force_below: int = 4000
     seed: int = 0
 
 

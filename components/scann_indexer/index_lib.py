@@ -1,0 +1,601 @@
+"""The ScaNN retrieval index: build, evaluate against exact search, bless, save and load.
+
+The ScannIndexer executor calls ``build_and_evaluate`` and ``save_index``; serving calls
+``load_index`` and ``RetrievalIndex.search``. Everything here takes plain numpy arrays and an
+``IndexConfig``.
+
+- Build: ScaNN tree (k-means partitioning) + asymmetric hashing + exact float32 re-scoring of the
+  best ``reorder`` candidates, dot-product similarity. The number of leaves scales with the
+  catalogue (``plan_index``). A catalogue too small to train a tree falls back to ScaNN's exact
+  brute-force scoring.
+- Evaluate: recall@k of ScaNN against exact dot-product search (``brute_force_top_k``) and the
+  latency of single-query searches, on held-out queries; ``bless`` is the release rule.
+- Save / load: ``out_dir/scann/`` (ScaNN's serialized assets), ``out_dir/item_ids.npy``
+  (row -> item id) and ``out_dir/index.json`` (metadata, evaluation, searcher parameters;
+  written last, so its presence marks a complete index). ScaNN's ``scann_assets.pbtxt`` records
+  *absolute* asset paths, which break as soon as the Pusher copies the folder; ``save_index``
+  stores bare file names instead and ``load_index`` resolves them against wherever the folder is
+  now. Remote URIs (``gs://...``) go through ``tf.io.gfile`` via a local temporary copy.
+"""
+
+from __future__ import annotations
+
+import marquee  # noqa: F401  (TF_USE_LEGACY_KERAS before scann imports TensorFlow)
+
+# isort: split
+import dataclasses
+import importlib.metadata
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from google.protobuf import text_format
+
+from marquee.config import IndexConfig
+
+try:
+    import scann
+    from scann.proto import scann_pb2
+    from scann.scann_ops import scann_assets_pb2
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "components.scann_indexer needs ScaNN, which ships Linux x86-64 wheels only: "
+        "pip install scann==1.3.2 (pinned in pyproject.toml)"
+    ) from e
+
+# ScaNN's documented choice for asymmetric hashing, with the anisotropic threshold it recommends
+# for dot-product (maximum inner product) search.
+DIMS_PER_BLOCK = 2
+ANISOTROPIC_QUANTIZATION_THRESHOLD = 0.2
+# Untimed searches before latency is measured (first calls pay for page faults and caches).
+WARMUP_QUERIES = 20
+# Scores held at once by brute_force_top_k (float64: 16M entries = 128 MB).
+_CHUNK_SCORES = 1 << 24
+
+FORMAT_VERSION = 1
+INDEX_FILE = "index.json"
+ITEM_IDS_FILE = "item_ids.npy"
+SCANN_DIR = "scann"
+_ASSETS_FILE = "scann_assets.pbtxt"
+_SCANN_CONFIG_FILE = "scann_config.pb"
+_RESERVED_METADATA_KEYS = ("evaluation",)
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexEvaluation:
+    recall: float  # mean recall@k of ScaNN vs exact dot-product search on the eval queries
+    latency_ms_p50: float  # median single-query search latency
+    latency_ms_p99: float
+    num_items: int
+    num_queries: int
+    k: int
+    num_leaves: int  # 0 when brute force was used (tiny catalogue)
+    blessed: bool
+    reason: str  # why blessed or not, naming the thresholds and the figures
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexPlan:
+    """ScaNN parameters for one catalogue size (see ``plan_index``)."""
+
+    num_items: int
+    k: int  # num_neighbors clipped to the catalogue
+    brute_force: bool
+    num_leaves: int  # 0 for brute force
+    leaves_to_search: int  # 0 for brute force
+    reorder: int  # candidates re-scored exactly; 0 for brute force (scores are already exact)
+
+
+def plan_index(num_items: int, config: IndexConfig) -> IndexPlan:
+    """The searcher for a catalogue of ``num_items``.
+
+    num_leaves = max(1, round(num_items / items_per_leaf)),
+    leaves_to_search = max(1, ceil(num_leaves * leaves_to_search_share)),
+    reorder = min(reorder, num_items), k = min(num_neighbors, num_items).
+    Below ``config.brute_force_below`` items or 2 leaves: brute force.
+    """
+    _check_config(config)
+    if num_items < 1:
+        raise ValueError("the catalogue is empty: an index needs at least one item embedding")
+    k = min(config.num_neighbors, num_items)
+    num_leaves = max(1, round(num_items / config.items_per_leaf))
+    if num_items < config.brute_force_below or num_leaves < 2:
+        return IndexPlan(num_items, k, True, 0, 0, 0)
+    # round() first: 50 * 0.14 is 7.000000000000001 in floating point and must search 7, not 8.
+    leaves = max(1, math.ceil(round(num_leaves * config.leaves_to_search_share, 9)))
+    return IndexPlan(
+        num_items, k, False, num_leaves, min(leaves, num_leaves), min(config.reorder, num_items)
+    )
+
+
+def build_searcher(item_embeddings: np.ndarray, config: IndexConfig):
+    """Trains a ScaNN searcher over ``item_embeddings`` [num_items, dim] (dot product).
+
+    Returns a ``scann.scann_ops_pybind.ScannSearcher`` whose row ``i`` is item row ``i``. The
+    build is deterministic for a given ``config.seed``: the tree uses k-means++ initialisation,
+    because with ScaNN's random initialisation two builds differed even with a fixed seed.
+    """
+    items = _check_matrix("item_embeddings", item_embeddings)
+    plan = plan_index(len(items), config)
+    builder = scann.scann_ops_pybind.builder(items, plan.k, "dot_product")
+    if plan.brute_force:
+        builder = builder.score_brute_force()
+    else:
+        builder = (
+            builder.tree(
+                num_leaves=plan.num_leaves,
+                num_leaves_to_search=plan.leaves_to_search,
+                training_sample_size=len(items),
+                random_init=False,
+            )
+            .score_ah(
+                DIMS_PER_BLOCK,
+                anisotropic_quantization_threshold=ANISOTROPIC_QUANTIZATION_THRESHOLD,
+                training_sample_size=len(items),
+            )
+            .reorder(plan.reorder)
+        )
+    scann_config = text_format.Parse(builder.create_config(), scann_pb2.ScannConfig())
+    if scann_config.HasField("partitioning"):
+        scann_config.partitioning.clustering_seed = config.seed
+    if scann_config.HasField("hash"):
+        scann_config.hash.asymmetric_hash.clustering_seed = config.seed
+        scann_config.hash.asymmetric_hash.sampling_seed = config.seed
+    return scann.scann_ops_pybind.create_searcher(items, text_format.MessageToString(scann_config))
+
+
+def brute_force_top_k(queries: np.ndarray, item_embeddings: np.ndarray, k: int) -> np.ndarray:
+    """Exact top-k by dot product: [num_queries, dim] x [num_items, dim] -> [num_queries, k].
+
+    Returns item row indices (int64), best first; equal scores are ordered by lower row index, and
+    the k-th place goes to the lowest tied rows. Scores are computed in float64. ``k`` larger than
+    the catalogue is clipped to ``num_items``.
+    """
+    q = _check_matrix("queries", queries)
+    items = _check_matrix("item_embeddings", item_embeddings)
+    _check_same_dim(q, items)
+    k = _check_k(k, len(items))
+    items64 = items.astype(np.float64)
+    out = np.empty((len(q), k), dtype=np.int64)
+    rows = max(1, _CHUNK_SCORES // len(items))
+    for start in range(0, len(q), rows):
+        scores = q[start : start + rows].astype(np.float64) @ items64.T
+        out[start : start + rows] = _top_k_rows(scores, k)
+    return out
+
+
+def _top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    n = scores.shape[1]
+    kth = np.partition(scores, n - k, axis=1)[:, n - k : n - k + 1]  # k-th largest per row
+    above = scores > kth
+    tied = scores == kth
+    room = k - above.sum(axis=1, keepdims=True)
+    chosen = above | (tied & (np.cumsum(tied, axis=1) <= room))  # exactly k per row
+    idx = np.nonzero(chosen)[1].reshape(len(scores), k)  # ascending row index within each row
+    order = np.argsort(-np.take_along_axis(scores, idx, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(idx, order, axis=1)
+
+
+def bless(recall: float, latency_ms_p50: float, config: IndexConfig) -> tuple[bool, str]:
+    """The release rule: recall >= min_recall and p50 latency <= max_latency_ms.
+
+    Returns (blessed, a sentence naming both figures and both thresholds).
+    """
+    if not (math.isfinite(recall) and 0.0 <= recall <= 1.0):
+        raise ValueError(f"recall must be in [0, 1], got {recall!r}")
+    if not (math.isfinite(latency_ms_p50) and latency_ms_p50 >= 0.0):
+        raise ValueError(f"latency_ms_p50 must be a finite number >= 0, got {latency_ms_p50!r}")
+    recall_ok = recall >= config.min_recall
+    latency_ok = latency_ms_p50 <= config.max_latency_ms
+    figures = (
+        f"recall {recall:.4f} {'>=' if recall_ok else '<'} min_recall {config.min_recall:g} and "
+        f"p50 latency {latency_ms_p50:.3g} ms {'<=' if latency_ok else '>'} "
+        f"max_latency_ms {config.max_latency_ms:g}"
+    )
+    if recall_ok and latency_ok:
+        return True, f"Blessed: {figures}."
+    hints = []
+    if not recall_ok:
+        hints.append("to raise recall, search more (index.leaves_to_search_share, index.reorder)")
+    if not latency_ok:
+        hints.append("to cut latency, search less (lower leaves_to_search_share or reorder)")
+    return False, f"Not blessed: {figures}; {' and '.join(hints)}."
+
+
+def evaluate_searcher(
+    searcher, queries: np.ndarray, item_embeddings: np.ndarray, config: IndexConfig
+) -> IndexEvaluation:
+    """Recall@k and single-query latency of ``searcher`` on up to ``eval_queries`` queries.
+
+    ``queries`` [num_queries, dim]; ``item_embeddings`` [num_items, dim] are the rows the searcher
+    was built on. Recall is |ScaNN top-k ∩ exact top-k| / k averaged over queries, with
+    k = min(num_neighbors, num_items). Latency times each ``searcher.search`` call after
+    ``WARMUP_QUERIES`` untimed ones.
+    """
+    items = _check_matrix("item_embeddings", item_embeddings)
+    q = _check_matrix("queries", queries)
+    _check_same_dim(q, items)
+    if searcher.size() != len(items):
+        raise ValueError(
+            f"the searcher holds {searcher.size()} items but item_embeddings has {len(items)} "
+            "rows; evaluate with the embeddings the searcher was built from"
+        )
+    plan = plan_index(len(items), config)
+    params = _searcher_params(searcher)
+    q = q[: config.eval_queries]
+    k = plan.k
+    exact = brute_force_top_k(q, items, k)
+    for row in q[:WARMUP_QUERIES]:
+        searcher.search(row, final_num_neighbors=k)
+    latency_s = np.empty(len(q))
+    hits = np.empty(len(q), dtype=np.int64)
+    for i, row in enumerate(q):
+        start = time.perf_counter()
+        found, _ = searcher.search(row, final_num_neighbors=k)
+        latency_s[i] = time.perf_counter() - start
+        hits[i] = np.intersect1d(found.astype(np.int64), exact[i]).size
+    recall = float(hits.sum() / (len(q) * k))
+    p50, p99 = (float(v) for v in np.percentile(latency_s * 1000.0, [50, 99]))
+    blessed, reason = bless(recall, p50, config)
+    if params["brute_force"]:
+        reason += (
+            " Searched by brute force (exact): a tree needs at least "
+            f"{config.brute_force_below} items (index.brute_force_below) and 2 leaves of "
+            f"items_per_leaf={config.items_per_leaf}; the catalogue has "
+            f"{len(items)}."
+        )
+    return IndexEvaluation(
+        recall=recall,
+        latency_ms_p50=p50,
+        latency_ms_p99=p99,
+        num_items=len(items),
+        num_queries=len(q),
+        k=k,
+        num_leaves=params["num_leaves"],
+        blessed=blessed,
+        reason=reason,
+    )
+
+
+def build_and_evaluate(
+    item_embeddings: np.ndarray,
+    item_ids: np.ndarray,
+    queries: np.ndarray,
+    config: IndexConfig,
+    out_dir: str | os.PathLike | None = None,
+):
+    """Builds the searcher, evaluates it and, given ``out_dir``, saves it there.
+
+    ``item_embeddings`` [num_items, dim], ``item_ids`` [num_items] (row -> item id),
+    ``queries`` [num_queries, dim]. Returns (searcher, IndexEvaluation).
+    """
+    items = _check_matrix("item_embeddings", item_embeddings)
+    ids = _check_item_ids(item_ids, len(items))
+    _check_same_dim(_check_matrix("queries", queries), items)
+    searcher = build_searcher(items, config)
+    evaluation = evaluate_searcher(searcher, queries, items, config)
+    if out_dir is not None:
+        save_index(searcher, ids, evaluation, out_dir, {})
+    return searcher, evaluation
+
+
+def save_index(
+    searcher,
+    item_ids: np.ndarray,
+    evaluation: IndexEvaluation,
+    out_dir: str | os.PathLike,
+    metadata: dict,
+) -> None:
+    """Writes ``scann/``, ``item_ids.npy`` and ``index.json`` into ``out_dir``.
+
+    ``metadata`` (JSON-serialisable, e.g. the training run id) is stored as given; ``load_index``
+    returns it with the evaluation added under ``"evaluation"``. ``out_dir`` may be a remote URI.
+    """
+    ids = _check_item_ids(item_ids, searcher.size())
+    if evaluation.num_items != len(ids):
+        raise ValueError(
+            f"the evaluation is of {evaluation.num_items} items but the searcher holds "
+            f"{len(ids)}; save the evaluation that build_and_evaluate returned with its searcher"
+        )
+    if not isinstance(metadata, dict):
+        raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}")
+    reserved = [key for key in _RESERVED_METADATA_KEYS if key in metadata]
+    if reserved:
+        raise ValueError(f"metadata key(s) {reserved} are reserved for the index; rename them")
+    try:
+        json.dumps(metadata)
+    except TypeError as e:
+        raise ValueError(
+            f"metadata must be JSON-serialisable (str, numbers, lists, dicts): {e}"
+        ) from e
+    out = str(out_dir)
+    if _is_remote(out):
+        if tf.io.gfile.exists(os.path.join(out, INDEX_FILE)):
+            raise ValueError(f"{out} already holds an index; save into a fresh directory")
+        with tempfile.TemporaryDirectory() as tmp:
+            save_index(searcher, ids, evaluation, os.path.join(tmp, "index"), metadata)
+            _copy_tree_to(os.path.join(tmp, "index"), out)
+        return
+    root = Path(out)
+    scann_dir = root / SCANN_DIR
+    if (root / INDEX_FILE).exists() or (scann_dir.exists() and any(scann_dir.iterdir())):
+        raise ValueError(f"{root} already holds an index; save into a fresh directory")
+    scann_dir.mkdir(parents=True, exist_ok=True)
+    searcher.serialize(str(scann_dir))
+    _write_relative_asset_paths(scann_dir)
+    dataset = np.load(scann_dir / "dataset.npy", mmap_mode="r")  # the float32 rows re-scored
+    np.save(root / ITEM_IDS_FILE, ids)
+    document = {
+        "format_version": FORMAT_VERSION,
+        "scann_version": importlib.metadata.version("scann"),
+        "searcher": {
+            "num_items": len(ids),
+            "dim": int(dataset.shape[1]),
+            **_searcher_params(searcher),
+        },
+        "metadata": metadata,
+        "evaluation": evaluation.to_dict(),
+    }
+    (root / INDEX_FILE).write_text(json.dumps(document, indent=2, sort_keys=True))
+
+
+def load_index(index_dir: str | os.PathLike) -> RetrievalIndex:
+    """Loads what ``save_index`` wrote, from wherever the folder is now (local or remote)."""
+    src = str(index_dir)
+    if _is_remote(src):
+        if not tf.io.gfile.exists(os.path.join(src, INDEX_FILE)):
+            raise ValueError(f"{src} holds no {INDEX_FILE}: not a saved index (or a partial copy)")
+        with tempfile.TemporaryDirectory() as tmp:
+            local = os.path.join(tmp, "index")
+            _copy_tree_to(src, local)
+            return load_index(local)  # the searcher is in memory once loaded
+    root = Path(src)
+    if not (root / INDEX_FILE).is_file():
+        raise ValueError(f"{root} holds no {INDEX_FILE}: not a saved index (or a partial copy)")
+    document = json.loads((root / INDEX_FILE).read_text())
+    if document.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{root / INDEX_FILE} has format_version {document.get('format_version')!r}; this "
+            f"code reads {FORMAT_VERSION}. Rebuild the index with this version of marquee."
+        )
+    ids = np.load(root / ITEM_IDS_FILE, allow_pickle=False)
+    searcher = _load_scann(root / SCANN_DIR)
+    if searcher.size() != len(ids):
+        raise ValueError(
+            f"{root}: the ScaNN searcher holds {searcher.size()} items but {ITEM_IDS_FILE} has "
+            f"{len(ids)}; the folder mixes two indexes, rebuild it"
+        )
+    metadata = {**document["metadata"], "evaluation": document["evaluation"]}
+    return RetrievalIndex(searcher, ids, metadata, dim=document["searcher"]["dim"])
+
+
+class RetrievalIndex:
+    """What serving uses: a ScaNN searcher plus the row -> item id mapping.
+
+    Attributes:
+      item_ids: [num_items] int64, row -> item id.
+      metadata: what ``save_index`` was given plus ``"evaluation"`` (``IndexEvaluation.to_dict``).
+      dim: embedding dimension queries must have.
+    """
+
+    def __init__(self, searcher, item_ids: np.ndarray, metadata: dict, dim: int):
+        self._searcher = searcher
+        self.item_ids = _check_item_ids(item_ids, searcher.size())
+        self.metadata = metadata
+        self.dim = int(dim)
+        params = _searcher_params(searcher)
+        self._num_leaves = params["num_leaves"]
+        self._reorder = params["reorder"]
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k items by dot product, best first.
+
+        ``queries`` [B, dim] -> (item_ids [B, k] int64, scores [B, k] float32); a single query
+        [dim] gives [k] and [k]. ``k`` larger than the catalogue is clipped to ``num_items``.
+        """
+        q = np.asarray(queries)
+        single = q.ndim == 1
+        q = _check_matrix("queries", q[None, :] if single else q, allow_empty=True)
+        if q.shape[1] != self.dim:
+            raise ValueError(
+                f"queries have dim {q.shape[1]} but this index holds dim-{self.dim} item "
+                "embeddings; encode queries with the query tower of the run that built the index "
+                f"(metadata: {self.metadata.get('training_run', 'unknown run')})"
+            )
+        k = _check_k(k, self.num_items)
+        if len(q) == 0:
+            return np.empty((0, k), np.int64), np.empty((0, k), np.float32)
+        pre = max(self._reorder, k)
+        rows, scores = self._searcher.search_batched(
+            q, final_num_neighbors=k, pre_reorder_num_neighbors=pre
+        )
+        rows, scores = np.asarray(rows), np.asarray(scores)
+        # A tree search only scores the leaves it visits; when those hold fewer than k items,
+        # ScaNN pads the row with row 0 and NaN. Search such queries again over every leaf.
+        short = np.isnan(scores).any(axis=1)
+        if short.any():
+            again, again_scores = self._searcher.search_batched(
+                q[short],
+                final_num_neighbors=k,
+                pre_reorder_num_neighbors=pre,
+                leaves_to_search=self._num_leaves,
+            )
+            rows[short], scores[short] = again, again_scores
+        ids = self.item_ids[rows.astype(np.int64)]
+        scores = scores.astype(np.float32)
+        return (ids[0], scores[0]) if single else (ids, scores)
+
+
+def _searcher_params(searcher) -> dict:
+    config = text_format.Parse(searcher.config(), scann_pb2.ScannConfig())
+    if config.HasField("brute_force"):
+        return {"brute_force": True, "num_leaves": 0, "leaves_to_search": 0, "reorder": 0}
+    return {
+        "brute_force": False,
+        "num_leaves": config.partitioning.num_children,
+        "leaves_to_search": config.partitioning.query_spilling.max_spill_centers,
+        "reorder": config.exact_reordering.approx_num_neighbors,
+    }
+
+
+def _write_relative_asset_paths(scann_dir: Path) -> None:
+    """ScaNN writes absolute asset paths; keep bare file names so the folder can move."""
+    listing = scann_dir / _ASSETS_FILE
+    assets = text_format.Parse(listing.read_text(), scann_assets_pb2.ScannAssets())
+    for asset in assets.assets:
+        asset.asset_path = os.path.basename(asset.asset_path)
+    listing.write_text(text_format.MessageToString(assets))
+
+
+def _load_scann(scann_dir: Path):
+    """Loads ScaNN assets from ``scann_dir`` wherever it now lives.
+
+    ScaNN opens each asset at the path listed in ``scann_assets.pbtxt`` (a relative path is taken
+    from the process's working directory), so the listing is resolved against ``scann_dir`` into a
+    temporary directory holding only the listing and the small ``scann_config.pb``; the large
+    assets are read in place. The folder itself is never written to (serving may mount it
+    read-only).
+    """
+    listing = scann_dir / _ASSETS_FILE
+    if not listing.is_file():
+        raise ValueError(
+            f"{scann_dir} holds no {_ASSETS_FILE}: not a ScaNN index written by save_index"
+        )
+    assets = text_format.Parse(listing.read_text(), scann_assets_pb2.ScannAssets())
+    missing = []
+    for asset in assets.assets:
+        path = scann_dir.resolve() / os.path.basename(asset.asset_path)
+        if not path.is_file():
+            missing.append(path.name)
+        asset.asset_path = str(path)
+    if missing:
+        raise ValueError(
+            f"{scann_dir} lacks ScaNN asset(s) {missing}: an incomplete copy? copy the index again"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(scann_dir / _SCANN_CONFIG_FILE, tmp)
+        Path(tmp, _ASSETS_FILE).write_text(text_format.MessageToString(assets))
+        return scann.scann_ops_pybind.load_searcher(tmp, assets_backcompat_shim=False)
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def _copy_tree_to(src: str, dst: str) -> None:
+    """Copies a directory tree with tf.io.gfile, ``index.json`` last (it marks completeness)."""
+    src = src.rstrip("/")
+    last = None
+    for dirpath, _, files in tf.io.gfile.walk(src):
+        rel = dirpath[len(src) :].strip("/")
+        target = os.path.join(dst, rel) if rel else dst
+        tf.io.gfile.makedirs(target)
+        for name in files:
+            pair = (os.path.join(dirpath, name), os.path.join(target, name))
+            if target == dst and name == INDEX_FILE:
+                last = pair
+            else:
+                tf.io.gfile.copy(*pair, overwrite=True)
+    if last is not None:
+        tf.io.gfile.copy(*last, overwrite=True)
+
+
+def _check_config(config: IndexConfig) -> None:
+    problems = []
+    if config.num_neighbors < 1:
+        problems.append(f"num_neighbors={config.num_neighbors} must be >= 1")
+    if config.items_per_leaf < 1:
+        problems.append(f"items_per_leaf={config.items_per_leaf} must be >= 1")
+    if not 0.0 < config.leaves_to_search_share <= 1.0:
+        problems.append(f"leaves_to_search_share={config.leaves_to_search_share} must be in (0, 1]")
+    if config.reorder < config.num_neighbors:
+        problems.append(
+            f"reorder={config.reorder} is below num_neighbors={config.num_neighbors} (ScaNN would "
+            f"return only {config.reorder} neighbours); set reorder >= num_neighbors"
+        )
+    if config.eval_queries < 1:
+        problems.append(f"eval_queries={config.eval_queries} must be >= 1")
+    if not 0.0 <= config.min_recall <= 1.0:
+        problems.append(f"min_recall={config.min_recall} must be in [0, 1]")
+    if not config.max_latency_ms > 0.0:
+        problems.append(f"max_latency_ms={config.max_latency_ms} must be > 0")
+    if not 0 <= config.seed < 2**31:
+        problems.append(f"seed={config.seed} must be in [0, 2**31)")
+    if problems:
+        raise ValueError("invalid index config: " + "; ".join(problems) + " (section `index:`)")
+
+
+def _check_matrix(name: str, array, allow_empty: bool = False) -> np.ndarray:
+    """[rows, dim] finite numbers -> C-contiguous float32, or a ValueError saying what is wrong."""
+    arr = np.asarray(array)
+    if arr.dtype.kind not in "fiu":
+        raise ValueError(f"{name} must hold numbers, got dtype {arr.dtype}; pass a float32 array")
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{name} must be 2-D [rows, dim], got shape {arr.shape}; stack the vectors into "
+            "one matrix (np.stack) or reshape"
+        )
+    if arr.shape[1] == 0 or (arr.shape[0] == 0 and not allow_empty):
+        raise ValueError(f"{name} is empty (shape {arr.shape}); it needs at least one row and dim")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise ValueError(
+            f"{name} has {bad.size} row(s) with NaN or inf (first: {bad[:5].tolist()}); the tower "
+            "produced non-finite embeddings (diverged training or values beyond float32); fix "
+            "the model or drop those rows"
+        )
+    return arr
+
+
+def _check_same_dim(queries: np.ndarray, items: np.ndarray) -> None:
+    if queries.shape[1] != items.shape[1]:
+        raise ValueError(
+            f"queries have dim {queries.shape[1]} but item_embeddings have dim {items.shape[1]}; "
+            "embed both with the towers of the same training run"
+        )
+
+
+def _check_k(k, num_items: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return min(int(k), num_items)
+
+
+def _check_item_ids(item_ids, num_items: int) -> np.ndarray:
+    """[num_items] unique integers -> int64, or a ValueError saying what is wrong."""
+    ids = np.asarray(item_ids)
+    if ids.ndim != 1 or ids.dtype.kind not in "iu":
+        raise ValueError(
+            f"item_ids must be a 1-D integer array, got shape {ids.shape} dtype {ids.dtype}; "
+            "pass the catalogue's int64 item ids in embedding-row order"
+        )
+    if len(ids) != num_items:
+        raise ValueError(
+            f"item_ids has {len(ids)} entries but there are {num_items} item embeddings; pass one "
+            "id per embedding row, in row order"
+        )
+    if ids.dtype == np.uint64 and ids.size and ids.max() > np.iinfo(np.int64).max:
+        raise ValueError("item_ids exceed the int64 range; map them to int64 ids first")
+    values, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        dup = values[counts > 1]
+        raise ValueError(
+            f"item_ids has {dup.size} duplicated id(s) (first: {dup[:5].tolist()}); each item "
+            "must appear once in the catalogue; deduplicate it before indexing"
+        )
+    return ids.astype(np.int64)

@@ -1,0 +1,62 @@
+"""The Pusher's plain function: blessing gate, versions, TF Serving config, atomic layout."""
+
+import json
+
+import pytest
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+from components.model_pusher import push_lib
+
+
+def _model(tmp_path):
+    src = tmp_path / "model"
+    for m in push_lib.SAVED_MODELS:
+        (src / m / "variables").mkdir(parents=True)
+        (src / m / "saved_model.pb").write_bytes(b"pb")
+    index = tmp_path / "index"
+    index.mkdir()
+    (index / "index.json").write_text("{}")
+    return src, index
+
+
+def test_not_blessed_pushes_nothing(tmp_path):
+    src, index = _model(tmp_path)
+    result = push_lib.push(src, index, blessed=False, base=tmp_path / "serving",
+                           training_run="r1")
+    assert not result.pushed and result.version is None
+    assert not (tmp_path / "serving").exists()
+
+
+def test_push_layout_versions_and_log(tmp_path):
+    src, index = _model(tmp_path)
+    base = tmp_path / "serving"
+    first = push_lib.push(src, index, True, base, "r1", now=1000)
+    # the clock going backwards (or two pushes in one second) still gives a newer version
+    second = push_lib.push(src, index, True, base, "r2", now=900)
+    assert (first.version, second.version) == (1000, 1001)
+    for m in push_lib.SAVED_MODELS + (push_lib.RETRIEVAL_INDEX,):
+        assert push_lib.versions(base / m) == [1000, 1001]
+    assert (base / "query_tower" / "1001" / "saved_model.pb").read_bytes() == b"pb"
+    assert not list(base.rglob(".*.tmp"))
+    log = [json.loads(line) for line in (base / push_lib.PUSH_LOG).read_text().splitlines()]
+    assert [(r["version"], r["training_run"]) for r in log] == [(1000, "r1"), (1001, "r2")]
+
+
+def test_model_config_is_tf_servings_format(tmp_path):
+    src, index = _model(tmp_path)
+    base = tmp_path / "serving"
+    push_lib.push(src, index, True, base, "r1", now=5)
+    config = text_format.Parse((base / push_lib.MODEL_CONFIG_FILE).read_text(),
+                               model_server_config_pb2.ModelServerConfig())
+    names = [m.name for m in config.model_config_list.config]
+    assert names == list(push_lib.SAVED_MODELS)
+    assert all(m.base_path.startswith(str(base.resolve())) for m in
+               config.model_config_list.config)
+
+
+def test_missing_saved_model_is_a_clear_error(tmp_path):
+    src, index = _model(tmp_path)
+    (src / "candidate_tower" / "saved_model.pb").unlink()
+    with pytest.raises(FileNotFoundError, match="candidate_tower: no saved_model.pb"):
+        push_lib.push(src, index, True, tmp_path / "serving", "r1")
