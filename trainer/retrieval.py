@@ -46,11 +46,15 @@ def _files(patterns: list[str]) -> list[str]:
     return out
 
 
-def dataset(patterns: list[str], spec: dict, batch_size: int, shuffle_seed: int | None = None):
+def dataset(patterns: list[str], spec: dict, batch_size: int, shuffle_seed: int | None = None,
+            reshuffle: bool = True):
+    """Parsed, batched transformed examples. Examples are written grouped by user, so both
+    train and eval are shuffled: an in-batch softmax over one user's own positives would be
+    measuring something else (eval uses one fixed order, ``reshuffle=False``)."""
     files = _files(patterns)
     ds = tf.data.TFRecordDataset(files, compression_type="GZIP")
     if shuffle_seed is not None:
-        ds = ds.shuffle(50_000, seed=shuffle_seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(50_000, seed=shuffle_seed, reshuffle_each_iteration=reshuffle)
     ds = ds.batch(batch_size).map(lambda s: tf.io.parse_example(s, spec),
                                   num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -219,7 +223,8 @@ def train_and_export(
     model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate))
 
     train_ds = dataset(train_patterns, spec, cfg.batch_size, shuffle_seed=cfg.seed)
-    eval_ds = dataset(eval_patterns, spec, cfg.batch_size)
+    eval_ds = dataset(eval_patterns, spec, cfg.batch_size, shuffle_seed=cfg.seed,
+                      reshuffle=False)
     has_eval = any(True for _ in eval_ds.take(1))
     callbacks = []
     if has_eval:
