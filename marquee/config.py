@@ -60,6 +60,38 @@ class RetrievalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RankingConfig:
+    # Negatives per positive (watch past 2 minutes) in the ranking examples.
+    negatives_per_positive: int = 4
+    # Share of those negatives drawn from the user's shown-but-not-watched impressions; the rest
+    # (and any shortfall) are random catalogue items the user never watched.
+    impression_negative_share: float = 0.5
+    embedding_dim: int = 32
+    cross_layers: int = 2
+    deep_layers: tuple[int, ...] = (256, 128)
+    epochs: int = 4
+    batch_size: int = 1024
+    learning_rate: float = 0.001
+    # Loss = watched_weight * BCE(watched past 2 min) + watch_time_weight * MSE(log1p seconds).
+    watched_weight: float = 1.0
+    watch_time_weight: float = 0.1
+    # Page positions get their own bias (the shallow position tower); higher ones share the last.
+    position_buckets: int = 30
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluatorConfig:
+    # A ranking model is blessed only if its eval AUC beats the baseline's (the last blessed
+    # model, or the popularity baseline the first time) by more than this...
+    min_auc_gain: float = 0.0
+    # ...and its log loss is at most the baseline's times (1 + this).
+    max_logloss_increase: float = 0.0
+    # Eval examples scored (keeps evaluation fast on big data).
+    max_examples: int = 200_000
+
+
+@dataclasses.dataclass(frozen=True)
 class IndexConfig:
     # Neighbours retrieved per query and used for the recall check.
     num_neighbors: int = 100
@@ -98,6 +130,8 @@ class BeamConfig:
 class Config:
     data: DataConfig = DataConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
+    ranking: RankingConfig = RankingConfig()
+    evaluator: EvaluatorConfig = EvaluatorConfig()
     index: IndexConfig = IndexConfig()
     beam: BeamConfig = BeamConfig()
 

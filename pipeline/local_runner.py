@@ -69,11 +69,16 @@ def component_seconds(metadata_path: Path, since: float = 0.0) -> dict[str, floa
     cfg.sqlite.filename_uri = str(metadata_path)
     store = metadata_store.MetadataStore(cfg)
     types = {t.id: t.name for t in store.get_execution_types()}
+    node_type = store.get_context_type("node")
     out: dict[str, float] = {}
     for e in store.get_executions():
         if e.create_time_since_epoch / 1000 < since:
             continue
-        name = types.get(e.type_id, str(e.type_id)).rsplit(".", 1)[-1]
+        # The node context ("<pipeline>.<node id>") tells two Trainers apart.
+        nodes = [ctx.name for ctx in store.get_contexts_by_execution(e.id)
+                 if ctx.type_id == node_type.id]
+        name = (nodes[0].rsplit(".", 1)[-1] if nodes
+                else types.get(e.type_id, str(e.type_id)).rsplit(".", 1)[-1])
         out[name] = (e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000
     return out
 

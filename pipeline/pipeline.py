@@ -1,7 +1,8 @@
 """The one pipeline factory. Runners (local, Kubeflow) only choose roots, metadata and Beam args.
 
     ContractExampleGen -> StatisticsGen -> ExampleValidator (curated schema) -> AnomalyGate
-                       -> Transform -> Trainer (two-tower) -> ScannIndexer -> ModelPusher
+      -> Transform -> Trainer (two-tower) -> ScannIndexer ----------------------> ModelPusher
+                   -> RankingTrainer (multi-task) -> RankingEvaluator (vs last blessed) --^
 """
 
 from __future__ import annotations
@@ -13,14 +14,22 @@ from tfx.proto import transform_pb2
 
 from components.anomaly_gate.component import AnomalyGate
 from components.contract_example_gen.component import ContractExampleGen
-from components.contract_example_gen.example_lib import CATALOGUE, EVAL, TRAIN
+from components.contract_example_gen.example_lib import (
+    CATALOGUE,
+    EVAL,
+    RANK_EVAL,
+    RANK_TRAIN,
+    TRAIN,
+)
 from components.model_pusher.component import ModelPusher
+from components.ranking_evaluator.component import RankingEvaluator
 from components.scann_indexer.component import ScannIndexer
 from marquee.config import BeamConfig, Config
 
 SCHEMA_FILE = str(Path(__file__).resolve().parent / "schema" / "schema.pbtxt")
 PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
 RETRIEVAL_RUN_FN = "trainer.retrieval.run_fn"
+RANKING_RUN_FN = "trainer.ranking.run_fn"
 
 
 def beam_args(beam: BeamConfig, cores: int) -> list[str]:
@@ -52,6 +61,7 @@ def create_pipeline(
     gate = AnomalyGate(anomalies=validator.outputs["anomalies"])
     transform = tfx.components.Transform(
         examples=examples, schema=schema.outputs["schema"], preprocessing_fn=PREPROCESSING_FN,
+        disable_statistics=True,  # StatisticsGen already profiles the examples
         splits_config=transform_pb2.SplitsConfig(analyze=[TRAIN],
                                                  transform=[TRAIN, EVAL, CATALOGUE]))
     transform.add_upstream_node(gate)
@@ -65,13 +75,33 @@ def create_pipeline(
         custom_config={"config": config.to_json()},
     )
     indexer = ScannIndexer(model=trainer.outputs["model"], examples=examples, config=config)
+    ranking_trainer = tfx.components.Trainer(
+        run_fn=RANKING_RUN_FN,
+        examples=examples,  # raw: the ranker applies the Transform graph inside the model
+        transform_graph=transform.outputs["transform_graph"],
+        base_model=trainer.outputs["model"],  # the retrieval towers give the retrieval score
+        train_args=tfx.proto.TrainArgs(splits=[RANK_TRAIN]),
+        eval_args=tfx.proto.EvalArgs(splits=[RANK_EVAL]),
+        custom_config={"config": config.to_json()},
+    ).with_id("RankingTrainer")
+    last_blessed_ranker = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("LastBlessedRanker")
+    evaluator = RankingEvaluator(
+        model=ranking_trainer.outputs["model"], examples=examples,
+        retrieval_model=trainer.outputs["model"],
+        baseline_model=last_blessed_ranker.outputs["model"], config=config)
     pusher = ModelPusher(model=trainer.outputs["model"], index=indexer.outputs["index"],
-                         serving_dir=serving_dir)
+                         serving_dir=serving_dir,
+                         ranking_model=ranking_trainer.outputs["model"],
+                         ranking_blessing=evaluator.outputs["blessing"])
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics, schema, validator, gate, transform, trainer,
-                    indexer, pusher],
+                    indexer, ranking_trainer, last_blessed_ranker, evaluator, pusher],
         enable_cache=False,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [],

@@ -31,9 +31,11 @@ def test_not_blessed_pushes_nothing(tmp_path):
 def test_push_layout_versions_and_log(tmp_path):
     src, index = _model(tmp_path)
     base = tmp_path / "serving"
-    first = push_lib.push(src, index, True, base, "r1", now=1000)
+    first = push_lib.push(src, index, True, base, "r1", now=1000,
+                          ranker_dir=src / "ranker", ranker_blessed=True)
     # the clock going backwards (or two pushes in one second) still gives a newer version
-    second = push_lib.push(src, index, True, base, "r2", now=900)
+    second = push_lib.push(src, index, True, base, "r2", now=900,
+                           ranker_dir=src / "ranker", ranker_blessed=True)
     assert (first.version, second.version) == (1000, 1001)
     for m in push_lib.SAVED_MODELS + (push_lib.RETRIEVAL_INDEX,):
         assert push_lib.versions(base / m) == [1000, 1001]
@@ -46,7 +48,8 @@ def test_push_layout_versions_and_log(tmp_path):
 def test_model_config_is_tf_servings_format(tmp_path):
     src, index = _model(tmp_path)
     base = tmp_path / "serving"
-    push_lib.push(src, index, True, base, "r1", now=5)
+    push_lib.push(src, index, True, base, "r1", now=5,
+                  ranker_dir=src / "ranker", ranker_blessed=True)
     config = text_format.Parse((base / push_lib.MODEL_CONFIG_FILE).read_text(),
                                model_server_config_pb2.ModelServerConfig())
     names = [m.name for m in config.model_config_list.config]
@@ -60,3 +63,22 @@ def test_missing_saved_model_is_a_clear_error(tmp_path):
     (src / "candidate_tower" / "saved_model.pb").unlink()
     with pytest.raises(FileNotFoundError, match="candidate_tower: no saved_model.pb"):
         push_lib.push(src, index, True, tmp_path / "serving", "r1")
+
+
+def test_unblessed_ranker_is_not_pushed_but_blessed_towers_are(tmp_path):
+    src, index = _model(tmp_path)
+    base = tmp_path / "serving"
+    result = push_lib.push(src, index, True, base, "r1", now=7,
+                           ranker_dir=src / "ranker", ranker_blessed=False)
+    assert result.pushed and set(result.paths) == {"query_tower", "candidate_tower",
+                                                   "retrieval_index"}
+    assert "the ranker was not blessed" in result.reason
+    assert not (base / "ranker").exists()
+    config = text_format.Parse((base / push_lib.MODEL_CONFIG_FILE).read_text(),
+                               model_server_config_pb2.ModelServerConfig())
+    assert [m.name for m in config.model_config_list.config] == ["query_tower",
+                                                                "candidate_tower"]
+    # and nothing blessed -> nothing pushed at all
+    none = push_lib.push(src, index, False, tmp_path / "other", "r2",
+                         ranker_dir=src / "ranker", ranker_blessed=False)
+    assert not none.pushed and not (tmp_path / "other").exists()

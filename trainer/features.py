@@ -29,9 +29,10 @@ DURATION_SECONDS = c.DURATION_SECONDS
 TITLE = c.TITLE
 KEYWORDS = c.KEYWORDS
 
-# Carried for splitting, labels and analysis; not model inputs.
+# Carried for splitting, labels and analysis; not retrieval inputs.
 TIMESTAMP = c.TIMESTAMP
-WATCH_SECONDS = c.WATCH_SECONDS
+WATCH_SECONDS = c.WATCH_SECONDS  # the ranking labels derive from it
+POSITION = c.POSITION  # page slot (0 = unknown); only the ranker's training-time position tower
 
 # Derived by preprocessing_fn.
 TITLE_TOKENS = "title_tokens"
@@ -42,7 +43,7 @@ QUERY_INT_LIST = (HISTORY,)
 CANDIDATE_STRING = (DIRECTOR, TITLE)
 CANDIDATE_INT = (ITEM_ID, RELEASE_YEAR, DURATION_SECONDS)
 CANDIDATE_STRING_LIST = (GENRES, CAST, KEYWORDS)
-META_INT = (TIMESTAMP,)
+META_INT = (TIMESTAMP, POSITION)
 META_FLOAT = (WATCH_SECONDS,)
 
 QUERY_FEATURES = QUERY_INT + QUERY_STRING + QUERY_INT_LIST

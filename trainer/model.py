@@ -66,6 +66,10 @@ class SparseMeanEmbedding(tf.keras.layers.Layer):
         return tf.nn.safe_embedding_lookup_sparse(self.table, ids, combiner="mean")
 
     def lookup(self, ids: tf.Tensor) -> tf.Tensor:
+        """Embeddings of dense ids [B] -> [B, dim] (the same table as ``call``)."""
+        if not self.built:
+            self.build(None)
+            self.built = True
         return tf.gather(self.table, ids)
 
 

@@ -1,13 +1,18 @@
-"""Turns a contract dataset into retrieval tf.Examples, split by time, with Beam.
+"""Turns a contract dataset into retrieval and ranking tf.Examples, split by time, with Beam.
 
-One example per positive watch (``watch_seconds >= DataConfig.min_watch_seconds``), carrying the
-user's features, the context (hour, day of week, device), the user's previous positive watches
-(``history``, most recent first, at most ``history_length``) and the item's features. Examples with
-``timestamp < cutoff`` go to ``train``, the rest to ``eval``: evaluation never sees the future, and
-an eval example's history may include train-period watches, exactly as at serving time.
+Retrieval (splits ``train`` / ``eval``): one example per positive watch
+(``watch_seconds >= DataConfig.min_watch_seconds``), carrying the user's features, the context
+(hour, day of week, device), the user's previous positive watches (``history``, most recent
+first, at most ``history_length``) and the item's features. Examples with ``timestamp < cutoff``
+go to the train split, the rest to eval: evaluation never sees the future, and an eval
+example's history may include train-period watches, exactly as at serving time.
 
-A third split, ``catalogue``, holds one example per item with the candidate features only (query
-features empty); the indexer embeds it.
+``catalogue`` holds one example per item with the candidate features only (query features
+empty); the indexer embeds it.
+
+Ranking (``rank_train`` / ``rank_eval``): every watch plus sampled negatives (impressions never
+watched, random catalogue items); see :func:`user_examples`. All splits share one feature set,
+so one schema and one Transform graph serve both models.
 
 Memory: interactions are grouped per user (one user's events in one worker); items are a side
 input (the catalogue fits in a worker: 500K items is a few hundred MB).
@@ -15,6 +20,7 @@ input (the catalogue fits in a worker: 500K items is a few hundred MB).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -24,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import tensorflow as tf
 
-from marquee.config import DataConfig
+from marquee.config import Config, DataConfig, RankingConfig
 from marquee.data import contract as c
 from marquee.data.validate import check_frame
 from trainer import features as f
@@ -32,7 +38,10 @@ from trainer import features as f
 TRAIN = "train"
 EVAL = "eval"
 CATALOGUE = "catalogue"
-SPLITS = (TRAIN, EVAL, CATALOGUE)
+RANK_TRAIN = "rank_train"
+RANK_EVAL = "rank_eval"
+USER_SPLITS = (TRAIN, EVAL, RANK_TRAIN, RANK_EVAL)
+SPLITS = (TRAIN, EVAL, CATALOGUE, RANK_TRAIN, RANK_EVAL)
 
 
 def time_cutoff(data_dir: str | Path, config: DataConfig) -> int:
@@ -138,39 +147,117 @@ def catalogue_example(item: dict) -> tf.train.Example:
     feats.update(candidate_features(item))
     feats[f.TIMESTAMP] = _ints([_i(item.get(c.ADDED_AT))])
     feats[f.WATCH_SECONDS] = _floats([0.0])
+    feats[f.POSITION] = _ints([f.MISSING_INT])
     return tf.train.Example(features=tf.train.Features(feature=feats))
 
 
-class UserExamples(beam.DoFn):
-    """Per user: sorts positive watches by (timestamp, item_id) and emits one example each."""
+def _example(user: dict, event: dict, item: dict, history: list[int], watch_seconds: float,
+             position: int | None) -> tf.train.Example:
+    feats = query_features(user, event[c.TIMESTAMP], event[c.DEVICE], history)
+    feats.update(candidate_features(item))
+    feats[f.TIMESTAMP] = _ints([event[c.TIMESTAMP]])
+    feats[f.WATCH_SECONDS] = _floats([watch_seconds])
+    feats[f.POSITION] = _ints([_i(position)])
+    return tf.train.Example(features=tf.train.Features(feature=feats))
 
-    def __init__(self, cutoff: int, history_length: int):
+
+def user_examples(
+    user: dict, events: list[dict], items: dict, item_ids: np.ndarray, cutoff: int,
+    data: DataConfig, ranking: RankingConfig,
+) -> Iterator[tuple[str, tf.train.Example]]:
+    """All examples of one user, as (split, example).
+
+    Retrieval (TRAIN / EVAL): one per positive watch (``watch_seconds >= data.min_watch_seconds``)
+    with the user's earlier positives as ``history``.
+
+    Ranking (RANK_TRAIN / RANK_EVAL): every watch, labelled by its watch time (a watch past
+    two minutes is a positive; a shorter one is a real negative), plus, per positive,
+    ``ranking.negatives_per_positive`` negatives: a ``impression_negative_share`` of them from
+    items shown to the user that the user never watched past two minutes (each with its own
+    logged time, device and position), the rest (and any shortfall) random catalogue items the
+    user never watched, available at the positive's time, at position 0 (unknown). Sampling is
+    seeded by (ranking.seed, user id), so the examples are reproducible.
+    """
+    events = sorted((e for e in events if e[c.ITEM_ID] in items),
+                    key=lambda e: (e[c.TIMESTAMP], e[c.ITEM_ID], e[c.EVENT]))
+    watched = [e for e in events if e[c.EVENT] == c.EVENT_WATCH]
+    positives = {e[c.ITEM_ID] for e in watched
+                 if e[c.WATCH_SECONDS] >= c.WATCHED_THRESHOLD_SECONDS}
+    ever_watched = {e[c.ITEM_ID] for e in watched}
+    pool: dict[int, dict] = {}
+    for e in events:
+        if e[c.EVENT] == c.EVENT_IMPRESSION and e[c.ITEM_ID] not in positives:
+            pool.setdefault(e[c.ITEM_ID], e)
+    rng = np.random.default_rng([ranking.seed, int(user[c.USER_ID]) & 0x7FFFFFFF])
+    pool_order = list(pool)
+    rng.shuffle(pool_order)
+
+    def split_of(ts: int, train: str, eval_: str) -> str:
+        return train if ts < cutoff else eval_
+
+    # History of positive watches (by the retrieval threshold) before each moment.
+    hist_times = [e[c.TIMESTAMP] for e in watched if e[c.WATCH_SECONDS] >= data.min_watch_seconds]
+    hist_items = [e[c.ITEM_ID] for e in watched if e[c.WATCH_SECONDS] >= data.min_watch_seconds]
+
+    def history_before(ts: int, item: int | None = None) -> list[int]:
+        # Positives strictly earlier, plus same-second ones ordered before (by item id): the
+        # (timestamp, item_id) order of the events. Most recent first.
+        j = bisect.bisect_left(hist_times, ts)
+        while (item is not None and j < len(hist_times) and hist_times[j] == ts
+               and hist_items[j] < item):
+            j += 1
+        return hist_items[max(0, j - data.history_length):j][::-1]
+
+    ratio = ranking.negatives_per_positive
+    n_imp = int(round(ratio * ranking.impression_negative_share))
+    for w in watched:
+        ts, item = w[c.TIMESTAMP], w[c.ITEM_ID]
+        hist = history_before(ts, item)
+        if w[c.WATCH_SECONDS] >= data.min_watch_seconds:
+            yield split_of(ts, TRAIN, EVAL), _example(
+                user, w, items[item], hist, w[c.WATCH_SECONDS], w.get(c.POSITION))
+        yield split_of(ts, RANK_TRAIN, RANK_EVAL), _example(
+            user, w, items[item], hist, w[c.WATCH_SECONDS], w.get(c.POSITION))
+        if w[c.WATCH_SECONDS] < c.WATCHED_THRESHOLD_SECONDS:
+            continue
+        n_random = ratio
+        for _ in range(min(n_imp, len(pool_order))):
+            imp = pool[pool_order.pop()]
+            n_random -= 1
+            yield split_of(imp[c.TIMESTAMP], RANK_TRAIN, RANK_EVAL), _example(
+                user, imp, items[imp[c.ITEM_ID]], history_before(imp[c.TIMESTAMP]), 0.0,
+                imp.get(c.POSITION))
+        tries = 0
+        while n_random > 0 and tries < 20 * ratio:
+            tries += 1
+            cand = int(item_ids[rng.integers(len(item_ids))])
+            if cand in ever_watched or items[cand].get(c.ADDED_AT, 0) > ts:
+                continue
+            n_random -= 1
+            yield split_of(ts, RANK_TRAIN, RANK_EVAL), _example(
+                user, w, items[cand], hist, 0.0, None)
+
+
+class UserExamples(beam.DoFn):
+    """Per user: :func:`user_examples`, as tagged outputs per split."""
+
+    def __init__(self, cutoff: int, data: DataConfig, ranking: RankingConfig):
         super().__init__()
-        self.cutoff = cutoff
-        self.history_length = history_length
-        self.examples = beam.metrics.Metrics.counter("marquee", "examples")
+        self.cutoff, self.data, self.ranking = cutoff, data, ranking
+        self._ids_for = None
+        self._item_ids = None
 
     def process(self, element, items: dict):
         _, grouped = element
         users = list(grouped["user"])
         if not users:  # interactions of an unknown user: already in the rejects file
             return
-        user = users[0]
-        watches = sorted(
-            (w for w in grouped["watch"] if w[c.ITEM_ID] in items),
-            key=lambda w: (w[c.TIMESTAMP], w[c.ITEM_ID]),
-        )
-        history: list[int] = []
-        for w in watches:
-            feats = query_features(user, w[c.TIMESTAMP], w[c.DEVICE], history)
-            feats.update(candidate_features(items[w[c.ITEM_ID]]))
-            feats[f.TIMESTAMP] = _ints([w[c.TIMESTAMP]])
-            feats[f.WATCH_SECONDS] = _floats([w[c.WATCH_SECONDS]])
-            example = tf.train.Example(features=tf.train.Features(feature=feats))
-            split = TRAIN if w[c.TIMESTAMP] < self.cutoff else EVAL
+        if self._ids_for is not id(items):  # the side input's id list, built once per worker
+            self._item_ids = np.array(sorted(items), np.int64)
+            self._ids_for = id(items)
+        for split, example in user_examples(users[0], list(grouped["event"]), items,
+                                            self._item_ids, self.cutoff, self.data, self.ranking):
             yield beam.pvalue.TaggedOutput(split, example)
-            history.insert(0, w[c.ITEM_ID])
-            del history[self.history_length:]
 
 
 def _read(p: beam.Pipeline, data_dir: Path, table: str) -> beam.PCollection:
@@ -190,28 +277,26 @@ def _read_file(path: str, batch_size: int = 65_536) -> Iterator[pa.Table]:
 
 
 def build_examples(
-    p: beam.Pipeline, data_dir: str | Path, config: DataConfig, cutoff: int
+    p: beam.Pipeline, data_dir: str | Path, config: Config, cutoff: int
 ) -> dict[str, beam.PCollection]:
     """Beam graph from the dataset folder to serialized tf.Examples per split."""
     data_dir = Path(data_dir)
     users = _read(p, data_dir, c.USERS) | "KeyUsers" >> beam.Map(lambda u: (u[c.USER_ID], u))
     items = _read(p, data_dir, c.ITEMS) | "KeyItems" >> beam.Map(lambda i: (i[c.ITEM_ID], i))
-    min_ws = config.min_watch_seconds
-    watches = (
+    events = (
         _read(p, data_dir, c.INTERACTIONS)
-        | "Positives" >> beam.Filter(
-            lambda e: e[c.EVENT] == c.EVENT_WATCH and e[c.WATCH_SECONDS] >= min_ws)
-        | "KeyWatches" >> beam.Map(lambda e: (e[c.USER_ID], e))
+        | "KeyEvents" >> beam.Map(lambda e: (e[c.USER_ID], e))
     )
     per_split = (
-        {"user": users, "watch": watches}
+        {"user": users, "event": events}
         | "GroupByUser" >> beam.CoGroupByKey()
         | "UserExamples" >> beam.ParDo(
-            UserExamples(cutoff, config.history_length), items=beam.pvalue.AsDict(items)
-        ).with_outputs(TRAIN, EVAL)
+            UserExamples(cutoff, config.data, config.ranking), items=beam.pvalue.AsDict(items)
+        ).with_outputs(*USER_SPLITS)
     )
     catalogue = items | "CatalogueExamples" >> beam.Map(lambda kv: catalogue_example(kv[1]))
-    out = {TRAIN: per_split[TRAIN], EVAL: per_split[EVAL], CATALOGUE: catalogue}
+    out = {split: per_split[split] for split in USER_SPLITS}
+    out[CATALOGUE] = catalogue
     return {
         split: pcoll | f"Serialize{split}" >> beam.Map(lambda e: e.SerializeToString())
         for split, pcoll in out.items()

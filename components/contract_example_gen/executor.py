@@ -29,7 +29,7 @@ def write_examples(
     if not report.ok:
         raise TooManyRejects(report)
     cutoff = example_lib.time_cutoff(data_dir, config.data)
-    outputs = example_lib.build_examples(pipeline, data_dir, config.data, cutoff)
+    outputs = example_lib.build_examples(pipeline, data_dir, config, cutoff)
     for split, pcoll in outputs.items():
         _ = pcoll | f"Write{split}" >> beam.io.WriteToTFRecord(
             os.path.join(output_uri, f"Split-{split}", "data_tfrecord"),

@@ -1,4 +1,5 @@
-"""ModelPusher: pushes towers + index into the versioned serving layout, only when blessed."""
+"""ModelPusher: pushes towers + index, and the ranker, into the versioned serving layout, each
+only when blessed."""
 
 from __future__ import annotations
 
@@ -25,9 +26,16 @@ class Executor(base_executor.BaseExecutor):
         serving_dir = path_utils.serving_model_path(model.uri)
         with open(os.path.join(serving_dir, METADATA_FILE)) as fh:
             run = json.load(fh)["training_run"]
+        ranker_dir, ranker_blessed = None, False
+        if input_dict.get("ranking_model"):
+            ranking = artifact_utils.get_single_instance(input_dict["ranking_model"])
+            verdict = artifact_utils.get_single_instance(input_dict["ranking_blessing"])
+            ranker_dir = os.path.join(path_utils.serving_model_path(ranking.uri), push_lib.RANKER)
+            ranker_blessed = bool(verdict.get_int_custom_property(BLESSED))
         result = push_lib.push(serving_dir, index.uri,
                                bool(index.get_int_custom_property(BLESSED)),
-                               exec_properties["serving_dir"], run)
+                               exec_properties["serving_dir"], run,
+                               ranker_dir=ranker_dir, ranker_blessed=ranker_blessed)
         pushed.set_int_custom_property("pushed", int(result.pushed))
         if result.version is not None:
             pushed.set_int_custom_property("pushed_version", result.version)
@@ -42,6 +50,8 @@ class ModelPusherSpec(ComponentSpec):
     INPUTS = {
         "model": ChannelParameter(type=standard_artifacts.Model),
         "index": ChannelParameter(type=ScannIndex),
+        "ranking_model": ChannelParameter(type=standard_artifacts.Model, optional=True),
+        "ranking_blessing": ChannelParameter(type=standard_artifacts.ModelBlessing, optional=True),
     }
     OUTPUTS = {"pushed_model": ChannelParameter(type=standard_artifacts.PushedModel)}
 
@@ -50,7 +60,9 @@ class ModelPusher(base_component.BaseComponent):
     SPEC_CLASS = ModelPusherSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
-    def __init__(self, model, index, serving_dir: str):
+    def __init__(self, model, index, serving_dir: str, ranking_model=None,
+                 ranking_blessing=None):
         super().__init__(spec=ModelPusherSpec(
             model=model, index=index, serving_dir=str(serving_dir),
+            ranking_model=ranking_model, ranking_blessing=ranking_blessing,
             pushed_model=types.Channel(type=standard_artifacts.PushedModel)))

@@ -1,0 +1,233 @@
+"""The multi-task ranking model and its TFX Trainer module (``run_fn``).
+
+Scores (user, item) pairs precisely: P(watch past 2 minutes) and expected watch time.
+
+Inputs are raw features (the same dense, padded form as the towers' signatures: scalars [B],
+``history`` [B, H] padded with -1, genres / cast / keywords [B, L] padded with "") plus
+``retrieval_score`` [B] (the two-tower dot product of the pair, which serving has from the
+candidate source). The Transform graph runs inside the model, so the exported SavedModel takes
+raw features like the towers.
+
+Architecture: user / item / categorical embeddings, pooled genres, cast, title tokens and
+history, the scaled numerics and the retrieval score -> a DCN-v2 cross network
+(``tfrs.layers.dcn.Cross``) -> a deep MLP -> two heads:
+- ``watched``: logit of P(watch past 2 minutes), binary cross-entropy;
+- ``watch_time``: log1p(watch seconds), mean squared error;
+combined with ``RankingConfig.watched_weight`` / ``watch_time_weight``.
+
+Position debiasing: the page position enters only through a shallow side tower (one learned
+bias per position bucket) added to the ``watched`` logit during training. The serving signature
+has no position input and fixes the bias to position 1, so the model ranks by relevance, not by
+the slot an item happened to be shown in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+import tensorflow_transform as tft
+
+from marquee.config import Config, RankingConfig
+from marquee.data import contract as c
+from trainer import features as f
+from trainer import raw_inputs
+from trainer.model import SparseMeanEmbedding, VocabSizes
+from trainer.retrieval import EMBEDDING, _raw_inputs, vocab_sizes
+
+xf = f.transformed_name
+RETRIEVAL_SCORE = "retrieval_score"
+P_WATCH = "p_watch"
+WATCH_TIME_SECONDS = "watch_time_seconds"
+WATCHED_LOGIT = "watched_logit"
+LOG_WATCH_TIME = "log_watch_time"
+SERVING_POSITION = 1
+RAW_KEYS = f.QUERY_FEATURES + f.CANDIDATE_FEATURES
+
+
+def labels(watch_seconds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(watched past 2 minutes as 0/1 float32, log1p(watch seconds) float32)."""
+    ws = np.asarray(watch_seconds, np.float64)
+    return ((ws >= c.WATCHED_THRESHOLD_SECONDS).astype(np.float32),
+            np.log1p(np.maximum(ws, 0.0)).astype(np.float32))
+
+
+def retrieval_scores(retrieval_dir: str, inputs: dict, batch_size: int = 8192) -> np.ndarray:
+    """Dot product of the pushed/trained towers for each (query, item) row of raw ``inputs``."""
+    q = tf.saved_model.load(os.path.join(retrieval_dir, "query_tower"))
+    cand = tf.saved_model.load(os.path.join(retrieval_dir, "candidate_tower"))
+    qe = raw_inputs.embed(q.signatures["serving_default"],
+                          {k: inputs[k] for k in f.QUERY_FEATURES}, batch_size)
+    ce = raw_inputs.embed(cand.signatures["serving_default"],
+                          {k: inputs[k] for k in f.CANDIDATE_FEATURES}, batch_size)
+    return np.sum(qe * ce, axis=1).astype(np.float32)
+
+
+def load_split(patterns: list[str], retrieval_dir: str, limit: int | None = None) -> dict:
+    """Raw ranking examples -> dense inputs (+ retrieval score, position, watch seconds)."""
+    serialized = raw_inputs.read_examples(patterns, limit)
+    if not serialized:
+        return {}
+    inputs = raw_inputs.parse_examples(
+        serialized, RAW_KEYS + (f.POSITION, f.WATCH_SECONDS, f.TIMESTAMP))
+    out = {k: v.numpy() for k, v in inputs.items()}
+    out[RETRIEVAL_SCORE] = retrieval_scores(retrieval_dir, inputs)
+    return out
+
+
+class RankingModel(tf.keras.Model):
+    def __init__(self, tft_layer, raw_spec: dict, sizes: VocabSizes, cfg: RankingConfig):
+        super().__init__(name="ranker")
+        self.tft_layer = tft_layer
+        self._raw_spec = raw_spec
+        self.cfg = cfg
+        d = cfg.embedding_dim
+        self.user = tf.keras.layers.Embedding(sizes.user_id, d, name="user_id")
+        self.items = SparseMeanEmbedding(sizes.item_id, d, name="item_id")
+        self.cats = {k: tf.keras.layers.Embedding(getattr(sizes, k), 8, name=k)
+                     for k in (f.COUNTRY, f.SUBSCRIPTION_TIER, f.AGE_BUCKET, f.DEVICE,
+                               f.DIRECTOR)}
+        self.pools = {k: SparseMeanEmbedding(getattr(sizes, k), 16, name=k)
+                      for k in (f.GENRES, f.CAST, f.KEYWORDS, f.TITLE_TOKENS)}
+        self.hour = tf.keras.layers.Embedding(24, 4, name="hour")
+        self.dow = tf.keras.layers.Embedding(7, 4, name="day_of_week")
+        self.norm = tf.keras.layers.LayerNormalization()
+        self.crosses = [tfrs.layers.dcn.Cross(projection_dim=None, name=f"cross_{i}")
+                        for i in range(cfg.cross_layers)]
+        self.deep = tf.keras.Sequential(
+            [tf.keras.layers.Dense(n, activation="relu") for n in cfg.deep_layers], name="deep")
+        self.watched_head = tf.keras.layers.Dense(1, name="watched")
+        self.watch_time_head = tf.keras.layers.Dense(1, name="watch_time")
+        # The shallow position tower: one bias per position bucket (0 = unknown).
+        self.position_bias = tf.keras.layers.Embedding(
+            cfg.position_buckets + 1, 1, embeddings_initializer="zeros", name="position_bias")
+
+    def features(self, raw: dict) -> tf.Tensor:
+        batch = tf.shape(raw[f.USER_ID])[0]
+        x = self.tft_layer(_raw_inputs({k: raw[k] for k in RAW_KEYS}, self._raw_spec, batch))
+        sq = lambda t: tf.reshape(t, [-1])  # noqa: E731
+        dense = [tf.reshape(tf.cast(x[xf(k) + s], tf.float32), [-1, 1])
+                 for k in (f.RELEASE_YEAR, f.DURATION_SECONDS) for s in ("", "_missing")]
+        parts = [
+            self.user(sq(x[xf(f.USER_ID)])),
+            self.items.lookup(sq(x[xf(f.ITEM_ID)])),
+            self.items(x[xf(f.HISTORY)]),
+            self.hour(sq(x[xf(f.HOUR)])),
+            self.dow(sq(x[xf(f.DAY_OF_WEEK)])),
+            tf.reshape(tf.cast(raw[RETRIEVAL_SCORE], tf.float32), [-1, 1]),
+            *dense,
+        ] + [emb(sq(x[xf(k)])) for k, emb in self.cats.items()] + [
+            pool(x[xf(k)]) for k, pool in self.pools.items()]
+        return tf.concat(parts, axis=1)
+
+    def call(self, raw: dict, training: bool = False) -> dict:
+        x0 = self.norm(self.features(raw))
+        x = x0
+        for cross in self.crosses:
+            x = cross(x0, x)
+        h = self.deep(x)
+        position = raw.get(f.POSITION)
+        if position is None:
+            position = tf.fill(tf.shape(raw[f.USER_ID]), tf.constant(SERVING_POSITION, tf.int64))
+        bucket = tf.clip_by_value(tf.reshape(tf.cast(position, tf.int64), [-1]), 0,
+                                  self.cfg.position_buckets)
+        logit = self.watched_head(h) + self.position_bias(bucket)
+        return {WATCHED_LOGIT: tf.reshape(logit, [-1]),
+                LOG_WATCH_TIME: tf.reshape(self.watch_time_head(h), [-1])}
+
+
+def serving_signature() -> dict[str, tf.TensorSpec]:
+    from trainer.retrieval import candidate_signature, query_signature
+
+    spec = {**query_signature(), **candidate_signature()}
+    spec[RETRIEVAL_SCORE] = tf.TensorSpec([None], tf.float32, RETRIEVAL_SCORE)
+    return spec
+
+
+class _Export(tf.Module):
+    def __init__(self, model: RankingModel):
+        super().__init__()
+        self.model = model
+
+    def serve(self, inputs: dict) -> dict:
+        out = self.model(inputs, training=False)  # no position input: the bias of position 1
+        return {P_WATCH: tf.sigmoid(out[WATCHED_LOGIT]),
+                WATCH_TIME_SECONDS: tf.math.expm1(tf.maximum(out[LOG_WATCH_TIME], 0.0))}
+
+
+def export_ranker(model: RankingModel, path: str, info: dict) -> None:
+    module = _Export(model)
+    fn = tf.function(lambda **kw: module.serve(kw))
+    tf.saved_model.save(module, path, signatures={
+        "serving_default": fn.get_concrete_function(**serving_signature())})
+    extra = Path(path) / "assets.extra"
+    extra.mkdir(parents=True, exist_ok=True)
+    (extra / "marquee.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+
+
+def _dataset(data: dict, cfg: RankingConfig, shuffle: bool) -> tf.data.Dataset:
+    watched, log_time = labels(data[f.WATCH_SECONDS])
+    features = {k: data[k] for k in RAW_KEYS + (RETRIEVAL_SCORE, f.POSITION)}
+    ds = tf.data.Dataset.from_tensor_slices(
+        (features, {WATCHED_LOGIT: watched, LOG_WATCH_TIME: log_time}))
+    if shuffle:
+        ds = ds.shuffle(min(len(watched), 200_000), seed=cfg.seed)
+    return ds.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def build_model(tft_out: tft.TFTransformOutput, cfg: RankingConfig) -> RankingModel:
+    tf.keras.utils.set_random_seed(cfg.seed)
+    model = RankingModel(tft_out.transform_features_layer(), tft_out.raw_feature_spec(),
+                         vocab_sizes(tft_out), cfg)
+    model.compile(
+        optimizer=tf.keras.optimizers.Adam(cfg.learning_rate),
+        loss={WATCHED_LOGIT: tf.keras.losses.BinaryCrossentropy(from_logits=True),
+              LOG_WATCH_TIME: tf.keras.losses.MeanSquaredError()},
+        loss_weights={WATCHED_LOGIT: cfg.watched_weight, LOG_WATCH_TIME: cfg.watch_time_weight},
+    )
+    return model
+
+
+def train_ranker(train: dict, eval_: dict, transform_dir: str, cfg: RankingConfig,
+                 epochs: int | None = None, steps: int | None = None) -> tuple[RankingModel, dict]:
+    """Fits the ranker on in-memory raw examples; ``steps`` caps the training steps."""
+    tft_out = tft.TFTransformOutput(transform_dir)
+    model = build_model(tft_out, cfg)
+    t0 = time.perf_counter()
+    train_ds = _dataset(train, cfg, shuffle=True)
+    if steps is not None:
+        train_ds = train_ds.take(steps)
+    history = model.fit(train_ds, validation_data=_dataset(eval_, cfg, False) if eval_ else None,
+                        epochs=epochs if epochs is not None else cfg.epochs, verbose=2)
+    seconds = time.perf_counter() - t0
+    n = len(train[f.WATCH_SECONDS])
+    return model, {"train_examples": n, "train_seconds": round(seconds, 2),
+                   "final_loss": float(history.history["loss"][-1])}
+
+
+def run_fn(fn_args) -> None:
+    """TFX Trainer entry point. ``fn_args.base_model``: the retrieval model (for the score)."""
+    config = Config.from_json(fn_args.custom_config["config"])
+    cfg = config.ranking
+    steps = fn_args.custom_config.get("max_steps")
+    train = load_split(fn_args.train_files, fn_args.base_model)
+    if not train:
+        raise ValueError("the rank_train split has no examples; check the data")
+    eval_ = load_split(fn_args.eval_files, fn_args.base_model)
+    model, metrics = train_ranker(train, eval_, fn_args.transform_output, cfg, steps=steps)
+    with open(os.path.join(fn_args.base_model, "metadata.json")) as fh:
+        retrieval_run = json.load(fh)["training_run"]
+    info = {"retrieval_training_run": retrieval_run, "metrics": metrics,
+            "config": dataclasses.asdict(cfg)}
+    export_ranker(model, os.path.join(fn_args.serving_model_dir, "ranker"), info)
+    Path(fn_args.serving_model_dir, "metadata.json").write_text(json.dumps(info, indent=2))
+    print(json.dumps(metrics, indent=2))
+
+
+__all__ = ["EMBEDDING", "P_WATCH", "RETRIEVAL_SCORE", "WATCH_TIME_SECONDS", "run_fn"]
