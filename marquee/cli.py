@@ -110,6 +110,36 @@ def pipeline_run(data_dir: str, root: str, config_file: str | None) -> None:
     click.echo(summary)
 
 
+@pipeline.command("compile")
+@click.option("--out", default="kubeflow/pipeline.json", show_default=True,
+              type=click.Path(dir_okay=False),
+              help="Output: .json (PipelineJob, Vertex AI) or .yaml (PipelineSpec, KFP 2.x).")
+@click.option("--image", help="Image for every step, built from kubeflow/Dockerfile "
+              "[default: placeholder gcr.io/YOUR_PROJECT/marquee:VERSION].")
+@click.option("--pipeline-root", help="Artifact root URI [default: gs://YOUR_BUCKET/marquee/tfx].")
+@click.option("--data", "data_dir",
+              help="Dataset folder the steps read [default: gs://YOUR_BUCKET/marquee/data].")
+@click.option("--serving-dir",
+              help="Where ModelPusher writes [default: /models, the models volume].")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="YAML config (its beam section picks the Beam runner).")
+def pipeline_compile(out: str, image: str | None, pipeline_root: str | None,
+                     data_dir: str | None, serving_dir: str | None,
+                     config_file: str | None) -> None:
+    """Compile the pipeline for Kubeflow Pipelines v2 / Vertex AI (offline)."""
+    from marquee.config import ConfigError, load_config
+    from pipeline import kubeflow_runner as kr
+
+    try:
+        path = kr.compile_pipeline(
+            Path(out), image or kr.DEFAULT_IMAGE, pipeline_root or kr.DEFAULT_PIPELINE_ROOT,
+            data_dir or kr.DEFAULT_DATA_DIR, serving_dir or kr.DEFAULT_SERVING_DIR,
+            load_config(config_file))
+    except (ConfigError, kr.CompileError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(str(path))
+
+
 # ----------------------------------------------------------------------------- demo
 
 

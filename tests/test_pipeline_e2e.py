@@ -106,3 +106,67 @@ def test_feature_keys_cover_the_signatures():
     # Every raw key the towers take is spelled in trainer/features.py.
     assert set(f.QUERY_FEATURES) == set(query_inputs(
         [QueryFeatures(user_id=1, timestamp=0)], 3))
+
+
+def _ranking_inputs(tmp):
+    from trainer.ranking import load_split
+
+    examples = next((tmp / "run" / "tfx" / "ContractExampleGen" / "examples").glob("*"))
+    retrieval = next((tmp / "run" / "tfx" / "Trainer" / "model").glob("*/Format-Serving"))
+    transform = next((tmp / "run" / "tfx" / "Transform" / "transform_graph").glob("*"))
+    train = load_split([str(examples / "Split-rank_train" / "*")], str(retrieval))
+    return examples, retrieval, transform, train
+
+
+def test_ranker_losses_and_position_tower_dropped_at_serving(run, tmp_path):
+    from trainer.ranking import (
+        LOG_WATCH_TIME,
+        P_WATCH,
+        RAW_KEYS,
+        RETRIEVAL_SCORE,
+        WATCHED_LOGIT,
+        export_ranker,
+        train_ranker,
+    )
+
+    tmp, _ = run
+    _, _, transform, train = _ranking_inputs(tmp)
+    model, _ = train_ranker(train, {}, str(transform), CONFIG.ranking, epochs=1, steps=5)
+    # Both heads' losses, hand-checked: BCE(logit 0) = ln 2 for either label; MSE of log time
+    # errors (0, 2) = 2; total = 1.0 * ln 2 + 0.1 * 2.
+    y_true = {WATCHED_LOGIT: tf.constant([1.0, 0.0]), LOG_WATCH_TIME: tf.constant([1.0, 1.0])}
+    y_pred = {WATCHED_LOGIT: tf.constant([0.0, 0.0]), LOG_WATCH_TIME: tf.constant([1.0, 3.0])}
+    loss = float(model.compute_loss(y=y_true, y_pred=y_pred))
+    assert loss == pytest.approx(np.log(2) * 1.0 + 0.1 * 2.0, rel=1e-5)
+
+    # Give positions very different learned biases; serving must not see them.
+    bias = np.zeros((CONFIG.ranking.position_buckets + 1, 1), np.float32)
+    bias[1], bias[5] = 0.0, 3.0
+    model.position_bias.set_weights([bias])
+    batch = {k: train[k][:16] for k in RAW_KEYS + (RETRIEVAL_SCORE,)}
+    at = lambda pos: tf.sigmoid(model({**batch, "position": np.full(16, pos, np.int64)})[  # noqa: E731
+        WATCHED_LOGIT]).numpy()
+    assert np.all(at(5) > at(1))  # the tower matters in training...
+    export_ranker(model, str(tmp_path / "ranker"), {})
+    served = tf.saved_model.load(str(tmp_path / "ranker")).signatures["serving_default"]
+    assert "position" not in served.structured_input_signature[1]
+    out = served(**{k: tf.constant(v) for k, v in batch.items()})[P_WATCH].numpy()
+    np.testing.assert_allclose(out, at(1), rtol=1e-5)  # ...and is fixed to position 1 served
+
+
+def test_one_step_ranker_is_neither_blessed_nor_pushed(run, tmp_path):
+    from components.model_pusher import push_lib
+    from components.ranking_evaluator.executor import evaluate
+    from trainer.ranking import export_ranker, train_ranker
+
+    tmp, _ = run
+    examples, retrieval, transform, train = _ranking_inputs(tmp)
+    model, _ = train_ranker(train, {}, str(transform), CONFIG.ranking, epochs=1, steps=1)
+    export_ranker(model, str(tmp_path / "model" / "ranker"), {})
+    result = evaluate(str(tmp_path / "model" / "ranker"), None, str(examples), str(retrieval),
+                      CONFIG)
+    assert not result["blessed"], result["reason"]
+    assert result["baseline"] == "the popularity baseline"
+    pushed = push_lib.push(retrieval, tmp_path / "unused", False, tmp_path / "serving", "r",
+                           ranker_dir=tmp_path / "model" / "ranker", ranker_blessed=False)
+    assert not pushed.pushed and not (tmp_path / "serving" / "ranker").exists()
