@@ -140,6 +140,28 @@ def pipeline_compile(out: str, image: str | None, pipeline_root: str | None,
     click.echo(str(path))
 
 
+# ----------------------------------------------------------------------------- serving
+
+
+@main.command("model-server")
+@click.option("--model-base", type=click.Path(file_okay=False),
+              help="Pusher's serving directory: BASE/<model>/<version>/saved_model.pb.")
+@click.option("--model-config-file", type=click.Path(exists=True, dir_okay=False),
+              help="TF Serving model config file (text ModelServerConfig); overrides --model-base.")
+@click.option("--port", default=8500, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--poll-seconds", default=1.0, show_default=True, type=click.FloatRange(0.05))
+def model_server(model_base: str | None, model_config_file: str | None, port: int, host: str,
+                 poll_seconds: float) -> None:
+    """Development model server speaking TF Serving's gRPC API (production: tensorflow/serving)."""
+    from serving.model_server import serve
+
+    if not model_base and not model_config_file:
+        raise click.UsageError("give --model-base DIR or --model-config-file FILE")
+    serve(model_base, port, model_config_file=model_config_file, poll_seconds=poll_seconds,
+          host=host)
+
+
 # ----------------------------------------------------------------------------- demo
 
 
