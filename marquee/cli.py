@@ -162,6 +162,26 @@ def model_server(model_base: str | None, model_config_file: str | None, port: in
           host=host)
 
 
+@main.command("serve")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Dataset folder: the catalogue and the users' histories.")
+@click.option("--model-base", required=True, type=click.Path(file_okay=False),
+              help="Pusher's serving directory (the index is searched in-process from here).")
+@click.option("--tf-serving", help="HOST:PORT of TF Serving (or marquee model-server); "
+              "without it the SavedModels are loaded in-process.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--host", default="0.0.0.0", show_default=True)
+def serve_api(data_dir: str, model_base: str, tf_serving: str | None, port: int,
+              host: str) -> None:
+    """The homepage HTTP API: GET /v1/users/{id}/homepage, /healthz, /metrics."""
+    import logging
+
+    from serving.app import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    serve(data_dir, model_base, tf_serving, port, host)
+
+
 # ----------------------------------------------------------------------------- demo
 
 

@@ -69,7 +69,10 @@ class RankingConfig:
     embedding_dim: int = 32
     cross_layers: int = 2
     deep_layers: tuple[int, ...] = (256, 128)
-    epochs: int = 4
+    epochs: int = 6
+    # Early stopping watches the binary loss on the latest share of the train examples.
+    validation_share: float = 0.1
+    early_stopping_patience: int = 1
     batch_size: int = 1024
     learning_rate: float = 0.001
     # Loss = watched_weight * BCE(watched past 2 min) + watch_time_weight * MSE(log1p seconds).

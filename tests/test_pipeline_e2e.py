@@ -1,5 +1,6 @@
 """End to end through the real TFX LocalDagRunner on tiny simulated data (slow: ~2 minutes)."""
 
+import dataclasses
 import json
 import shutil
 
@@ -9,29 +10,19 @@ import pytest
 import tensorflow as tf
 
 from components.model_pusher.push_lib import CANDIDATE_TOWER, QUERY_TOWER, RETRIEVAL_INDEX
-from marquee.config import from_dict
+from marquee.config import EvaluatorConfig
 from marquee.data import contract as c
-from marquee.data.simulate import SimConfig, simulate
-from pipeline.local_runner import run_local
 from serving.retrieval import InProcessRetriever, ModelMismatch, QueryFeatures, query_inputs
 from trainer import features as f
 from trainer.retrieval import LIST_PAD
 
+from .conftest import E2E_CONFIG as CONFIG
+
 pytestmark = pytest.mark.slow
 
-CONFIG = from_dict({
-    "retrieval": {"epochs": 2, "batch_size": 128},
-    "index": {"eval_queries": 50},
-    "beam": {"direct_num_workers": 2},
-})
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("e2e")
-    simulate(tmp / "data", SimConfig(users=150, items=200, days=20, seed=1))
-    summary = run_local(tmp / "data", tmp / "run", CONFIG)
-    return tmp, summary
+def run(pipeline_run):
+    return pipeline_run.tmp, pipeline_run.summary
 
 
 def _version(base, model):
@@ -131,7 +122,7 @@ def test_ranker_losses_and_position_tower_dropped_at_serving(run, tmp_path):
 
     tmp, _ = run
     _, _, transform, train = _ranking_inputs(tmp)
-    model, _ = train_ranker(train, {}, str(transform), CONFIG.ranking, epochs=1, steps=5)
+    model, _ = train_ranker(train, str(transform), CONFIG.ranking, epochs=1, steps=5)
     # Both heads' losses, hand-checked: BCE(logit 0) = ln 2 for either label; MSE of log time
     # errors (0, 2) = 2; total = 1.0 * ln 2 + 0.1 * 2.
     y_true = {WATCHED_LOGIT: tf.constant([1.0, 0.0]), LOG_WATCH_TIME: tf.constant([1.0, 1.0])}
@@ -161,10 +152,11 @@ def test_one_step_ranker_is_neither_blessed_nor_pushed(run, tmp_path):
 
     tmp, _ = run
     examples, retrieval, transform, train = _ranking_inputs(tmp)
-    model, _ = train_ranker(train, {}, str(transform), CONFIG.ranking, epochs=1, steps=1)
+    model, _ = train_ranker(train, str(transform), CONFIG.ranking, epochs=1, steps=1)
     export_ranker(model, str(tmp_path / "model" / "ranker"), {})
+    strict = dataclasses.replace(CONFIG, evaluator=EvaluatorConfig())  # the default gate
     result = evaluate(str(tmp_path / "model" / "ranker"), None, str(examples), str(retrieval),
-                      CONFIG)
+                      strict)
     assert not result["blessed"], result["reason"]
     assert result["baseline"] == "the popularity baseline"
     pushed = push_lib.push(retrieval, tmp_path / "unused", False, tmp_path / "serving", "r",

@@ -81,12 +81,42 @@ def load_split(patterns: list[str], retrieval_dir: str, limit: int | None = None
     return out
 
 
+# Pseudo-count pulling a rarely seen item's train rate towards the global rate.
+ITEM_PRIOR_COUNT = 10.0
+
+
+def item_statistics(item_ids: np.ndarray, watch_seconds: np.ndarray) -> dict[str, np.ndarray]:
+    """Per item of the train examples: smoothed watched-past-2-minutes rate and log1p(count).
+
+    Returns {"item_id": [M] int64, "rate": [M] float32, "log_count": [M] float32, "global_rate":
+    scalar}. The ranker bakes these into lookup tables (an item's historical engagement is a
+    standard ranking feature); unseen items get the global rate and count 0.
+    """
+    watched, _ = labels(watch_seconds)
+    ids, inverse, counts = np.unique(item_ids, return_inverse=True, return_counts=True)
+    pos = np.bincount(inverse, weights=watched)
+    g = float(watched.mean()) if len(watched) else 0.0
+    return {"item_id": ids.astype(np.int64),
+            "rate": ((pos + ITEM_PRIOR_COUNT * g) / (counts + ITEM_PRIOR_COUNT)).astype(np.float32),
+            "log_count": np.log1p(counts).astype(np.float32), "global_rate": g}
+
+
+def _table(keys: np.ndarray, values: np.ndarray, default: float):
+    return tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(keys, tf.int64),
+                                            tf.constant(values, tf.float32)), default)
+
+
 class RankingModel(tf.keras.Model):
-    def __init__(self, tft_layer, raw_spec: dict, sizes: VocabSizes, cfg: RankingConfig):
+    def __init__(self, tft_layer, raw_spec: dict, sizes: VocabSizes, cfg: RankingConfig,
+                 item_stats: dict[str, np.ndarray]):
         super().__init__(name="ranker")
         self.tft_layer = tft_layer
         self._raw_spec = raw_spec
         self.cfg = cfg
+        self.item_rate = _table(item_stats["item_id"], item_stats["rate"],
+                                item_stats["global_rate"])
+        self.item_log_count = _table(item_stats["item_id"], item_stats["log_count"], 0.0)
         d = cfg.embedding_dim
         self.user = tf.keras.layers.Embedding(sizes.user_id, d, name="user_id")
         self.items = SparseMeanEmbedding(sizes.item_id, d, name="item_id")
@@ -121,6 +151,8 @@ class RankingModel(tf.keras.Model):
             self.hour(sq(x[xf(f.HOUR)])),
             self.dow(sq(x[xf(f.DAY_OF_WEEK)])),
             tf.reshape(tf.cast(raw[RETRIEVAL_SCORE], tf.float32), [-1, 1]),
+            tf.reshape(self.item_rate.lookup(tf.cast(raw[f.ITEM_ID], tf.int64)), [-1, 1]),
+            tf.reshape(self.item_log_count.lookup(tf.cast(raw[f.ITEM_ID], tf.int64)), [-1, 1]),
             *dense,
         ] + [emb(sq(x[xf(k)])) for k, emb in self.cats.items()] + [
             pool(x[xf(k)]) for k, pool in self.pools.items()]
@@ -181,10 +213,11 @@ def _dataset(data: dict, cfg: RankingConfig, shuffle: bool) -> tf.data.Dataset:
     return ds.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def build_model(tft_out: tft.TFTransformOutput, cfg: RankingConfig) -> RankingModel:
+def build_model(tft_out: tft.TFTransformOutput, cfg: RankingConfig,
+                item_stats: dict[str, np.ndarray]) -> RankingModel:
     tf.keras.utils.set_random_seed(cfg.seed)
     model = RankingModel(tft_out.transform_features_layer(), tft_out.raw_feature_spec(),
-                         vocab_sizes(tft_out), cfg)
+                         vocab_sizes(tft_out), cfg, item_stats)
     model.compile(
         optimizer=tf.keras.optimizers.Adam(cfg.learning_rate),
         loss={WATCHED_LOGIT: tf.keras.losses.BinaryCrossentropy(from_logits=True),
@@ -194,20 +227,41 @@ def build_model(tft_out: tft.TFTransformOutput, cfg: RankingConfig) -> RankingMo
     return model
 
 
-def train_ranker(train: dict, eval_: dict, transform_dir: str, cfg: RankingConfig,
+def carve_validation(train: dict, share: float) -> tuple[dict, dict]:
+    """Splits the latest ``share`` of the train examples (by timestamp) off for validation, so
+    early stopping never looks at the eval split."""
+    ts = train[f.TIMESTAMP]
+    if share <= 0 or len(ts) < 10:
+        return train, {}
+    cutoff = np.quantile(ts, 1 - share)
+    fit, val = ts < cutoff, ts >= cutoff
+    if not fit.any() or not val.any():
+        return train, {}
+    return ({k: v[fit] for k, v in train.items()}, {k: v[val] for k, v in train.items()})
+
+
+def train_ranker(train: dict, transform_dir: str, cfg: RankingConfig,
                  epochs: int | None = None, steps: int | None = None) -> tuple[RankingModel, dict]:
-    """Fits the ranker on in-memory raw examples; ``steps`` caps the training steps."""
+    """Fits the ranker on in-memory raw examples, early-stopping on a validation split carved
+    from the end of train (``cfg.validation_share``); ``steps`` caps the steps per epoch."""
     tft_out = tft.TFTransformOutput(transform_dir)
-    model = build_model(tft_out, cfg)
+    fit, val = carve_validation(train, cfg.validation_share)
+    model = build_model(tft_out, cfg, item_statistics(fit[f.ITEM_ID], fit[f.WATCH_SECONDS]))
     t0 = time.perf_counter()
-    train_ds = _dataset(train, cfg, shuffle=True)
+    train_ds = _dataset(fit, cfg, shuffle=True)
     if steps is not None:
         train_ds = train_ds.take(steps)
-    history = model.fit(train_ds, validation_data=_dataset(eval_, cfg, False) if eval_ else None,
-                        epochs=epochs if epochs is not None else cfg.epochs, verbose=2)
+    callbacks = [tf.keras.callbacks.EarlyStopping(
+        monitor=f"val_{WATCHED_LOGIT}_loss", patience=cfg.early_stopping_patience,
+        restore_best_weights=True)] if val else []
+    history = model.fit(train_ds, validation_data=_dataset(val, cfg, False) if val else None,
+                        epochs=epochs if epochs is not None else cfg.epochs, callbacks=callbacks,
+                        verbose=2)
     seconds = time.perf_counter() - t0
-    n = len(train[f.WATCH_SECONDS])
-    return model, {"train_examples": n, "train_seconds": round(seconds, 2),
+    return model, {"train_examples": len(fit[f.WATCH_SECONDS]),
+                   "validation_examples": len(val.get(f.WATCH_SECONDS, [])),
+                   "epochs_run": len(history.history["loss"]),
+                   "train_seconds": round(seconds, 2),
                    "final_loss": float(history.history["loss"][-1])}
 
 
@@ -219,8 +273,7 @@ def run_fn(fn_args) -> None:
     train = load_split(fn_args.train_files, fn_args.base_model)
     if not train:
         raise ValueError("the rank_train split has no examples; check the data")
-    eval_ = load_split(fn_args.eval_files, fn_args.base_model)
-    model, metrics = train_ranker(train, eval_, fn_args.transform_output, cfg, steps=steps)
+    model, metrics = train_ranker(train, fn_args.transform_output, cfg, steps=steps)
     with open(os.path.join(fn_args.base_model, "metadata.json")) as fh:
         retrieval_run = json.load(fh)["training_run"]
     info = {"retrieval_training_run": retrieval_run, "metrics": metrics,

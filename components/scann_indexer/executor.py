@@ -52,7 +52,9 @@ def index_model(serving_dir: str, examples_uri: str, config: Config, out_dir: st
         item_emb.astype(np.float32), item_ids, queries.astype(np.float32), cfg)
     index_lib.save_index(searcher, item_ids, evaluation, out_dir,
                          {"training_run": meta["training_run"],
-                          "embedding_dim": int(item_emb.shape[1])})
+                          "embedding_dim": int(item_emb.shape[1]),
+                          # train positives per item: serving's popularity fallback
+                          "popularity": meta.get("popularity", {})})
     return evaluation
 
 

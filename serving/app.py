@@ -1,0 +1,62 @@
+"""Wires the serving pieces from a dataset folder and a model base: ``marquee serve`` and tests."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from serving.backends import GrpcBackend, IndexStore, InProcessBackend
+from serving.catalogue import load
+from serving.homepage import HomepageService, ServingConfig
+
+log = logging.getLogger(__name__)
+
+
+class UnavailableBackend:
+    """Stands in when no model can be loaded at start-up: every call fails, so every request is
+    answered by the popularity fallback (with this reason) instead of the server not starting."""
+
+    name = "unavailable"
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def query_embeddings(self, inputs, timeout_s):
+        raise RuntimeError(self.reason)
+
+    def rank(self, inputs, timeout_s):
+        raise RuntimeError(self.reason)
+
+    def has_ranker(self) -> bool:
+        return False
+
+
+def build_service(data_dir: str | Path, model_base: str | Path, tf_serving: str | None = None,
+                  config: ServingConfig = ServingConfig()) -> HomepageService:
+    catalogue, users = load(data_dir)
+    indexes = IndexStore(model_base)
+    if tf_serving:
+        backend = GrpcBackend(tf_serving, model_base)
+    else:
+        try:
+            backend = InProcessBackend(model_base)
+        except Exception as e:  # no push yet or a broken one: serve the fallback, say why
+            log.error("no model loaded from %s (%s); serving popularity only", model_base, e)
+            backend = UnavailableBackend(f"no model loaded from {model_base}: {e}")
+    popularity = indexes.popularity() or users.popularity()
+    return HomepageService(backend, indexes, catalogue, users, config, popularity=popularity)
+
+
+def serve(data_dir: str | Path, model_base: str | Path, tf_serving: str | None, port: int,
+          host: str = "0.0.0.0") -> None:
+    from serving.api import ApiServer
+
+    service = build_service(data_dir, model_base, tf_serving)
+    server = ApiServer(service, port, host)
+    log.info("homepage API on %s:%d (backend %s)", host, server.port, service.backend.name)
+    try:
+        server.httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.httpd.server_close()

@@ -1,0 +1,140 @@
+"""The catalogue and users as serving needs them: raw model inputs by row, genres, popularity.
+
+Built once from a dataset folder (the same contract tables the pipeline read). Item features are
+stored as the dense, padded arrays the towers' and ranker's signatures take, so a batch of
+candidates is a ``numpy.take`` away.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from marquee.data import contract as c
+from trainer import features as f
+from trainer.retrieval import LIST_PAD
+
+MISSING = f.MISSING_STRING
+
+
+def _padded(lists: Sequence, pad: str = LIST_PAD) -> np.ndarray:
+    width = max(1, max((len(x) for x in lists), default=0))
+    out = np.full((len(lists), width), pad, dtype=object)
+    for r, values in enumerate(lists):
+        out[r, :len(values)] = list(values)
+    return out
+
+
+@dataclasses.dataclass
+class Catalogue:
+    """Items by row. ``features``: raw candidate inputs, each [num_items] or [num_items, L]."""
+
+    item_ids: np.ndarray
+    titles: list[str]
+    genres: list[list[str]]
+    added_at: np.ndarray
+    maturity: list[str]
+    features: dict[str, np.ndarray]
+    row: dict[int, int]
+
+    @classmethod
+    def from_frame(cls, items: pd.DataFrame) -> Catalogue:
+        items = items.sort_values(c.ITEM_ID).reset_index(drop=True)
+        lists = {k: [list(v) if v is not None else [] for v in items[k]]
+                 for k in (c.GENRES, c.CAST, c.KEYWORDS) if k in items}
+        feats = {
+            f.ITEM_ID: items[c.ITEM_ID].to_numpy(np.int64),
+            f.TITLE: items[c.TITLE].fillna(MISSING).astype(str).to_numpy(object),
+            f.DIRECTOR: items[c.DIRECTOR].fillna(MISSING).astype(str).to_numpy(object),
+            f.RELEASE_YEAR: items[c.RELEASE_YEAR].fillna(0).to_numpy(np.int64),
+            f.DURATION_SECONDS: items[c.DURATION_SECONDS].fillna(0).to_numpy(np.int64),
+            f.GENRES: _padded(lists.get(c.GENRES, [[]] * len(items))),
+            f.CAST: _padded(lists.get(c.CAST, [[]] * len(items))),
+            f.KEYWORDS: _padded(lists.get(c.KEYWORDS, [[]] * len(items))),
+        }
+        ids = feats[f.ITEM_ID]
+        return cls(ids, feats[f.TITLE].tolist(), lists.get(c.GENRES, [[]] * len(items)),
+                   items[c.ADDED_AT].to_numpy(np.int64),
+                   items[c.MATURITY_RATING].astype(str).tolist(), feats,
+                   {int(i): r for r, i in enumerate(ids.tolist())})
+
+    def rows(self, item_ids: Sequence[int]) -> np.ndarray:
+        """Row of each known id; unknown ids raise KeyError naming them."""
+        missing = [i for i in item_ids if int(i) not in self.row]
+        if missing:
+            raise KeyError(f"item id(s) not in the catalogue: {missing[:5]}")
+        return np.array([self.row[int(i)] for i in item_ids], np.int64)
+
+    def candidate_inputs(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        return {k: np.take(v, rows, axis=0) for k, v in self.features.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class UserProfile:
+    user_id: int
+    country: str = "unknown"
+    subscription_tier: str = "unknown"
+    age_bucket: str = ""
+    device: str = "unknown"
+    onboarding_genres: tuple[str, ...] = ()
+    history: tuple[int, ...] = ()  # positive watches, most recent first
+    watched: frozenset = frozenset()  # every item the user watched (to exclude)
+
+
+class UserStore:
+    """In-process profiles and watch histories (the embedded default feature store)."""
+
+    def __init__(self, profiles: dict[int, UserProfile],
+                 popularity: dict[int, float] | None = None):
+        self._profiles = profiles
+        self._popularity = popularity or {}
+
+    def popularity(self) -> dict[int, float]:
+        """Positive watches per item in the loaded data (the fallback's last resort)."""
+        return dict(self._popularity)
+
+    @classmethod
+    def from_frames(cls, users: pd.DataFrame, interactions: pd.DataFrame,
+                    min_watch_seconds: float = c.WATCHED_THRESHOLD_SECONDS) -> UserStore:
+        watches = interactions[interactions[c.EVENT] == c.EVENT_WATCH].sort_values(
+            [c.TIMESTAMP, c.ITEM_ID], ascending=False)
+        positives = watches[watches[c.WATCH_SECONDS] >= min_watch_seconds]
+        hist = positives.groupby(c.USER_ID)[c.ITEM_ID].apply(list).to_dict()
+        seen = watches.groupby(c.USER_ID)[c.ITEM_ID].apply(frozenset).to_dict()
+        device = watches.groupby(c.USER_ID)[c.DEVICE].first().to_dict()
+        profiles = {}
+        for u in users.itertuples(index=False):
+            uid = int(getattr(u, c.USER_ID))
+            age = getattr(u, c.AGE_BUCKET)
+            onboarding = getattr(u, c.ONBOARDING_GENRES)
+            profiles[uid] = UserProfile(
+                user_id=uid, country=str(getattr(u, c.COUNTRY)),
+                subscription_tier=str(getattr(u, c.SUBSCRIPTION_TIER)),
+                age_bucket="" if age is None or pd.isna(age) else str(age),
+                device=str(device.get(uid, "unknown")),
+                onboarding_genres=tuple(onboarding) if onboarding is not None else (),
+                history=tuple(int(i) for i in hist.get(uid, [])),
+                watched=seen.get(uid, frozenset()))
+        counts = positives.groupby(c.ITEM_ID).size()
+        return cls(profiles, {int(k): float(v) for k, v in counts.items()})
+
+    def get(self, user_id: int) -> UserProfile:
+        """The user's profile; an unknown user gets an empty profile (the cold-start path)."""
+        return self._profiles.get(int(user_id), UserProfile(user_id=int(user_id)))
+
+    def __contains__(self, user_id: int) -> bool:
+        return int(user_id) in self._profiles
+
+    def user_ids(self) -> list[int]:
+        return sorted(self._profiles)
+
+
+def load(data_dir: str | Path) -> tuple[Catalogue, UserStore]:
+    from marquee.data.validate import load_dataset
+
+    ds = load_dataset(data_dir, rejects_path=Path(data_dir) / "_serving_rejects.csv")
+    return Catalogue.from_frame(ds.items), UserStore.from_frames(ds.users, ds.interactions)

@@ -1,0 +1,172 @@
+"""The thin client: one homepage = query tower -> ScaNN (in-process) -> ranker -> re-rank.
+
+Each stage has a deadline (``ServingConfig``); the whole request has a budget (200 ms by
+default). If the model backend is down, errors, or a stage misses its deadline, the answer is
+popularity by genre, marked ``fallback: true`` with the reason; a circuit breaker per model stops
+calling a failing backend and probes it again later. A model failure never becomes an error
+response. If only the ranker fails, the retrieval order is served (``degraded`` says why).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from serving.backends import IndexStore, ModelBackend
+from serving.catalogue import Catalogue, UserProfile, UserStore
+from serving.resilience import CircuitBreaker, PopularityFallback
+from serving.retrieval import QueryFeatures, query_inputs
+from trainer.ranking import P_WATCH, RETRIEVAL_SCORE, WATCH_TIME_SECONDS
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingConfig:
+    k: int = 50
+    # Candidates retrieved from the index and scored by the ranker in one batched call.
+    candidates: int = 1000
+    deadline_ms: float = 200.0
+    query_deadline_ms: float = 60.0
+    rank_deadline_ms: float = 120.0
+    history_length: int = 20
+    breaker_failures: int = 5
+    breaker_reset_seconds: float = 10.0
+
+
+class DeadlineExceeded(TimeoutError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Pick:
+    item_id: int
+    title: str
+    score: float
+    retrieval_score: float | None = None
+    p_watch: float | None = None
+    watch_time_seconds: float | None = None
+
+
+@dataclasses.dataclass
+class Homepage:
+    user_id: int
+    items: list[Pick]
+    fallback: bool = False
+    reason: str | None = None
+    degraded: str | None = None
+    model_version: int | None = None
+    timings_ms: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class HomepageService:
+    def __init__(self, backend: ModelBackend, indexes: IndexStore, catalogue: Catalogue,
+                 users: UserStore, config: ServingConfig = ServingConfig(),
+                 popularity: dict[int, float] | None = None,
+                 clock: Callable[[], float] = time.perf_counter,
+                 now: Callable[[], float] = time.time):
+        self.backend, self.indexes, self.catalogue, self.users = backend, indexes, catalogue, users
+        self.config = config
+        self.fallback = PopularityFallback(catalogue, popularity or indexes.popularity())
+        self.query_breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_seconds)
+        self.rank_breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_seconds)
+        self._clock, self._now = clock, now
+
+    # ------------------------------------------------------------------ stages
+
+    def _remaining(self, start: float, stage_ms: float) -> float:
+        left = self.config.deadline_ms - (self._clock() - start) * 1000
+        return max(0.0, min(stage_ms, left)) / 1000
+
+    def _check(self, start: float, stage: str, stage_start: float, stage_ms: float) -> None:
+        now = self._clock()
+        if (now - stage_start) * 1000 > stage_ms or (now - start) * 1000 > self.config.deadline_ms:
+            raise DeadlineExceeded(
+                f"{stage} took {(now - stage_start) * 1000:.0f} ms (stage deadline "
+                f"{stage_ms:.0f} ms, request budget {self.config.deadline_ms:.0f} ms)")
+
+    def _query(self, profile: UserProfile, timestamp: int) -> dict[str, np.ndarray]:
+        q = QueryFeatures(user_id=profile.user_id, timestamp=timestamp, device=profile.device,
+                          country=profile.country, subscription_tier=profile.subscription_tier,
+                          age_bucket=profile.age_bucket, history=profile.history)
+        return {k: v.numpy() for k, v in query_inputs([q], self.config.history_length).items()}
+
+    def _personal(self, profile: UserProfile, k: int, timings: dict) -> Homepage:
+        cfg = self.config
+        start = self._clock()
+        query = self._query(profile, int(self._now()))
+        t = self._clock()
+        emb, version = self.query_breaker.call(
+            self.backend.query_embeddings, query, self._remaining(start, cfg.query_deadline_ms))
+        self._check(start, "query tower", t, cfg.query_deadline_ms)
+        timings["query_tower"] = (self._clock() - t) * 1000
+
+        t = self._clock()
+        index = self.indexes.get(version)
+        exclude = profile.watched
+        ids, scores = index.search(emb, cfg.candidates + len(exclude))
+        keep = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True)
+                if int(i) not in exclude and int(i) in self.catalogue.row]
+        keep = list(dict.fromkeys(i for i, _ in keep))[: cfg.candidates]  # dedupe, keep order
+        score_of = {int(i): float(s) for i, s in zip(ids[0], scores[0], strict=True)}
+        timings["retrieval"] = (self._clock() - t) * 1000
+        page = Homepage(profile.user_id, [], model_version=version, timings_ms=timings)
+        retrieval = np.array([score_of[i] for i in keep], np.float32)
+        order = np.arange(len(keep))
+        p_watch = watch_time = None
+        if keep and self.backend.has_ranker():
+            t = self._clock()
+            try:
+                rows = self.catalogue.rows(keep)
+                inputs = {key: np.repeat(v, len(keep), axis=0) for key, v in query.items()}
+                inputs.update(self.catalogue.candidate_inputs(rows))
+                inputs[RETRIEVAL_SCORE] = retrieval
+                out = self.rank_breaker.call(self.backend.rank, inputs,
+                                             self._remaining(start, cfg.rank_deadline_ms))
+                self._check(start, "ranker", t, cfg.rank_deadline_ms)
+                p_watch, watch_time = out[P_WATCH], out[WATCH_TIME_SECONDS]
+                order = np.lexsort((np.array(keep), -p_watch))  # best first, ties by item id
+            except Exception as e:  # the ranker is optional: degrade to the retrieval order
+                log.warning("ranker failed, serving the retrieval order: %s", e)
+                page.degraded = f"ranker: {type(e).__name__}: {e}"
+            timings["ranker"] = (self._clock() - t) * 1000
+        for r in order[:k].tolist():
+            item = keep[r]
+            page.items.append(Pick(
+                item, self.catalogue.titles[self.catalogue.row[item]],
+                float(p_watch[r]) if p_watch is not None and page.degraded is None
+                else float(retrieval[r]),
+                retrieval_score=float(retrieval[r]),
+                p_watch=None if p_watch is None or page.degraded else float(p_watch[r]),
+                watch_time_seconds=None if watch_time is None or page.degraded
+                else float(watch_time[r])))
+        return page
+
+    # ------------------------------------------------------------------ request
+
+    def homepage(self, user_id: int, k: int | None = None) -> Homepage:
+        k = self.config.k if k is None else k
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        start = self._clock()
+        profile = self.users.get(user_id)
+        timings: dict[str, float] = {}
+        try:
+            page = self._personal(profile, k, timings)
+        except Exception as e:  # any model-path failure is answered by the fallback, logged
+            log.warning("homepage for user %s falls back to popularity: %s", user_id, e)
+            genres = self.fallback.genres_of(profile.history, profile.onboarding_genres)
+            items = self.fallback.recommend(k, set(profile.watched), genres)
+            page = Homepage(user_id, [
+                Pick(i, self.catalogue.titles[self.catalogue.row[i]], float(-n))
+                for n, i in enumerate(items)], fallback=True,
+                reason=f"{type(e).__name__}: {e}", timings_ms=timings)
+        page.timings_ms["total"] = (self._clock() - start) * 1000
+        return page
