@@ -48,7 +48,8 @@ def test_pushed_towers_answer_raw_features(run):
     base = tmp / "run" / "serving"
     versions = {m: _version(base, m).name for m in (QUERY_TOWER, CANDIDATE_TOWER, RETRIEVAL_INDEX)}
     assert len(set(versions.values())) == 1, versions
-    assert "pushed version" in summary and (tmp / "run" / "summary.md").is_file()
+    assert "pushed candidate_tower, query_tower, ranker, retrieval_index as version" in summary
+    assert (tmp / "run" / "summary.md").is_file()
 
     query = tf.saved_model.load(str(_version(base, QUERY_TOWER)))
     inputs = query_inputs([QueryFeatures(user_id=3, timestamp=1_700_000_000, history=[5, 7]),
