@@ -140,6 +140,37 @@ def pipeline_compile(out: str, image: str | None, pipeline_root: str | None,
     click.echo(str(path))
 
 
+# ----------------------------------------------------------------------------- evaluation
+
+
+@main.command("evaluate")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Dataset folder in the data contract.")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False),
+              help="Run folder: the pipeline is run here on the protocol's train part "
+                   "(reused if it already holds a push).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Where metrics.json and report.md go.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--no-peers", is_flag=True, help="Skip popularity, EASE, iALS and item-kNN.")
+def evaluate_cmd(data_dir: str, run_dir: str, out_dir: str, config_file: str | None,
+                 no_peers: bool) -> None:
+    """Offline evaluation: the served stack, its stages and the peers, one protocol."""
+    from marquee.config import ConfigError, load_config
+    from marquee.evaluation.stack import evaluate
+
+    try:
+        config = load_config(config_file)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from e
+    metrics = evaluate(Path(data_dir), Path(run_dir), Path(out_dir), config, progress=_echo,
+                       peers=not no_peers)
+    for key in sorted(metrics):
+        if key.split(".", 1)[1] in ("recall@20", "ndcg@20", "coverage@50", "gini@50"):
+            click.echo(f"{key:<28} {metrics[key]:.4f}")
+    click.echo(f"report: {Path(out_dir) / 'report.md'}")
+
+
 # ----------------------------------------------------------------------------- serving
 
 

@@ -92,16 +92,19 @@ class HomepageService:
                 f"{stage} took {(now - stage_start) * 1000:.0f} ms (stage deadline "
                 f"{stage_ms:.0f} ms, request budget {self.config.deadline_ms:.0f} ms)")
 
-    def _query(self, profile: UserProfile, timestamp: int) -> dict[str, np.ndarray]:
+    def query_features(self, profile: UserProfile, timestamp: int) -> dict[str, np.ndarray]:
+        """The query tower's inputs for one user at ``timestamp`` (batch of 1)."""
         q = QueryFeatures(user_id=profile.user_id, timestamp=timestamp, device=profile.device,
                           country=profile.country, subscription_tier=profile.subscription_tier,
                           age_bucket=profile.age_bucket, history=profile.history)
         return {k: v.numpy() for k, v in query_inputs([q], self.config.history_length).items()}
 
-    def _personal(self, profile: UserProfile, k: int, timings: dict) -> Homepage:
+    def _personal(self, profile: UserProfile, k: int, timings: dict,
+                  timestamp: int | None) -> Homepage:
         cfg = self.config
         start = self._clock()
-        query = self._query(profile, int(self._now()))
+        query = self.query_features(
+            profile, int(self._now()) if timestamp is None else int(timestamp))
         t = self._clock()
         emb, version = self.query_breaker.call(
             self.backend.query_embeddings, query, self._remaining(start, cfg.query_deadline_ms))
@@ -151,7 +154,9 @@ class HomepageService:
 
     # ------------------------------------------------------------------ request
 
-    def homepage(self, user_id: int, k: int | None = None) -> Homepage:
+    def homepage(self, user_id: int, k: int | None = None,
+                 timestamp: int | None = None) -> Homepage:
+        """Top ``k`` for ``user_id`` at ``timestamp`` (UTC seconds; default now)."""
         k = self.config.k if k is None else k
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
@@ -159,7 +164,7 @@ class HomepageService:
         profile = self.users.get(user_id)
         timings: dict[str, float] = {}
         try:
-            page = self._personal(profile, k, timings)
+            page = self._personal(profile, k, timings, timestamp)
         except Exception as e:  # any model-path failure is answered by the fallback, logged
             log.warning("homepage for user %s falls back to popularity: %s", user_id, e)
             genres = self.fallback.genres_of(profile.history, profile.onboarding_genres)

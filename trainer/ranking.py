@@ -49,6 +49,8 @@ WATCHED_LOGIT = "watched_logit"
 LOG_WATCH_TIME = "log_watch_time"
 SERVING_POSITION = 1
 RAW_KEYS = f.QUERY_FEATURES + f.CANDIDATE_FEATURES
+ITEM_RATE = "item_rate"  # training-only inputs (leave-one-out); served from baked tables
+ITEM_LOG_COUNT = "item_log_count"
 
 
 def labels(watch_seconds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -101,6 +103,28 @@ def item_statistics(item_ids: np.ndarray, watch_seconds: np.ndarray) -> dict[str
             "log_count": np.log1p(counts).astype(np.float32), "global_rate": g}
 
 
+def item_features(stats: dict, item_ids: np.ndarray,
+                  leave_out_watch_seconds: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """(rate [N], log_count [N]) of each row's item from ``stats``.
+
+    With ``leave_out_watch_seconds`` (the rows the statistics were computed from), each row's
+    own label is taken out of its item's figures (leave-one-out), so the feature never contains
+    the label it is trained to predict; serving looks the full figures up in the baked tables.
+    """
+    pos_of = {int(i): r for r, i in enumerate(stats["item_id"].tolist())}
+    idx = np.array([pos_of.get(int(i), -1) for i in item_ids])
+    known = idx >= 0
+    g, m = stats["global_rate"], ITEM_PRIOR_COUNT
+    count = np.where(known, np.expm1(stats["log_count"][idx]), 0.0)
+    rate = np.where(known, stats["rate"][idx], g).astype(np.float64)
+    if leave_out_watch_seconds is not None:
+        y, _ = labels(leave_out_watch_seconds)
+        pos = rate * (count + m) - m * g  # undo the smoothing: positives of the item
+        rate = np.where(count > 1, (pos - y + m * g) / np.maximum(count - 1 + m, 1e-9), g)
+        count = np.maximum(count - 1, 0)
+    return rate.astype(np.float32), np.log1p(count).astype(np.float32)
+
+
 def _table(keys: np.ndarray, values: np.ndarray, default: float):
     return tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(tf.constant(keys, tf.int64),
@@ -151,12 +175,19 @@ class RankingModel(tf.keras.Model):
             self.hour(sq(x[xf(f.HOUR)])),
             self.dow(sq(x[xf(f.DAY_OF_WEEK)])),
             tf.reshape(tf.cast(raw[RETRIEVAL_SCORE], tf.float32), [-1, 1]),
-            tf.reshape(self.item_rate.lookup(tf.cast(raw[f.ITEM_ID], tf.int64)), [-1, 1]),
-            tf.reshape(self.item_log_count.lookup(tf.cast(raw[f.ITEM_ID], tf.int64)), [-1, 1]),
+            tf.reshape(self._item_feature(raw, ITEM_RATE, self.item_rate), [-1, 1]),
+            tf.reshape(self._item_feature(raw, ITEM_LOG_COUNT, self.item_log_count), [-1, 1]),
             *dense,
         ] + [emb(sq(x[xf(k)])) for k, emb in self.cats.items()] + [
             pool(x[xf(k)]) for k, pool in self.pools.items()]
         return tf.concat(parts, axis=1)
+
+    @staticmethod
+    def _item_feature(raw: dict, key: str, table) -> tf.Tensor:
+        # Training feeds leave-one-out values; serving looks the item up in the baked table.
+        if key in raw:
+            return tf.cast(raw[key], tf.float32)
+        return table.lookup(tf.cast(raw[f.ITEM_ID], tf.int64))
 
     def call(self, raw: dict, training: bool = False) -> dict:
         x0 = self.norm(self.features(raw))
@@ -203,9 +234,12 @@ def export_ranker(model: RankingModel, path: str, info: dict) -> None:
     (extra / "marquee.json").write_text(json.dumps(info, indent=2, sort_keys=True))
 
 
-def _dataset(data: dict, cfg: RankingConfig, shuffle: bool) -> tf.data.Dataset:
+def _dataset(data: dict, cfg: RankingConfig, shuffle: bool, stats: dict,
+             leave_one_out: bool) -> tf.data.Dataset:
     watched, log_time = labels(data[f.WATCH_SECONDS])
     features = {k: data[k] for k in RAW_KEYS + (RETRIEVAL_SCORE, f.POSITION)}
+    features[ITEM_RATE], features[ITEM_LOG_COUNT] = item_features(
+        stats, data[f.ITEM_ID], data[f.WATCH_SECONDS] if leave_one_out else None)
     ds = tf.data.Dataset.from_tensor_slices(
         (features, {WATCHED_LOGIT: watched, LOG_WATCH_TIME: log_time}))
     if shuffle:
@@ -246,15 +280,17 @@ def train_ranker(train: dict, transform_dir: str, cfg: RankingConfig,
     from the end of train (``cfg.validation_share``); ``steps`` caps the steps per epoch."""
     tft_out = tft.TFTransformOutput(transform_dir)
     fit, val = carve_validation(train, cfg.validation_share)
-    model = build_model(tft_out, cfg, item_statistics(fit[f.ITEM_ID], fit[f.WATCH_SECONDS]))
+    stats = item_statistics(fit[f.ITEM_ID], fit[f.WATCH_SECONDS])
+    model = build_model(tft_out, cfg, stats)
     t0 = time.perf_counter()
-    train_ds = _dataset(fit, cfg, shuffle=True)
+    train_ds = _dataset(fit, cfg, shuffle=True, stats=stats, leave_one_out=True)
     if steps is not None:
         train_ds = train_ds.take(steps)
     callbacks = [tf.keras.callbacks.EarlyStopping(
         monitor=f"val_{WATCHED_LOGIT}_loss", patience=cfg.early_stopping_patience,
         restore_best_weights=True)] if val else []
-    history = model.fit(train_ds, validation_data=_dataset(val, cfg, False) if val else None,
+    val_ds = _dataset(val, cfg, False, stats, leave_one_out=False) if val else None
+    history = model.fit(train_ds, validation_data=val_ds,
                         epochs=epochs if epochs is not None else cfg.epochs, callbacks=callbacks,
                         verbose=2)
     seconds = time.perf_counter() - t0
