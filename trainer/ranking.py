@@ -49,8 +49,6 @@ WATCHED_LOGIT = "watched_logit"
 LOG_WATCH_TIME = "log_watch_time"
 SERVING_POSITION = 1
 RAW_KEYS = f.QUERY_FEATURES + f.CANDIDATE_FEATURES
-ITEM_RATE = "item_rate"  # training-only inputs (leave-one-out); served from baked tables
-ITEM_LOG_COUNT = "item_log_count"
 
 
 def labels(watch_seconds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -83,64 +81,12 @@ def load_split(patterns: list[str], retrieval_dir: str, limit: int | None = None
     return out
 
 
-# Pseudo-count pulling a rarely seen item's train rate towards the global rate.
-ITEM_PRIOR_COUNT = 10.0
-
-
-def item_statistics(item_ids: np.ndarray, watch_seconds: np.ndarray) -> dict[str, np.ndarray]:
-    """Per item of the train examples: smoothed watched-past-2-minutes rate and log1p(count).
-
-    Returns {"item_id": [M] int64, "rate": [M] float32, "log_count": [M] float32, "global_rate":
-    scalar}. The ranker bakes these into lookup tables (an item's historical engagement is a
-    standard ranking feature); unseen items get the global rate and count 0.
-    """
-    watched, _ = labels(watch_seconds)
-    ids, inverse, counts = np.unique(item_ids, return_inverse=True, return_counts=True)
-    pos = np.bincount(inverse, weights=watched)
-    g = float(watched.mean()) if len(watched) else 0.0
-    return {"item_id": ids.astype(np.int64),
-            "rate": ((pos + ITEM_PRIOR_COUNT * g) / (counts + ITEM_PRIOR_COUNT)).astype(np.float32),
-            "log_count": np.log1p(counts).astype(np.float32), "global_rate": g}
-
-
-def item_features(stats: dict, item_ids: np.ndarray,
-                  leave_out_watch_seconds: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
-    """(rate [N], log_count [N]) of each row's item from ``stats``.
-
-    With ``leave_out_watch_seconds`` (the rows the statistics were computed from), each row's
-    own label is taken out of its item's figures (leave-one-out), so the feature never contains
-    the label it is trained to predict; serving looks the full figures up in the baked tables.
-    """
-    pos_of = {int(i): r for r, i in enumerate(stats["item_id"].tolist())}
-    idx = np.array([pos_of.get(int(i), -1) for i in item_ids])
-    known = idx >= 0
-    g, m = stats["global_rate"], ITEM_PRIOR_COUNT
-    count = np.where(known, np.expm1(stats["log_count"][idx]), 0.0)
-    rate = np.where(known, stats["rate"][idx], g).astype(np.float64)
-    if leave_out_watch_seconds is not None:
-        y, _ = labels(leave_out_watch_seconds)
-        pos = rate * (count + m) - m * g  # undo the smoothing: positives of the item
-        rate = np.where(count > 1, (pos - y + m * g) / np.maximum(count - 1 + m, 1e-9), g)
-        count = np.maximum(count - 1, 0)
-    return rate.astype(np.float32), np.log1p(count).astype(np.float32)
-
-
-def _table(keys: np.ndarray, values: np.ndarray, default: float):
-    return tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(tf.constant(keys, tf.int64),
-                                            tf.constant(values, tf.float32)), default)
-
-
 class RankingModel(tf.keras.Model):
-    def __init__(self, tft_layer, raw_spec: dict, sizes: VocabSizes, cfg: RankingConfig,
-                 item_stats: dict[str, np.ndarray]):
+    def __init__(self, tft_layer, raw_spec: dict, sizes: VocabSizes, cfg: RankingConfig):
         super().__init__(name="ranker")
         self.tft_layer = tft_layer
         self._raw_spec = raw_spec
         self.cfg = cfg
-        self.item_rate = _table(item_stats["item_id"], item_stats["rate"],
-                                item_stats["global_rate"])
-        self.item_log_count = _table(item_stats["item_id"], item_stats["log_count"], 0.0)
         d = cfg.embedding_dim
         self.user = tf.keras.layers.Embedding(sizes.user_id, d, name="user_id")
         self.items = SparseMeanEmbedding(sizes.item_id, d, name="item_id")
@@ -175,19 +121,10 @@ class RankingModel(tf.keras.Model):
             self.hour(sq(x[xf(f.HOUR)])),
             self.dow(sq(x[xf(f.DAY_OF_WEEK)])),
             tf.reshape(tf.cast(raw[RETRIEVAL_SCORE], tf.float32), [-1, 1]),
-            tf.reshape(self._item_feature(raw, ITEM_RATE, self.item_rate), [-1, 1]),
-            tf.reshape(self._item_feature(raw, ITEM_LOG_COUNT, self.item_log_count), [-1, 1]),
             *dense,
         ] + [emb(sq(x[xf(k)])) for k, emb in self.cats.items()] + [
             pool(x[xf(k)]) for k, pool in self.pools.items()]
         return tf.concat(parts, axis=1)
-
-    @staticmethod
-    def _item_feature(raw: dict, key: str, table) -> tf.Tensor:
-        # Training feeds leave-one-out values; serving looks the item up in the baked table.
-        if key in raw:
-            return tf.cast(raw[key], tf.float32)
-        return table.lookup(tf.cast(raw[f.ITEM_ID], tf.int64))
 
     def call(self, raw: dict, training: bool = False) -> dict:
         x0 = self.norm(self.features(raw))
@@ -234,12 +171,9 @@ def export_ranker(model: RankingModel, path: str, info: dict) -> None:
     (extra / "marquee.json").write_text(json.dumps(info, indent=2, sort_keys=True))
 
 
-def _dataset(data: dict, cfg: RankingConfig, shuffle: bool, stats: dict,
-             leave_one_out: bool) -> tf.data.Dataset:
+def _dataset(data: dict, cfg: RankingConfig, shuffle: bool) -> tf.data.Dataset:
     watched, log_time = labels(data[f.WATCH_SECONDS])
     features = {k: data[k] for k in RAW_KEYS + (RETRIEVAL_SCORE, f.POSITION)}
-    features[ITEM_RATE], features[ITEM_LOG_COUNT] = item_features(
-        stats, data[f.ITEM_ID], data[f.WATCH_SECONDS] if leave_one_out else None)
     ds = tf.data.Dataset.from_tensor_slices(
         (features, {WATCHED_LOGIT: watched, LOG_WATCH_TIME: log_time}))
     if shuffle:
@@ -247,11 +181,10 @@ def _dataset(data: dict, cfg: RankingConfig, shuffle: bool, stats: dict,
     return ds.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def build_model(tft_out: tft.TFTransformOutput, cfg: RankingConfig,
-                item_stats: dict[str, np.ndarray]) -> RankingModel:
+def build_model(tft_out: tft.TFTransformOutput, cfg: RankingConfig) -> RankingModel:
     tf.keras.utils.set_random_seed(cfg.seed)
     model = RankingModel(tft_out.transform_features_layer(), tft_out.raw_feature_spec(),
-                         vocab_sizes(tft_out), cfg, item_stats)
+                         vocab_sizes(tft_out), cfg)
     model.compile(
         optimizer=tf.keras.optimizers.Adam(cfg.learning_rate),
         loss={WATCHED_LOGIT: tf.keras.losses.BinaryCrossentropy(from_logits=True),
@@ -280,16 +213,15 @@ def train_ranker(train: dict, transform_dir: str, cfg: RankingConfig,
     from the end of train (``cfg.validation_share``); ``steps`` caps the steps per epoch."""
     tft_out = tft.TFTransformOutput(transform_dir)
     fit, val = carve_validation(train, cfg.validation_share)
-    stats = item_statistics(fit[f.ITEM_ID], fit[f.WATCH_SECONDS])
-    model = build_model(tft_out, cfg, stats)
+    model = build_model(tft_out, cfg)
     t0 = time.perf_counter()
-    train_ds = _dataset(fit, cfg, shuffle=True, stats=stats, leave_one_out=True)
+    train_ds = _dataset(fit, cfg, shuffle=True)
     if steps is not None:
         train_ds = train_ds.take(steps)
     callbacks = [tf.keras.callbacks.EarlyStopping(
         monitor=f"val_{WATCHED_LOGIT}_loss", patience=cfg.early_stopping_patience,
         restore_best_weights=True)] if val else []
-    val_ds = _dataset(val, cfg, False, stats, leave_one_out=False) if val else None
+    val_ds = _dataset(val, cfg, False) if val else None
     history = model.fit(train_ds, validation_data=val_ds,
                         epochs=epochs if epochs is not None else cfg.epochs, callbacks=callbacks,
                         verbose=2)
