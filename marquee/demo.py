@@ -7,58 +7,38 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pandas as pd
-
 from marquee.config import Config
 from marquee.data import contract as c
 
 ROWS = 10
 
 
-def pick_user(interactions: pd.DataFrame) -> int:
-    """The user with the most positive watches (a stable, interesting choice for a demo)."""
-    watches = interactions[(interactions[c.EVENT] == c.EVENT_WATCH)
-                           & (interactions[c.WATCH_SECONDS] >= c.WATCHED_THRESHOLD_SECONDS)]
-    counts = watches.groupby(c.USER_ID).size().sort_index()
-    return int(counts.idxmax())
+def homepage(data_dir: Path, serving_dir: Path, user_id: int | None = None) -> str:
+    """A text homepage for one user through the thin client (in-process backend)."""
+    from serving.app import build_service
 
-
-def homepage(data_dir: Path, serving_dir: Path, user_id: int | None = None,
-             config: Config = Config()) -> str:
-    """A text homepage for one user from the pushed models (retrieval stage)."""
-    from marquee.data.validate import load_dataset
-    from serving.retrieval import InProcessRetriever, QueryFeatures
-
-    ds = load_dataset(data_dir, rejects_path=serving_dir.parent / "demo_rejects.csv")
-    items = ds.items.set_index(c.ITEM_ID)
-    user_id = pick_user(ds.interactions) if user_id is None else user_id
-    user = ds.users.set_index(c.USER_ID).loc[user_id]
-    mine = ds.interactions[ds.interactions[c.USER_ID] == user_id].sort_values(
-        [c.TIMESTAMP, c.ITEM_ID], ascending=False)
-    watched = mine[(mine[c.EVENT] == c.EVENT_WATCH)
-                   & (mine[c.WATCH_SECONDS] >= config.data.min_watch_seconds)]
-    now = int(ds.interactions[c.TIMESTAMP].max()) + 3600
-    query = QueryFeatures(
-        user_id=user_id, timestamp=now, device=str(mine[c.DEVICE].iloc[0]),
-        country=str(user[c.COUNTRY]), subscription_tier=str(user[c.SUBSCRIPTION_TIER]),
-        age_bucket="" if pd.isna(user[c.AGE_BUCKET]) else str(user[c.AGE_BUCKET]),
-        history=[int(i) for i in watched[c.ITEM_ID].tolist()])
-    retriever = InProcessRetriever(serving_dir, config.data.history_length)
-    started = time.perf_counter()
-    top = retriever.retrieve(query, k=ROWS, exclude=mine[c.ITEM_ID].tolist())
-    ms = (time.perf_counter() - started) * 1000
+    service = build_service(data_dir, serving_dir)
+    users = service.users
+    if user_id is None:  # the user with the longest history: a stable, interesting choice
+        user_id = max(users.user_ids(), key=lambda u: (len(users.get(u).history), -u))
+    page = service.homepage(user_id, k=ROWS)
+    cat = service.catalogue
 
     def label(i: int) -> str:
-        it = items.loc[i]
-        genres = ", ".join(list(it[c.GENRES])[:3])
-        return f"{it[c.TITLE]}  [{genres}]"
+        r = cat.row[i]
+        return f"{cat.titles[r]}  [{', '.join(cat.genres[r][:3])}]"
 
-    lines = [f"Homepage for user {user_id} (model version {retriever.version}, "
-             f"training run {retriever.training_run}, {ms:.0f} ms)", "",
+    how = (f"FALLBACK ({page.reason})" if page.fallback else
+           f"model version {page.model_version}" + (f", degraded: {page.degraded}"
+                                                    if page.degraded else ""))
+    lines = [f"Homepage for user {user_id} ({how}, {page.timings_ms['total']:.0f} ms)", "",
              "  Recently watched:"]
-    lines += [f"    - {label(int(i))}" for i in watched[c.ITEM_ID].head(3)]
+    lines += [f"    - {label(i)}" for i in users.get(user_id).history[:3]]
     lines += ["", "  Top picks for you:"]
-    lines += [f"    {n:>2}. {label(i)}   score {s:.3f}" for n, (i, s) in enumerate(top, 1)]
+    for n, p in enumerate(page.items, 1):
+        why = (f"P(watch > 2 min) {p.p_watch:.2f}" if p.p_watch is not None
+               else f"score {p.score:.3f}")
+        lines.append(f"    {n:>2}. {label(p.item_id)}   {why}")
     return "\n".join(lines)
 
 
@@ -81,14 +61,14 @@ def run_demo(workdir: Path, progress: Callable[[str], None] | None = None) -> No
     if run_dir.exists():
         shutil.rmtree(run_dir)
     say("[3/4] running the TFX pipeline (ExampleGen -> validation -> Transform -> two-tower "
-        "Trainer -> ScaNN index -> Pusher); a few minutes on 2 cores")
+        "retrieval -> ScaNN index -> ranking -> evaluator -> Pusher); a few minutes on 2 cores")
     config = Config()
     summary = run_local(data_dir, run_dir, config, progress=say)
     say(summary)
     serving = run_dirs(run_dir)["serving"]
     say(f"[4/4] pushed models are in {serving}; a homepage from them:")
-    print(homepage(data_dir, serving, config=config))
-    print(f"\nDemo finished in {time.time() - started:.0f} s. What exists so far: the data "
-          "contract, the simulator, the retrieval pipeline and in-process retrieval.\nNext: "
-          "the ranking model and Evaluator (issue 4), the TF Serving client and HTTP API "
-          "(issue 5), re-ranking and more candidate sources (issue 6).")
+    print(homepage(data_dir, serving))
+    print(f"\nDemo finished in {time.time() - started:.0f} s. Serve it over HTTP with:\n"
+          f"  .venv/bin/marquee serve --data {data_dir} --model-base {serving}\n"
+          "Next on the roadmap: more candidate sources and re-ranking, Redis features and "
+          "caching (see the open issues).")

@@ -44,7 +44,12 @@ def build_service(data_dir: str | Path, model_base: str | Path, tf_serving: str 
             log.error("no model loaded from %s (%s); serving popularity only", model_base, e)
             backend = UnavailableBackend(f"no model loaded from {model_base}: {e}")
     popularity = indexes.popularity() or users.popularity()
-    return HomepageService(backend, indexes, catalogue, users, config, popularity=popularity)
+    service = HomepageService(backend, indexes, catalogue, users, config, popularity=popularity)
+    try:
+        service.warm_up()
+    except Exception as e:  # a backend that is down now may be up later: the breaker handles it
+        log.warning("warm-up failed (%s); requests fall back until the backend answers", e)
+    return service
 
 
 def serve(data_dir: str | Path, model_base: str | Path, tf_serving: str | None, port: int,

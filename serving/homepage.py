@@ -152,6 +152,18 @@ class HomepageService:
                 else float(watch_time[r])))
         return page
 
+    def warm_up(self) -> None:
+        """One call of each model outside any deadline: the first call of a loaded SavedModel
+        traces its functions (100+ ms), which must not land on a user's request."""
+        query = self.query_features(UserProfile(user_id=0), int(self._now()))
+        self.backend.query_embeddings(query, 30.0)
+        if self.backend.has_ranker() and len(self.catalogue.item_ids):
+            rows = np.arange(min(2, len(self.catalogue.item_ids)))
+            inputs = {key: np.repeat(v, len(rows), axis=0) for key, v in query.items()}
+            inputs.update(self.catalogue.candidate_inputs(rows))
+            inputs[RETRIEVAL_SCORE] = np.zeros(len(rows), np.float32)
+            self.backend.rank(inputs, 30.0)
+
     # ------------------------------------------------------------------ request
 
     def homepage(self, user_id: int, k: int | None = None,
@@ -170,8 +182,8 @@ class HomepageService:
             genres = self.fallback.genres_of(profile.history, profile.onboarding_genres)
             items = self.fallback.recommend(k, set(profile.watched), genres)
             page = Homepage(user_id, [
-                Pick(i, self.catalogue.titles[self.catalogue.row[i]], float(-n))
-                for n, i in enumerate(items)], fallback=True,
+                Pick(i, self.catalogue.titles[self.catalogue.row[i]], self.fallback.score(i))
+                for i in items], fallback=True,
                 reason=f"{type(e).__name__}: {e}", timings_ms=timings)
         page.timings_ms["total"] = (self._clock() - start) * 1000
         return page

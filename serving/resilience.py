@@ -27,12 +27,18 @@ class PopularityFallback:
     def __init__(self, catalogue: Catalogue, popularity: dict[int, float]):
         self.catalogue = catalogue
         counts = np.array([popularity.get(int(i), 0.0) for i in catalogue.item_ids])
+        self._popularity = {int(i): float(n) for i, n in zip(catalogue.item_ids, counts,
+                                                              strict=True)}
         # most popular first; ties by item id (stable sort over id-sorted rows)
         self.order = np.argsort(-counts, kind="stable")
         self.by_genre: dict[str, list[int]] = {}
         for r in self.order.tolist():
             for g in catalogue.genres[r]:
                 self.by_genre.setdefault(g, []).append(r)
+
+    def score(self, item_id: int) -> float:
+        """The item's popularity (train positives): the fallback's ranking score."""
+        return self._popularity.get(int(item_id), 0.0)
 
     def genres_of(self, history: Sequence[int], onboarding: Sequence[str]) -> list[str]:
         """Onboarding genres first, then the genres of the history by frequency."""
