@@ -130,6 +130,26 @@ class BeamConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ServingConfig:
+    # Titles on a homepage.
+    k: int = 50
+    # Candidates retrieved from the index and scored by the ranker in one batched call.
+    candidates: int = 1000
+    # Budget of a whole request, and of the two model calls within it.
+    deadline_ms: float = 200.0
+    query_deadline_ms: float = 60.0
+    rank_deadline_ms: float = 120.0
+    # Items in the query's history (must match data.history_length used in training).
+    history_length: int = 20
+    # Weight of the ranker in the final score against the retrieval score (see
+    # serving.homepage.blend); `marquee evaluate --tune-blend` chooses it on a validation split.
+    ranker_weight: float = 1.0
+    # Consecutive failures that open a model's circuit breaker, and seconds before a probe.
+    breaker_failures: int = 5
+    breaker_reset_seconds: float = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     data: DataConfig = DataConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
@@ -137,6 +157,7 @@ class Config:
     evaluator: EvaluatorConfig = EvaluatorConfig()
     index: IndexConfig = IndexConfig()
     beam: BeamConfig = BeamConfig()
+    serving: ServingConfig = ServingConfig()
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from marquee.config import ServingConfig
 from serving.backends import GrpcBackend, IndexStore, InProcessBackend
 from serving.catalogue import load
-from serving.homepage import HomepageService, ServingConfig
+from serving.homepage import HomepageService
 
 log = logging.getLogger(__name__)
 

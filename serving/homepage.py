@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from marquee.config import ServingConfig
 from serving.backends import IndexStore, ModelBackend
 from serving.catalogue import Catalogue, UserProfile, UserStore
 from serving.resilience import CircuitBreaker, PopularityFallback
@@ -25,17 +26,18 @@ from trainer.ranking import P_WATCH, RETRIEVAL_SCORE, WATCH_TIME_SECONDS
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class ServingConfig:
-    k: int = 50
-    # Candidates retrieved from the index and scored by the ranker in one batched call.
-    candidates: int = 1000
-    deadline_ms: float = 200.0
-    query_deadline_ms: float = 60.0
-    rank_deadline_ms: float = 120.0
-    history_length: int = 20
-    breaker_failures: int = 5
-    breaker_reset_seconds: float = 10.0
+def _standardise(x: np.ndarray) -> np.ndarray:
+    sd = float(np.std(x))
+    return (x - float(np.mean(x))) / sd if sd > 0 else np.zeros_like(x)
+
+
+def blend(retrieval: np.ndarray, p_watch: np.ndarray, ranker_weight: float) -> np.ndarray:
+    """Final score of N candidates [N]: ``(1 - w) * z(retrieval score) + w * z(logit(p_watch))``,
+    each standardised over this request's candidates (the two scales are not comparable).
+    ``w = 1`` ranks by the ranker alone, ``w = 0`` keeps the retrieval order."""
+    p = np.clip(p_watch.astype(np.float64), 1e-7, 1 - 1e-7)
+    return ((1 - ranker_weight) * _standardise(retrieval.astype(np.float64))
+            + ranker_weight * _standardise(np.log(p / (1 - p))))
 
 
 class DeadlineExceeded(TimeoutError):
@@ -123,7 +125,7 @@ class HomepageService:
         page = Homepage(profile.user_id, [], model_version=version, timings_ms=timings)
         retrieval = np.array([score_of[i] for i in keep], np.float32)
         order = np.arange(len(keep))
-        p_watch = watch_time = None
+        p_watch = watch_time = final = None
         if keep and self.backend.has_ranker():
             t = self._clock()
             try:
@@ -135,7 +137,8 @@ class HomepageService:
                                              self._remaining(start, cfg.rank_deadline_ms))
                 self._check(start, "ranker", t, cfg.rank_deadline_ms)
                 p_watch, watch_time = out[P_WATCH], out[WATCH_TIME_SECONDS]
-                order = np.lexsort((np.array(keep), -p_watch))  # best first, ties by item id
+                final = blend(retrieval, p_watch, cfg.ranker_weight)
+                order = np.lexsort((np.array(keep), -final))  # best first, ties by item id
             except Exception as e:  # the ranker is optional: degrade to the retrieval order
                 log.warning("ranker failed, serving the retrieval order: %s", e)
                 page.degraded = f"ranker: {type(e).__name__}: {e}"
@@ -144,7 +147,7 @@ class HomepageService:
             item = keep[r]
             page.items.append(Pick(
                 item, self.catalogue.titles[self.catalogue.row[item]],
-                float(p_watch[r]) if p_watch is not None and page.degraded is None
+                float(final[r]) if p_watch is not None and page.degraded is None
                 else float(retrieval[r]),
                 retrieval_score=float(retrieval[r]),
                 p_watch=None if p_watch is None or page.degraded else float(p_watch[r]),

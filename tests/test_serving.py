@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from components.model_pusher.push_lib import RANKER, RETRIEVAL_INDEX, versions
+from marquee.config import ServingConfig
 from serving.api import ApiServer
 from serving.backends import GrpcBackend, IndexStore, InProcessBackend
 from serving.catalogue import load
-from serving.homepage import HomepageService, ServingConfig
+from serving.homepage import HomepageService
 from serving.model_server import ModelServer
 
 pytestmark = pytest.mark.slow

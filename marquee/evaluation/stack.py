@@ -6,7 +6,9 @@
    pipeline never sees the test split. An existing run folder with a push is reused.
 3. Score, for every user, at the time of their first test positive:
    - ``retrieval``: query tower + the ScaNN index alone (also Recall@1000);
-   - ``stack``: the thin client (retrieval -> ranker -> re-ranking), what the API serves;
+   - ``stack``: the thin client (retrieval -> ranker -> re-ranking), what the API serves, with
+     the ranker weight chosen on a validation split carved from train (``tune_blend``);
+   - ``ranker``: the same candidates ordered by the ranker alone;
    - the peers (popularity, EASE, iALS, item-kNN), fitted on the same train part.
    Lists keep only protocol candidates (catalogue items the user has no train positive for).
 4. Write ``metrics.json`` and ``report.md`` (+ PNG plots). On simulated data, also the recall
@@ -66,50 +68,104 @@ def _rows(lists: list[list[int]], k: int) -> np.ndarray:
     return out
 
 
-def stack_recommenders(train_dir: Path, serving_dir: Path, split: Split,
-                       config: Config) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
-    """``recommend(user_ids) -> [B, K]`` for the retrieval stage and the full stack."""
-    from serving.backends import IndexStore, InProcessBackend
-    from serving.catalogue import load
-    from serving.homepage import HomepageService, ServingConfig
+class StackScores:
+    """Per user, the served stack's candidates with both scores, computed once and cached:
+    ``ids`` [n], ``retrieval`` [n] and ``p_watch`` [n] (None without a pushed ranker). Blending
+    them for any ranker weight is then numpy (``serving.homepage.blend``)."""
 
-    catalogue, users = load(train_dir)
-    backend = InProcessBackend(serving_dir)
-    indexes = IndexStore(serving_dir)
-    index = indexes.get(backend.query_version)
-    allowed = set(split.catalogue.tolist())
-    first = split.test.groupby(c.USER_ID)[c.TIMESTAMP].min().to_dict()
-    max_k = max(DEFAULT_KS)
-    service = HomepageService(
-        backend, indexes, catalogue, users,
-        ServingConfig(k=RETRIEVAL_K, candidates=RETRIEVAL_K, deadline_ms=1e9,
-                      query_deadline_ms=1e9, rank_deadline_ms=1e9,
-                      history_length=config.data.history_length))
+    def __init__(self, train_dir: Path, serving_dir: Path, split: Split, config: Config):
+        from marquee.config import ServingConfig
+        from serving.backends import IndexStore, InProcessBackend
+        from serving.catalogue import load
+        from serving.homepage import HomepageService
 
-    def candidates(user: int, ids) -> list[int]:
-        seen = users.get(user).watched
-        return [int(i) for i in dict.fromkeys(ids) if int(i) in allowed and int(i) not in seen]
+        catalogue, self.users = load(train_dir)
+        self.backend = InProcessBackend(serving_dir)
+        indexes = IndexStore(serving_dir)
+        self.index = indexes.get(self.backend.query_version)
+        self.allowed = set(split.catalogue.tolist())
+        self.first = split.test.groupby(c.USER_ID)[c.TIMESTAMP].min().to_dict()
+        self.service = HomepageService(
+            self.backend, indexes, catalogue, self.users,
+            ServingConfig(k=RETRIEVAL_K, candidates=RETRIEVAL_K, deadline_ms=1e9,
+                          query_deadline_ms=1e9, rank_deadline_ms=1e9,
+                          history_length=config.data.history_length))
+        self._cache: dict[int, tuple] = {}
 
-    def retrieval(user_ids: np.ndarray) -> np.ndarray:
+    def _candidates(self, user: int, ids) -> list[int]:
+        seen = self.users.get(user).watched
+        return [int(i) for i in dict.fromkeys(ids)
+                if int(i) in self.allowed and int(i) not in seen]
+
+    def retrieval(self, user_ids: np.ndarray) -> np.ndarray:
+        """The retrieval stage alone: query tower + index, [B, RETRIEVAL_K]."""
         out = []
         for u in user_ids.tolist():
-            profile = users.get(u)
-            query = service.query_features(profile, int(first.get(u, 0)))
-            emb, _ = backend.query_embeddings(query, 1e9)
-            ids, _ = index.search(emb, RETRIEVAL_K + len(profile.watched))
-            out.append(candidates(u, ids[0].tolist()))
+            profile = self.users.get(u)
+            query = self.service.query_features(profile, int(self.first.get(u, 0)))
+            emb, _ = self.backend.query_embeddings(query, 1e9)
+            ids, _ = self.index.search(emb, RETRIEVAL_K + len(profile.watched))
+            out.append(self._candidates(u, ids[0].tolist()))
         return _rows(out, RETRIEVAL_K)
 
-    def stack(user_ids: np.ndarray) -> np.ndarray:
+    def scores(self, user: int) -> tuple:
+        if user not in self._cache:
+            page = self.service.homepage(user, RETRIEVAL_K, timestamp=int(self.first.get(user, 0)))
+            if page.fallback:
+                raise RuntimeError(f"the stack fell back for user {user}: {page.reason}")
+            picks = [p for p in page.items if p.item_id in self.allowed]
+            p_watch = (np.array([p.p_watch for p in picks]) if picks and
+                       picks[0].p_watch is not None else None)
+            self._cache[user] = (np.array([p.item_id for p in picks], np.int64),
+                                 np.array([p.retrieval_score for p in picks]), p_watch)
+        return self._cache[user]
+
+    def recommend(self, user_ids: np.ndarray, ranker_weight: float) -> np.ndarray:
+        """The stack's lists [B, 100] for a ranker weight (1 = ranker alone)."""
+        from serving.homepage import blend
+
         out = []
         for u in user_ids.tolist():
-            page = service.homepage(u, RETRIEVAL_K, timestamp=int(first.get(u, 0)))
-            if page.fallback:
-                raise RuntimeError(f"the stack fell back for user {u}: {page.reason}")
-            out.append(candidates(u, [p.item_id for p in page.items]))
-        return _rows(out, max_k)
+            ids, retrieval, p_watch = self.scores(u)
+            if p_watch is None or len(ids) == 0:
+                out.append(ids.tolist())
+                continue
+            final = blend(retrieval, p_watch, ranker_weight)
+            out.append(ids[np.lexsort((ids, -final))].tolist())
+        return _rows(out, max(DEFAULT_KS))
 
-    return {"retrieval": retrieval, "stack": stack}
+
+BLEND_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+TUNING_METRIC = "ndcg@20"
+
+
+def tune_blend(data_dir: Path, run_dir: Path, split: Split, config: Config,
+               progress: Callable[[str], None]) -> tuple[float, dict[float, float]]:
+    """Chooses the ranker weight on a validation split carved from train (the test split is
+    never seen): the pipeline is trained on the validation-train part, every weight of
+    ``BLEND_GRID`` scored by NDCG@20 on the validation-test part."""
+    from marquee.evaluation.protocol import validation_split
+    from pipeline.local_runner import run_dirs, run_local
+
+    vsplit = validation_split(split)
+    vdir = run_dir / "validation"
+    vdata = vdir / "train-data"
+    if not (run_dirs(vdir)["serving"] / "query_tower").is_dir():
+        ds = load_dataset(data_dir)
+        inter = train_part(train_part(ds.interactions, split), vsplit)
+        vdata.mkdir(parents=True, exist_ok=True)
+        c.write_table(vdata, c.USERS, ds.users)
+        c.write_table(vdata, c.ITEMS, ds.items)
+        c.write_table(vdata, c.INTERACTIONS, inter)
+        progress("tuning the ranker weight: running the pipeline on the validation-train part")
+        run_local(vdata, vdir, config, progress=progress)
+    scores = StackScores(vdata, run_dirs(vdir)["serving"], vsplit, config)
+    results = {w: evaluate_rankings(vsplit, lambda u, w=w: scores.recommend(u, w),
+                                    DEFAULT_KS)[TUNING_METRIC] for w in BLEND_GRID}
+    best = max(BLEND_GRID, key=lambda w: (results[w], -w))
+    progress(f"ranker weight {best} (validation {TUNING_METRIC}: "
+             + ", ".join(f"{w}: {v:.4f}" for w, v in results.items()) + ")")
+    return best, results
 
 
 def truth_recall(recommend: Callable[[np.ndarray], np.ndarray], truth: pd.DataFrame,
@@ -136,7 +192,8 @@ def truth_recall(recommend: Callable[[np.ndarray], np.ndarray], truth: pd.DataFr
 
 
 def evaluate(data_dir: Path, run_dir: Path, out_dir: Path, config: Config,
-             progress: Callable[[str], None] = print, peers: bool = True) -> dict[str, float]:
+             progress: Callable[[str], None] = print, peers: bool = True,
+             tune: bool = True) -> dict[str, float]:
     from marquee.evaluation.peers import (
         EASE,
         ImplicitALS,
@@ -161,7 +218,16 @@ def evaluate(data_dir: Path, run_dir: Path, out_dir: Path, config: Config,
         progress("running the pipeline on the train part only")
         run_local(train_dir, run_dir, config, progress=progress)
     metrics: dict[str, float] = {}
-    recommenders = stack_recommenders(train_dir, serving, split, config)
+    weight = config.serving.ranker_weight
+    notes: list[str] = []
+    if tune:
+        weight, grid = tune_blend(data_dir, run_dir, split, config, progress)
+        notes.append(f"ranker weight {weight}, chosen on a validation split carved from train "
+                     f"by {TUNING_METRIC}: " + ", ".join(f"{w}: {v:.4f}" for w, v in grid.items()))
+    stack = StackScores(train_dir, serving, split, config)
+    recommenders = {"retrieval": stack.retrieval,
+                    "stack": lambda u: stack.recommend(u, weight),
+                    "ranker": lambda u: stack.recommend(u, 1.0)}
     for name, fn in recommenders.items():
         progress(f"evaluating {name}")
         extra = (RETRIEVAL_K,) if name == "retrieval" else ()
@@ -181,7 +247,7 @@ def evaluate(data_dir: Path, run_dir: Path, out_dir: Path, config: Config,
         for name, fn in models.items():
             for key, v in truth_recall(fn, truth, split).items():
                 metrics[f"{name}.{key}"] = v
-    notes = [f"data: {data_dir}", f"run: {run_dir}",
+    notes = [f"data: {data_dir}", f"run: {run_dir}", *notes,
              f"split: {len(split.train):,} train / {len(split.test):,} test positives, "
              f"{len(split.users):,} users, {len(split.catalogue):,} catalogue items",
              f"wall time: {time.time() - started:.0f} s"]
