@@ -18,6 +18,7 @@ def _anomalies_dir(tmp_path, device: str, hour_ts: int = 1_700_000_000):
     feats.update(example_lib.candidate_features(ITEM))
     feats["timestamp"] = example_lib._ints([hour_ts])
     feats["watch_seconds"] = example_lib._floats([600.0])
+    feats["position"] = example_lib._ints([1])
     import tensorflow as tf
     example = tf.train.Example(features=tf.train.Features(feature=feats))
     records = tmp_path / "data.tfrecord"

@@ -32,7 +32,7 @@ def example(user, item, year, history=(), title="The Big Heat", genres=("drama",
         f.HISTORY: list(history), f.ITEM_ID: [item], f.DIRECTOR: [b"F. Lang"],
         f.TITLE: [title.encode()], f.RELEASE_YEAR: [year], f.DURATION_SECONDS: [5400],
         f.GENRES: [g.encode() for g in genres], f.CAST: [b"G. Ford"], f.KEYWORDS: [],
-        f.TIMESTAMP: [1_700_000_000], f.WATCH_SECONDS: [600.0],
+        f.TIMESTAMP: [1_700_000_000], f.WATCH_SECONDS: [600.0], f.POSITION: [1],
     }
 
 
