@@ -18,7 +18,12 @@ if os.environ.get("TF_USE_LEGACY_KERAS", "1") != "1":
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# google-api-core warns on every import under Python 3.10, which TFX 1.16 requires.
-warnings.filterwarnings("ignore", message="You are using a non-supported Python version")
+# google-api-core warns on every import under Python 3.10, which TFX 1.16 requires. The
+# environment variable carries the filter into Beam's worker processes.
+_PY310_NOTICE = "You are using a non-supported Python version"
+warnings.filterwarnings("ignore", message=_PY310_NOTICE)
+if _PY310_NOTICE not in os.environ.get("PYTHONWARNINGS", ""):
+    os.environ["PYTHONWARNINGS"] = ",".join(
+        w for w in (os.environ.get("PYTHONWARNINGS"), f"ignore:{_PY310_NOTICE}") if w)
 
 __version__ = "0.1.0"
