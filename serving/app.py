@@ -7,7 +7,7 @@ from pathlib import Path
 
 from marquee.config import ServingConfig
 from serving.backends import GrpcBackend, IndexStore, InProcessBackend
-from serving.catalogue import load
+from serving.catalogue import load_frames
 from serving.homepage import HomepageService
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class UnavailableBackend:
 
 def build_service(data_dir: str | Path, model_base: str | Path, tf_serving: str | None = None,
                   config: ServingConfig = ServingConfig()) -> HomepageService:
-    catalogue, users = load(data_dir)
+    catalogue, users, interactions = load_frames(data_dir)
     indexes = IndexStore(model_base)
     if tf_serving:
         backend = GrpcBackend(tf_serving, model_base)
@@ -45,7 +45,8 @@ def build_service(data_dir: str | Path, model_base: str | Path, tf_serving: str 
             log.error("no model loaded from %s (%s); serving popularity only", model_base, e)
             backend = UnavailableBackend(f"no model loaded from {model_base}: {e}")
     popularity = indexes.popularity() or users.popularity()
-    service = HomepageService(backend, indexes, catalogue, users, config, popularity=popularity)
+    service = HomepageService(backend, indexes, catalogue, users, config, popularity=popularity,
+                              interactions=interactions)
     try:
         service.warm_up()
     except Exception as e:  # a backend that is down now may be up later: the breaker handles it

@@ -133,8 +133,15 @@ class UserStore:
         return sorted(self._profiles)
 
 
-def load(data_dir: str | Path) -> tuple[Catalogue, UserStore]:
+def load_frames(data_dir: str | Path) -> tuple[Catalogue, UserStore, pd.DataFrame]:
+    """:func:`load` plus the validated interactions frame (trending and item-to-item sources)."""
     from marquee.data.validate import load_dataset
 
     ds = load_dataset(data_dir, rejects_path=Path(data_dir) / "_serving_rejects.csv")
-    return Catalogue.from_frame(ds.items), UserStore.from_frames(ds.users, ds.interactions)
+    return (Catalogue.from_frame(ds.items), UserStore.from_frames(ds.users, ds.interactions),
+            ds.interactions)
+
+
+def load(data_dir: str | Path) -> tuple[Catalogue, UserStore]:
+    catalogue, users, _ = load_frames(data_dir)
+    return catalogue, users

@@ -1,10 +1,20 @@
-"""The thin client: one homepage = query tower -> ScaNN (in-process) -> ranker -> re-rank.
+"""The thin client: one homepage = candidate sources -> merge -> ranker -> re-rank -> top k.
 
-Each stage has a deadline (``ServingConfig``); the whole request has a budget (200 ms by
-default). If the model backend is down, errors, or a stage misses its deadline, the answer is
-popularity by genre, marked ``fallback: true`` with the reason; a circuit breaker per model stops
-calling a failing backend and probes it again later. A model failure never becomes an error
-response. If only the ranker fails, the retrieval order is served (``degraded`` says why).
+The user's cold-start stage (:mod:`serving.cold_start`) picks the sources that answer
+(``SourceConfig.stages``): by default ``new`` users get trending in their onboarding genres,
+``light`` users content-based, item-to-item and trending, ``full`` users also the two-tower
+retrieval (query tower -> ScaNN, in-process). The sources answer in parallel, each with its own
+deadline, and are merged with per-source quotas (:mod:`serving.sources`). With a query embedding
+every candidate, whatever its source, gets its exact retrieval score from the index, and a pushed
+ranker scores them all in one call (``blend``); the configured re-rank steps
+(:mod:`serving.rerank`) then shape the page. "Because you watched X" rows come with it.
+
+Each model call has a deadline (``ServingConfig``); the whole request has a budget (200 ms by
+default). If the query tower fails the other sources still answer (``degraded`` says why); if
+no source answers, the answer is popularity by genre, marked ``fallback: true`` with the reason.
+A circuit breaker per model stops calling a failing backend and probes it again later. A model
+failure never becomes an error response. If only the ranker fails, the retrieval order is
+served (``degraded`` says why).
 """
 
 from __future__ import annotations
@@ -13,17 +23,43 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from concurrent import futures
 
 import numpy as np
+import pandas as pd
 
 from marquee.config import ServingConfig
+from marquee.data import contract as c
 from serving.backends import IndexStore, ModelBackend
 from serving.catalogue import Catalogue, UserProfile, UserStore
+from serving.cold_start import BecauseYouWatched, ColdStartThresholds, stage
+from serving.rerank import (
+    SECONDS_PER_DAY,
+    RerankContext,
+    RerankPipeline,
+    Scored,
+    build_pipeline,
+    scored_from_catalogue,
+)
 from serving.resilience import CircuitBreaker, PopularityFallback
 from serving.retrieval import QueryFeatures, query_inputs
+from serving.sources import (
+    CandidateSource,
+    CollaborativeSource,
+    ContentSource,
+    ItemToItemSource,
+    MergedCandidate,
+    SourceRequest,
+    TrendingSource,
+    query_sources,
+)
 from trainer.ranking import P_WATCH, RETRIEVAL_SCORE, WATCH_TIME_SECONDS
 
 log = logging.getLogger(__name__)
+
+COLLABORATIVE = "collaborative"
+SOURCE_NAMES = (COLLABORATIVE, "content", "item_to_item", "trending")
+STAGES = ("new", "light", "full")
 
 
 def _standardise(x: np.ndarray) -> np.ndarray:
@@ -44,14 +80,33 @@ class DeadlineExceeded(TimeoutError):
     pass
 
 
+class NoCandidates(RuntimeError):
+    """No candidate source answered anything (the popularity fallback answers instead)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Pick:
+    """One title on the page. ``score`` is the final score (a z-score over the request's
+    candidates; see :meth:`HomepageService._final_scores`), ``sources`` every candidate source's
+    own score for it, ``explore`` marks an item the exploration step put in."""
+
     item_id: int
     title: str
     score: float
     retrieval_score: float | None = None
     p_watch: float | None = None
     watch_time_seconds: float | None = None
+    sources: dict[str, float] = dataclasses.field(default_factory=dict)
+    explore: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class PageRow:
+    """A titled row ("Because you watched X") built around ``seed_item_id``."""
+
+    title: str
+    seed_item_id: int
+    items: list[Pick]
 
 
 @dataclasses.dataclass
@@ -63,29 +118,91 @@ class Homepage:
     degraded: str | None = None
     model_version: int | None = None
     timings_ms: dict[str, float] = dataclasses.field(default_factory=dict)
+    stage: str | None = None  # the cold-start stage: new, light or full
+    rows: list[PageRow] = dataclasses.field(default_factory=list)
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # source -> why
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
+def _check_sources(config: ServingConfig) -> None:
+    names = [s.name for s in config.sources]
+    problems = [f"unknown source {n!r}" for n in names if n not in SOURCE_NAMES]
+    problems += [f"source {n!r} listed twice" for n in set(names) if names.count(n) > 1]
+    problems += [f"source {s.name!r} has unknown stage(s) {sorted(set(s.stages) - set(STAGES))}"
+                 for s in config.sources if set(s.stages) - set(STAGES)]
+    problems += [f"source {s.name!r} needs quota >= 0 and deadline_ms > 0"
+                 for s in config.sources if s.quota < 0 or not s.deadline_ms > 0]
+    if problems:
+        raise ValueError(f"serving.sources: {'; '.join(problems)}; sources are "
+                         f"{list(SOURCE_NAMES)}, stages {list(STAGES)}")
+
+
+def _rerank_pipeline(config: ServingConfig) -> RerankPipeline:
+    try:
+        return build_pipeline(config.rerank)
+    except ValueError as e:
+        raise ValueError(f"serving.rerank: {e}") from e
+
+
 class HomepageService:
+    """``interactions`` (the validated interactions frame, :func:`serving.catalogue.load_frames`)
+    is needed by the trending and item-to-item sources and the "Because you watched" rows; a
+    config using them without it fails here, at start-up, as does any bad source or re-rank
+    config. Trending is computed as of the last interaction (``TrendingSource.refresh`` renews
+    it)."""
+
     def __init__(self, backend: ModelBackend, indexes: IndexStore, catalogue: Catalogue,
                  users: UserStore, config: ServingConfig = ServingConfig(),
                  popularity: dict[int, float] | None = None,
                  clock: Callable[[], float] = time.perf_counter,
-                 now: Callable[[], float] = time.time):
+                 now: Callable[[], float] = time.time,
+                 interactions: pd.DataFrame | None = None):
         self.backend, self.indexes, self.catalogue, self.users = backend, indexes, catalogue, users
         self.config = config
         self.fallback = PopularityFallback(catalogue, popularity or indexes.popularity())
         self.query_breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_seconds)
         self.rank_breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_seconds)
         self._clock, self._now = clock, now
+        self.thresholds = ColdStartThresholds(config.light_from, config.full_from)
+        self.rerank = _rerank_pipeline(config)
+        self.filters = RerankPipeline(tuple(s for s in self.rerank.steps if s.is_filter))
+        _check_sources(config)
+        names = {s.name for s in config.sources}
+        need = sorted(names & {"trending", "item_to_item"})
+        if config.because_you_watched > 0:
+            need.append("because_you_watched rows")
+        if need and interactions is None:
+            raise ValueError(f"{', '.join(need)} need the interactions frame: pass interactions="
+                             "(serving.catalogue.load_frames), or drop them from serving.sources "
+                             "(and set serving.because_you_watched: 0)")
+        self.sources: dict[str, CandidateSource] = {}
+        if "content" in names:
+            self.sources["content"] = ContentSource(catalogue)
+        if "trending" in names:
+            latest = int(interactions[c.TIMESTAMP].max()) if len(interactions) else 0
+            self.sources["trending"] = TrendingSource.from_interactions(
+                interactions, catalogue, latest, config.trending_half_life_days)
+        item_to_item = None
+        if "item_to_item" in names or config.because_you_watched > 0:
+            item_to_item = ItemToItemSource.from_interactions(interactions, catalogue)
+        if "item_to_item" in names:
+            self.sources["item_to_item"] = item_to_item
+        self.because_you_watched = (
+            BecauseYouWatched(item_to_item, catalogue, config.because_you_watched, config.row_k)
+            if config.because_you_watched > 0 else None)
+        # Sources of concurrent requests share it; a source past its deadline keeps its thread.
+        self._executor = futures.ThreadPoolExecutor(max(4, 4 * len(config.sources)),
+                                                    thread_name_prefix="candidate-source")
 
     # ------------------------------------------------------------------ stages
 
+    def _remaining_ms(self, start: float) -> float:
+        return max(0.0, self.config.deadline_ms - (self._clock() - start) * 1000)
+
     def _remaining(self, start: float, stage_ms: float) -> float:
-        left = self.config.deadline_ms - (self._clock() - start) * 1000
-        return max(0.0, min(stage_ms, left)) / 1000
+        return min(stage_ms, self._remaining_ms(start)) / 1000
 
     def _check(self, start: float, stage: str, stage_start: float, stage_ms: float) -> None:
         now = self._clock()
@@ -101,59 +218,129 @@ class HomepageService:
                           age_bucket=profile.age_bucket, history=profile.history)
         return {k: v.numpy() for k, v in query_inputs([q], self.config.history_length).items()}
 
-    def _personal(self, profile: UserProfile, k: int, timings: dict,
-                  timestamp: int | None) -> Homepage:
-        cfg = self.config
-        start = self._clock()
-        query = self.query_features(
-            profile, int(self._now()) if timestamp is None else int(timestamp))
+    def _query_tower(self, query: dict, start: float, timings: dict):
+        """-> (embedding [dim], model version, index of that version)."""
         t = self._clock()
         emb, version = self.query_breaker.call(
-            self.backend.query_embeddings, query, self._remaining(start, cfg.query_deadline_ms))
-        self._check(start, "query tower", t, cfg.query_deadline_ms)
+            self.backend.query_embeddings, query,
+            self._remaining(start, self.config.query_deadline_ms))
+        self._check(start, "query tower", t, self.config.query_deadline_ms)
         timings["query_tower"] = (self._clock() - t) * 1000
+        return np.asarray(emb)[0], version, self.indexes.get(version)
 
+    def _final_scores(self, page: Homepage, ids: list[int], query, emb, index, start: float,
+                      timings: dict) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Final scores ``[N]`` of the merged candidates and the model outputs per candidate.
+
+        With a query embedding: every candidate's exact retrieval score (a title newer than the
+        index gets the request's lowest), blended with the ranker's p_watch when one is pushed,
+        else z(retrieval). Without: the merged order as a z-score. Always z-scores, so additive
+        re-rank boosts mean the same on every path."""
+        if emb is None:
+            return _standardise(-np.arange(len(ids), dtype=np.float64)), {}
+        known = np.isin(ids, index.item_ids)
+        retrieval = np.zeros(len(ids), np.float32)
+        retrieval[known] = index.score(emb, np.asarray(ids)[known])
+        retrieval[~known] = retrieval[known].min() if known.any() else 0.0
+        outputs = {RETRIEVAL_SCORE: retrieval}
+        if not self.backend.has_ranker():
+            return _standardise(retrieval), outputs
         t = self._clock()
-        index = self.indexes.get(version)
-        exclude = profile.watched
-        ids, scores = index.search(emb, cfg.candidates + len(exclude))
-        keep = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True)
-                if int(i) not in exclude and int(i) in self.catalogue.row]
-        keep = list(dict.fromkeys(i for i, _ in keep))[: cfg.candidates]  # dedupe, keep order
-        score_of = {int(i): float(s) for i, s in zip(ids[0], scores[0], strict=True)}
-        timings["retrieval"] = (self._clock() - t) * 1000
-        page = Homepage(profile.user_id, [], model_version=version, timings_ms=timings)
-        retrieval = np.array([score_of[i] for i in keep], np.float32)
-        order = np.arange(len(keep))
-        p_watch = watch_time = final = None
-        if keep and self.backend.has_ranker():
-            t = self._clock()
+        try:
+            inputs = {key: np.repeat(v, len(ids), axis=0) for key, v in query.items()}
+            inputs.update(self.catalogue.candidate_inputs(self.catalogue.rows(ids)))
+            inputs[RETRIEVAL_SCORE] = retrieval
+            out = self.rank_breaker.call(self.backend.rank, inputs,
+                                         self._remaining(start, self.config.rank_deadline_ms))
+            self._check(start, "ranker", t, self.config.rank_deadline_ms)
+            outputs.update({P_WATCH: np.asarray(out[P_WATCH]),
+                            WATCH_TIME_SECONDS: np.asarray(out[WATCH_TIME_SECONDS])})
+            final = blend(retrieval, outputs[P_WATCH], self.config.ranker_weight)
+        except Exception as e:  # the ranker is optional: degrade to the retrieval order
+            log.warning("ranker failed, serving the retrieval order: %s", e)
+            _degrade(page, f"ranker: {type(e).__name__}: {e}")
+            final = _standardise(retrieval)
+        timings["ranker"] = (self._clock() - t) * 1000
+        return final, outputs
+
+    def _exploration_pool(self, timestamp: int) -> tuple[Scored, ...]:
+        since = timestamp - self.config.explore_new_days * SECONDS_PER_DAY
+        added = self.catalogue.added_at
+        rows = np.flatnonzero((added >= since) & (added <= timestamp))
+        ids = self.catalogue.item_ids[rows].tolist()
+        return tuple(scored_from_catalogue(self.catalogue, ids, [0.0] * len(ids)))
+
+    def _personal(self, profile: UserProfile, k: int, timings: dict, timestamp: int,
+                  seed: int, page: Homepage) -> None:
+        cfg = self.config
+        start = self._clock()
+        configs = [s for s in cfg.sources if page.stage in s.stages]
+        query = emb = index = tower_error = None
+        if any(s.name == COLLABORATIVE for s in configs):
+            query = self.query_features(profile, timestamp)
             try:
-                rows = self.catalogue.rows(keep)
-                inputs = {key: np.repeat(v, len(keep), axis=0) for key, v in query.items()}
-                inputs.update(self.catalogue.candidate_inputs(rows))
-                inputs[RETRIEVAL_SCORE] = retrieval
-                out = self.rank_breaker.call(self.backend.rank, inputs,
-                                             self._remaining(start, cfg.rank_deadline_ms))
-                self._check(start, "ranker", t, cfg.rank_deadline_ms)
-                p_watch, watch_time = out[P_WATCH], out[WATCH_TIME_SECONDS]
-                final = blend(retrieval, p_watch, cfg.ranker_weight)
-                order = np.lexsort((np.array(keep), -final))  # best first, ties by item id
-            except Exception as e:  # the ranker is optional: degrade to the retrieval order
-                log.warning("ranker failed, serving the retrieval order: %s", e)
-                page.degraded = f"ranker: {type(e).__name__}: {e}"
-            timings["ranker"] = (self._clock() - t) * 1000
-        for r in order[:k].tolist():
-            item = keep[r]
+                emb, page.model_version, index = self._query_tower(query, start, timings)
+            except Exception as e:  # the other sources still answer; say why
+                log.warning("query tower failed for user %s: %s", profile.user_id, e)
+                tower_error = e
+                page.skipped[COLLABORATIVE] = f"query tower: {type(e).__name__}: {e}"
+        sources = [self.sources[s.name] for s in configs if s.name != COLLABORATIVE]
+        if emb is not None:
+            sources.insert(0, CollaborativeSource(index.search, self.catalogue))
+        t = self._clock()
+        left = self._remaining_ms(start)
+        found = query_sources(
+            sources, SourceRequest.from_profile(profile, timestamp, seed, emb),
+            {s.name: s.quota for s in configs},
+            {s.name: min(s.deadline_ms, left) for s in configs}, self._executor)
+        timings["sources"] = (self._clock() - t) * 1000
+        timings.update({f"source_{n}": ms for n, ms in found.timings_ms.items()})
+        page.skipped.update(found.skipped)
+        merged: list[MergedCandidate] = found.merged[: cfg.candidates]
+        if not merged:
+            raise tower_error or NoCandidates(
+                f"no candidate source answered for stage {page.stage!r} (sources "
+                f"{[s.name for s in configs]}; skipped: {page.skipped})")
+        if tower_error is not None:
+            _degrade(page, f"query tower: {type(tower_error).__name__}: {tower_error}")
+
+        ids = [m.item_id for m in merged]
+        final, outputs = self._final_scores(page, ids, query, emb, index, start, timings)
+        t = self._clock()
+        order = np.lexsort((np.array(ids), -final)).tolist()  # best first, ties by item id
+        embeddings = None
+        if index is not None and index.embeddings is not None and np.isin(
+                ids, index.item_ids).all():
+            embeddings = index.embeddings[index.rows([ids[r] for r in order])]
+        ctx = RerankContext(profile, timestamp, seed, self._exploration_pool(timestamp))
+        shaped = self.rerank.apply(scored_from_catalogue(
+            self.catalogue, [ids[r] for r in order], final[order], embeddings), ctx)[:k]
+        position = {item: r for r, item in enumerate(ids)}
+        for x in shaped:
+            r = position.get(x.item_id)
             page.items.append(Pick(
-                item, self.catalogue.titles[self.catalogue.row[item]],
-                float(final[r]) if p_watch is not None and page.degraded is None
-                else float(retrieval[r]),
-                retrieval_score=float(retrieval[r]),
-                p_watch=None if p_watch is None or page.degraded else float(p_watch[r]),
-                watch_time_seconds=None if watch_time is None or page.degraded
-                else float(watch_time[r])))
-        return page
+                x.item_id, self.catalogue.titles[self.catalogue.row[x.item_id]], float(x.score),
+                **{field: None if r is None or key not in outputs else float(outputs[key][r])
+                   for field, key in (("retrieval_score", RETRIEVAL_SCORE), ("p_watch", P_WATCH),
+                                      ("watch_time_seconds", WATCH_TIME_SECONDS))},
+                sources={} if r is None else dict(merged[r].scores), explore=x.explore))
+        timings["rerank"] = (self._clock() - t) * 1000
+
+    def _rows(self, profile: UserProfile, timestamp: int, seed: int) -> list[PageRow]:
+        """The "Because you watched" rows, through the re-rank filters (watched, maturity,
+        block list)."""
+        if self.because_you_watched is None:
+            return []
+        ctx = RerankContext(profile, timestamp, seed)
+        out = []
+        for row in self.because_you_watched.rows(profile):
+            kept = self.filters.apply(scored_from_catalogue(
+                self.catalogue, [x.item_id for x in row.items], [x.score for x in row.items]), ctx)
+            if kept:
+                out.append(PageRow(row.title, row.seed_item_id, [
+                    Pick(x.item_id, self.catalogue.titles[self.catalogue.row[x.item_id]], x.score,
+                         sources={row.items[0].source: x.score}) for x in kept]))
+        return out
 
     def warm_up(self) -> None:
         """One call of each model outside any deadline: the first call of a loaded SavedModel
@@ -169,24 +356,34 @@ class HomepageService:
 
     # ------------------------------------------------------------------ request
 
-    def homepage(self, user_id: int, k: int | None = None,
-                 timestamp: int | None = None) -> Homepage:
-        """Top ``k`` for ``user_id`` at ``timestamp`` (UTC seconds; default now)."""
+    def homepage(self, user_id: int, k: int | None = None, timestamp: int | None = None,
+                 seed: int | None = None) -> Homepage:
+        """Top ``k`` for ``user_id`` at ``timestamp`` (UTC seconds; default now). ``seed`` drives
+        exploration, reproducibly per (user, seed); by default the request's day, so a page is
+        stable for a day."""
         k = self.config.k if k is None else k
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         start = self._clock()
+        timestamp = int(self._now()) if timestamp is None else int(timestamp)
+        seed = timestamp // SECONDS_PER_DAY if seed is None else int(seed)
         profile = self.users.get(user_id)
         timings: dict[str, float] = {}
+        page = Homepage(user_id, [], timings_ms=timings, stage=stage(profile, self.thresholds))
         try:
-            page = self._personal(profile, k, timings, timestamp)
+            self._personal(profile, k, timings, timestamp, seed, page)
         except Exception as e:  # any model-path failure is answered by the fallback, logged
             log.warning("homepage for user %s falls back to popularity: %s", user_id, e)
             genres = self.fallback.genres_of(profile.history, profile.onboarding_genres)
             items = self.fallback.recommend(k, set(profile.watched), genres)
             page = Homepage(user_id, [
                 Pick(i, self.catalogue.titles[self.catalogue.row[i]], self.fallback.score(i))
-                for i in items], fallback=True,
-                reason=f"{type(e).__name__}: {e}", timings_ms=timings)
+                for i in items], fallback=True, reason=f"{type(e).__name__}: {e}",
+                timings_ms=timings, stage=page.stage, skipped=page.skipped)
+        page.rows = self._rows(profile, timestamp, seed)
         page.timings_ms["total"] = (self._clock() - start) * 1000
         return page
+
+
+def _degrade(page: Homepage, why: str) -> None:
+    page.degraded = why if page.degraded is None else f"{page.degraded}; {why}"

@@ -296,6 +296,28 @@ def test_save_move_load_brute_force_index(tmp_path, tiny):
     assert index.metadata["evaluation"]["num_leaves"] == 0
 
 
+@pytest.mark.parametrize("case", ["tree", "brute_force"])
+def test_loaded_index_scores_given_items_as_search_does(tmp_path, catalogue, built, tiny, case):
+    if case == "tree":
+        (items, ids, queries), (searcher, evaluation) = catalogue, built
+    else:
+        items, ids, queries, searcher, evaluation = tiny
+    save_index(searcher, ids, evaluation, tmp_path / "index", {})
+    index = load_index(tmp_path / "index")
+    np.testing.assert_array_equal(index.embeddings, items)  # scann/dataset.npy, row order
+    for q in queries[:5]:
+        found, scores = index.search(q, 10)
+        np.testing.assert_allclose(index.score(q, found[::-1]), scores[::-1], rtol=1e-5,
+                                   atol=1e-5)
+        # hand-checkable: the score of any item is the numpy dot product of its row
+        row = int(np.flatnonzero(ids == ids[-1])[0])
+        np.testing.assert_allclose(index.score(q, [ids[-1]]), [items[row] @ q], rtol=1e-5)
+    with pytest.raises(KeyError, match="not in the retrieval index"):
+        index.score(queries[0], [-1])
+    with pytest.raises(ValueError, match="without its item embeddings"):
+        RetrievalIndex(searcher, ids, {}, dim=items.shape[1]).score(queries[0], ids[:1])
+
+
 def test_save_and_load_through_a_remote_filesystem(tiny):
     items, ids, queries, searcher, evaluation = tiny
     uri = "ram://marquee-test-index/v1"  # tf.io.gfile's in-memory filesystem stands in for gs://

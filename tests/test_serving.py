@@ -1,6 +1,7 @@
 """The thin client on both backends (in-process and TF Serving's gRPC API), parity, fallback,
 deadlines, the mismatch refusal and the HTTP API, on the models of a real pipeline run."""
 
+import dataclasses
 import json
 import shutil
 import urllib.error
@@ -10,41 +11,53 @@ import numpy as np
 import pytest
 
 from components.model_pusher.push_lib import RANKER, RETRIEVAL_INDEX, versions
-from marquee.config import ServingConfig
+from marquee.config import ServingConfig, SourceConfig
 from serving.api import ApiServer
 from serving.backends import GrpcBackend, IndexStore, InProcessBackend
-from serving.catalogue import load
+from serving.catalogue import UserProfile, UserStore, load_frames
 from serving.homepage import HomepageService
 from serving.model_server import ModelServer
 
 pytestmark = pytest.mark.slow
 
 # Generous deadlines: correctness here, latency in bench/.
-CONFIG = ServingConfig(k=20, candidates=100, deadline_ms=60_000, query_deadline_ms=30_000,
-                       rank_deadline_ms=30_000)
+_GENEROUS = ServingConfig(k=20, candidates=100, deadline_ms=60_000, query_deadline_ms=30_000,
+                          rank_deadline_ms=30_000)
+_SOURCES = tuple(dataclasses.replace(s, deadline_ms=30_000) for s in _GENEROUS.sources)
+# Every default source and re-rank step: the served configuration.
+FULL = dataclasses.replace(_GENEROUS, sources=_SOURCES)
+# Every source; re-ranking that keeps the list sorted by score and adds nothing (no MMR or
+# exploration), so the contract below can check the order and the ranker's outputs.
+CONFIG = dataclasses.replace(FULL, rerank=tuple(
+    r for r in FULL.rerank if r["step"] not in ("mmr", "exploration")))
+# The two-tower path alone: a model failure has no other source to fall back on.
+COLLAB_ONLY = dataclasses.replace(
+    _GENEROUS, sources=(SourceConfig("collaborative", 100, 30_000, ("new", "light", "full")),),
+    rerank=(), because_you_watched=0)
 
 
 @pytest.fixture(scope="module")
 def world(pipeline_run):
-    catalogue, users = load(pipeline_run.data)
-    return pipeline_run, catalogue, users
+    catalogue, users, interactions = load_frames(pipeline_run.data)
+    return pipeline_run, catalogue, users, interactions
 
 
 @pytest.fixture(scope="module")
 def model_server(world):
-    run, _, _ = world
+    run, *_ = world
     with ModelServer(str(run.serving), port=0, host="127.0.0.1", poll_seconds=0.2) as server:
         yield server
 
 
-def service(world, backend, config=CONFIG):
-    run, catalogue, users = world
-    return HomepageService(backend, IndexStore(run.serving), catalogue, users, config)
+def service(world, backend, config=CONFIG, users=None):
+    run, catalogue, all_users, interactions = world
+    return HomepageService(backend, IndexStore(run.serving), catalogue, users or all_users,
+                           config, interactions=interactions)
 
 
 @pytest.fixture(scope="module", params=["in_process", "grpc"])
 def svc(request, world, model_server):
-    run, _, _ = world
+    run, *_ = world
     if request.param == "in_process":
         return service(world, InProcessBackend(run.serving))
     return service(world, GrpcBackend(model_server.address, run.serving))
@@ -58,7 +71,7 @@ def _heavy_users(users, n=5):
 
 
 def test_homepage_contract(svc, world):
-    run, catalogue, users = world
+    run, catalogue, users, _ = world
     assert versions(run.serving / RANKER), "the e2e config pushes the ranker"
     for user in _heavy_users(users):
         page = svc.homepage(user)
@@ -80,29 +93,100 @@ def test_unknown_user_gets_a_model_answer(svc):
 
 
 def test_parity_in_process_and_grpc(world, model_server):
-    run, _, users = world
-    local = service(world, InProcessBackend(run.serving))
-    remote = service(world, GrpcBackend(model_server.address, run.serving))
+    run, _, users, _ = world
+    local = service(world, InProcessBackend(run.serving), FULL)
+    remote = service(world, GrpcBackend(model_server.address, run.serving), FULL)
     for user in _heavy_users(users) + [10**9]:
         a, b = local.homepage(user), remote.homepage(user)
+        assert not a.fallback and a.degraded is None and a.skipped == {}
         assert [p.item_id for p in a.items] == [p.item_id for p in b.items]
         np.testing.assert_allclose([p.score for p in a.items], [p.score for p in b.items],
-                                   rtol=1e-5)
+                                   rtol=1e-5, atol=1e-6)
+        assert (a.stage, a.rows) == (b.stage, b.rows)
+
+
+# ----------------------------------------------------------------------------- cold start
+
+LIGHT_USER, NEW_USER = 10**9 + 1, 10**9 + 2
+
+
+@pytest.fixture(scope="module")
+def cold_users(world):
+    """The run's users plus a light one (two of a heavy user's watches) and a new one who picked
+    the catalogue's most common genre in the onboarding quiz."""
+    _, catalogue, users, _ = world
+    heavy = users.get(_heavy_users(users)[0])
+    genre = max({g for gs in catalogue.genres for g in gs},
+                key=lambda g: (sum(g in gs for gs in catalogue.genres), g))
+    profiles = {u: users.get(u) for u in users.user_ids()}
+    profiles[LIGHT_USER] = UserProfile(LIGHT_USER, history=heavy.history[:2],
+                                       watched=frozenset(heavy.history[:2]))
+    profiles[NEW_USER] = UserProfile(NEW_USER, onboarding_genres=(genre,))
+    return UserStore(profiles, users.popularity()), genre
+
+
+def test_light_user_gets_content_and_item_to_item(world, cold_users):
+    run, _, _, _ = world
+    users, _ = cold_users
+    page = service(world, InProcessBackend(run.serving), users=users).homepage(LIGHT_USER)
+    assert page.stage == "light" and not page.fallback and page.model_version is None
+    found = {s for p in page.items for s in p.sources}
+    assert {"content", "item_to_item"} <= found and "collaborative" not in found
+    assert len(page.items) == CONFIG.k
+    assert not {p.item_id for p in page.items} & users.get(LIGHT_USER).watched
+
+
+def test_new_user_gets_the_onboarding_genre_first(world, cold_users):
+    run, catalogue, _, _ = world
+    users, genre = cold_users
+    page = service(world, InProcessBackend(run.serving), users=users).homepage(NEW_USER)
+    assert page.stage == "new" and not page.fallback and page.rows == []
+    assert {s for p in page.items for s in p.sources} == {"trending"}
+    first = [catalogue.genres[catalogue.row[p.item_id]] for p in page.items[:5]]
+    assert all(genre in gs for gs in first), (genre, first)
+
+
+def test_full_user_gets_rows_of_unwatched_titles(world):
+    run, catalogue, users, _ = world
+    svc = service(world, InProcessBackend(run.serving), FULL)
+    for user in _heavy_users(users):
+        page = svc.homepage(user)
+        watched = users.get(user).watched
+        # one row per recent watch, except watches whose neighbours are all watched already
+        assert page.stage == "full" and 1 <= len(page.rows) <= FULL.because_you_watched
+        for row in page.rows:
+            assert row.seed_item_id in watched
+            title = catalogue.titles[catalogue.row[row.seed_item_id]]
+            assert row.title == f"Because you watched {title}"
+            assert 0 < len(row.items) <= FULL.row_k
+            assert not {p.item_id for p in row.items} & watched
 
 
 # ----------------------------------------------------------------------------- failure
 
 
-def test_model_server_down_falls_back_with_reason(world):
-    run, _, users = world
+def test_model_server_down_leaves_the_other_sources(world):
+    run, _, users, _ = world
     svc = service(world, GrpcBackend("127.0.0.1:1", run.serving, timeout_s=0.2))
     user = _heavy_users(users)[0]
     page = svc.homepage(user)
-    assert page.fallback and "ServerUnavailable" in page.reason
+    assert not page.fallback and page.stage == "full"
+    assert "ServerUnavailable" in page.degraded and "collaborative" in page.skipped
     assert len(page.items) == CONFIG.k and not {p.item_id for p in page.items} & users.get(
         user).watched
+    assert {s for p in page.items for s in p.sources} <= {"content", "item_to_item", "trending"}
+
+
+def test_model_server_down_falls_back_with_reason(world):
+    run, _, users, _ = world
+    svc = service(world, GrpcBackend("127.0.0.1:1", run.serving, timeout_s=0.2), COLLAB_ONLY)
+    user = _heavy_users(users)[0]
+    page = svc.homepage(user)
+    assert page.fallback and "ServerUnavailable" in page.reason
+    assert len(page.items) == COLLAB_ONLY.k and not {p.item_id for p in page.items} & users.get(
+        user).watched
     # after breaker_failures failures the breaker opens: no more calls, still answered
-    for _ in range(CONFIG.breaker_failures):
+    for _ in range(COLLAB_ONLY.breaker_failures):
         svc.homepage(user)
     assert svc.query_breaker.state == "open"
     page = svc.homepage(user)
@@ -110,22 +194,21 @@ def test_model_server_down_falls_back_with_reason(world):
 
 
 def test_deadline_miss_falls_back(world):
-    run, _, users = world
-    tight = ServingConfig(k=10, query_deadline_ms=1e-6)
+    run, _, users, _ = world
+    tight = dataclasses.replace(COLLAB_ONLY, k=10, deadline_ms=200.0, query_deadline_ms=1e-6)
     page = service(world, InProcessBackend(run.serving), tight).homepage(_heavy_users(users)[0])
     assert page.fallback and "DeadlineExceeded" in page.reason
 
 
 def test_index_from_another_run_is_refused(world, tmp_path):
-    run, _, users = world
+    run, _, users, _ = world
     base = tmp_path / "serving"
     shutil.copytree(run.serving, base)
     (index_dir,) = [p for p in (base / RETRIEVAL_INDEX).iterdir() if p.name.isdigit()]
     meta = json.loads((index_dir / "index.json").read_text())
     meta["metadata"]["training_run"] = "another-run"
     (index_dir / "index.json").write_text(json.dumps(meta))
-    _, catalogue, _ = world
-    svc = HomepageService(InProcessBackend(base), IndexStore(base), catalogue, users, CONFIG)
+    svc = HomepageService(InProcessBackend(base), IndexStore(base), world[1], users, COLLAB_ONLY)
     page = svc.homepage(_heavy_users(users)[0])
     assert page.fallback and "ModelMismatch" in page.reason and "another-run" in page.reason
 
@@ -142,7 +225,7 @@ def _get(port, path):
 
 
 def test_http_api(world):
-    run, _, users = world
+    run, _, users, _ = world
     with ApiServer(service(world, InProcessBackend(run.serving)), port=0,
                    host="127.0.0.1") as api:
         user = _heavy_users(users)[0]

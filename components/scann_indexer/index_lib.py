@@ -64,6 +64,7 @@ ITEM_IDS_FILE = "item_ids.npy"
 SCANN_DIR = "scann"
 _ASSETS_FILE = "scann_assets.pbtxt"
 _SCANN_CONFIG_FILE = "scann_config.pb"
+_DATASET_FILE = "dataset.npy"
 _RESERVED_METADATA_KEYS = ("evaluation",)
 
 
@@ -332,7 +333,7 @@ def save_index(
     scann_dir.mkdir(parents=True, exist_ok=True)
     searcher.serialize(str(scann_dir))
     _write_relative_asset_paths(scann_dir)
-    dataset = np.load(scann_dir / "dataset.npy", mmap_mode="r")  # the float32 rows re-scored
+    dataset = np.load(scann_dir / _DATASET_FILE, mmap_mode="r")  # the float32 rows re-scored
     np.save(root / ITEM_IDS_FILE, ids)
     document = {
         "format_version": FORMAT_VERSION,
@@ -375,7 +376,10 @@ def load_index(index_dir: str | os.PathLike) -> RetrievalIndex:
             f"{len(ids)}; the folder mixes two indexes, rebuild it"
         )
     metadata = {**document["metadata"], "evaluation": document["evaluation"]}
-    return RetrievalIndex(searcher, ids, metadata, dim=document["searcher"]["dim"])
+    # ScaNN keeps the float32 rows it re-scores (brute force scores them all) in dataset.npy.
+    embeddings = np.load(root / SCANN_DIR / _DATASET_FILE, allow_pickle=False)
+    return RetrievalIndex(searcher, ids, metadata, dim=document["searcher"]["dim"],
+                          embeddings=embeddings)
 
 
 class RetrievalIndex:
@@ -385,13 +389,25 @@ class RetrievalIndex:
       item_ids: [num_items] int64, row -> item id.
       metadata: what ``save_index`` was given plus ``"evaluation"`` (``IndexEvaluation.to_dict``).
       dim: embedding dimension queries must have.
+      embeddings: [num_items, dim] float32 item embeddings by row (what ScaNN re-scores), or
+        None when not given; ``score`` needs them.
     """
 
-    def __init__(self, searcher, item_ids: np.ndarray, metadata: dict, dim: int):
+    def __init__(self, searcher, item_ids: np.ndarray, metadata: dict, dim: int,
+                 embeddings: np.ndarray | None = None):
         self._searcher = searcher
         self.item_ids = _check_item_ids(item_ids, searcher.size())
         self.metadata = metadata
         self.dim = int(dim)
+        if embeddings is not None:
+            embeddings = _check_matrix("embeddings", embeddings)
+            if embeddings.shape != (len(self.item_ids), self.dim):
+                raise ValueError(
+                    f"embeddings have shape {embeddings.shape} but the index holds "
+                    f"{len(self.item_ids)} items of dim {self.dim}; pass the rows it was built on"
+                )
+        self.embeddings = embeddings
+        self._row = {int(i): r for r, i in enumerate(self.item_ids.tolist())}
         params = _searcher_params(searcher)
         self._num_leaves = params["num_leaves"]
         self._reorder = params["reorder"]
@@ -399,6 +415,24 @@ class RetrievalIndex:
     @property
     def num_items(self) -> int:
         return len(self.item_ids)
+
+    def rows(self, item_ids) -> np.ndarray:
+        """``item_ids [N]`` -> their rows [N]; ids not in the index raise KeyError naming them."""
+        missing = [int(i) for i in item_ids if int(i) not in self._row]
+        if missing:
+            raise KeyError(f"item id(s) not in the retrieval index: {missing[:5]}")
+        return np.array([self._row[int(i)] for i in item_ids], np.int64)
+
+    def score(self, query: np.ndarray, item_ids) -> np.ndarray:
+        """Exact dot product of one query ``[dim]`` with each of ``item_ids [N]`` -> ``[N]``
+        float32: the score ``search`` gives those items (exactly, up to float rounding)."""
+        if self.embeddings is None:
+            raise ValueError("this index was built without its item embeddings; load it with "
+                             "load_index (which reads scann/dataset.npy) to score given items")
+        q = np.asarray(query, np.float32)
+        if q.shape != (self.dim,):
+            raise ValueError(f"score takes one query of shape ({self.dim},), got {q.shape}")
+        return (self.embeddings[self.rows(item_ids)] @ q).astype(np.float32)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items by dot product, best first.

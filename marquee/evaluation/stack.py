@@ -74,7 +74,7 @@ class StackScores:
     them for any ranker weight is then numpy (``serving.homepage.blend``)."""
 
     def __init__(self, train_dir: Path, serving_dir: Path, split: Split, config: Config):
-        from marquee.config import ServingConfig
+        from marquee.config import ServingConfig, SourceConfig
         from serving.backends import IndexStore, InProcessBackend
         from serving.catalogue import load
         from serving.homepage import HomepageService
@@ -87,9 +87,13 @@ class StackScores:
         self.first = split.test.groupby(c.USER_ID)[c.TIMESTAMP].min().to_dict()
         self.service = HomepageService(
             self.backend, indexes, catalogue, self.users,
+            # The two-tower stack alone, for every user: only the collaborative source (in
+            # every cold-start stage), no re-rank steps, no rows.
             ServingConfig(k=RETRIEVAL_K, candidates=RETRIEVAL_K, deadline_ms=1e9,
                           query_deadline_ms=1e9, rank_deadline_ms=1e9,
-                          history_length=config.data.history_length))
+                          history_length=config.data.history_length,
+                          sources=(SourceConfig("collaborative", RETRIEVAL_K, deadline_ms=1e9),),
+                          rerank=(), because_you_watched=0))
         self._cache: dict[int, tuple] = {}
 
     def _candidates(self, user: int, ids) -> list[int]:

@@ -1,0 +1,218 @@
+"""HomepageService composition on a tiny catalogue: cold-start ladder, sources, ranker blend,
+re-rank, rows, failures. The index and model base are real (a brute-force ScaNN index saved and
+loaded); the model server is a test double (:class:`FixedModelBackend`)."""
+
+import dataclasses
+import json
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.model_pusher.push_lib import QUERY_TOWER, RETRIEVAL_INDEX
+from components.scann_indexer.index_lib import build_and_evaluate, save_index
+from marquee.config import ConfigError, IndexConfig, ServingConfig, SourceConfig, from_dict
+from marquee.data import contract as c
+from serving.backends import IndexStore
+from serving.catalogue import Catalogue, UserProfile, UserStore
+from serving.homepage import HomepageService, blend
+from trainer import features as f
+from trainer.ranking import P_WATCH, WATCH_TIME_SECONDS
+
+NOW = 1_700_000_000
+DAY = 86_400
+GENRES = ("scifi", "drama", "comedy", "romance")
+ITEM_IDS = np.arange(1, 13)  # 12 items; genre of item i: GENRES[(i - 1) % 4]
+ITEMS = np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32)  # row i - 1 = item i
+QUERY = np.array([1.0, -0.5, 0.25, 0.0], np.float32)
+FULL, LIGHT, NEW, KID = 1, 2, 3, 4
+GENEROUS = dict(deadline_ms=60_000, query_deadline_ms=30_000, rank_deadline_ms=30_000)
+ALL_STAGES = ("new", "light", "full")
+
+
+def catalogue() -> Catalogue:
+    n = len(ITEM_IDS)
+    return Catalogue.from_frame(pd.DataFrame({
+        c.ITEM_ID: ITEM_IDS, c.TITLE: [f"Title {i}" for i in ITEM_IDS],
+        c.GENRES: [[GENRES[(i - 1) % 4]] for i in ITEM_IDS],
+        c.CAST: [[f"actor{i % 3}"] for i in ITEM_IDS],
+        c.KEYWORDS: [[f"kw{i % 2}"] for i in ITEM_IDS],
+        c.DIRECTOR: [f"dir{i % 4}" for i in ITEM_IDS], c.RELEASE_YEAR: [2000] * n,
+        c.DURATION_SECONDS: [6000] * n,
+        # item 11 is new (the exploration pool); item 12 is rated R
+        c.ADDED_AT: [NOW - 100 * DAY] * 10 + [NOW - DAY, NOW - 100 * DAY],
+        c.MATURITY_RATING: ["PG"] * 11 + ["R"]}))
+
+
+def interactions() -> pd.DataFrame:
+    """Other users' positive watches: everyone who watched 1..5 also watched 6..12."""
+    baskets = {100: [1, 6, 7], 101: [2, 7, 8, 12], 102: [3, 8, 9], 103: [4, 9, 10, 12],
+               104: [5, 10, 12], 105: [1, 3, 12]}
+    rows = [(u, i) for u, items in baskets.items() for i in items]
+    return pd.DataFrame({c.USER_ID: [u for u, _ in rows], c.ITEM_ID: [i for _, i in rows],
+                         c.TIMESTAMP: NOW - DAY, c.EVENT: c.EVENT_WATCH, c.POSITION: None,
+                         c.WATCH_SECONDS: 600.0, c.DEVICE: "tv", c.RATING: None})
+
+
+def users() -> UserStore:
+    def p(uid, history=(), onboarding=(), age="25-34"):
+        return UserProfile(uid, age_bucket=age, onboarding_genres=onboarding,
+                           history=history, watched=frozenset(history))
+    return UserStore({FULL: p(FULL, (1, 2, 3, 4, 5)), LIGHT: p(LIGHT, (1,)),
+                      NEW: p(NEW, onboarding=("comedy",)),
+                      KID: p(KID, (1, 2, 3, 4, 5), age="under-18")})
+
+
+class FixedModelBackend:
+    """Test double of the model server boundary (``serving.backends.ModelBackend``): the query
+    tower answers :data:`QUERY` for everyone; the ranker's p_watch is ``sigmoid(item_id - 6)``
+    (later items preferred). ``fail`` makes the query tower raise it."""
+
+    name = "fixed"
+
+    def __init__(self, ranker: bool = True, fail: Exception | None = None):
+        self.ranker, self.fail, self.calls = ranker, fail, Counter()
+
+    def query_embeddings(self, inputs, timeout_s):
+        self.calls["query"] += 1
+        if self.fail is not None:
+            raise self.fail
+        return np.tile(QUERY, (len(next(iter(inputs.values()))), 1)), 1
+
+    def rank(self, inputs, timeout_s):
+        self.calls["rank"] += 1
+        ids = np.asarray(inputs[f.ITEM_ID], np.float64)
+        return {P_WATCH: 1 / (1 + np.exp(-(ids - 6))), WATCH_TIME_SECONDS: 60 * ids}
+
+    def has_ranker(self) -> bool:
+        return self.ranker
+
+
+@pytest.fixture(scope="module")
+def model_base(tmp_path_factory):
+    """A real model base: version 1 of the query tower's run marker and a saved ScaNN index."""
+    base = tmp_path_factory.mktemp("serving")
+    (base / QUERY_TOWER / "1" / "assets.extra").mkdir(parents=True)
+    (base / QUERY_TOWER / "1" / "assets.extra" / "marquee.json").write_text(
+        json.dumps({"training_run": "run-1"}))
+    searcher, evaluation = build_and_evaluate(ITEMS, ITEM_IDS, ITEMS[:3], IndexConfig())
+    save_index(searcher, ITEM_IDS, evaluation, base / RETRIEVAL_INDEX / "1",
+               {"training_run": "run-1"})
+    return base
+
+
+def make(model_base, backend=None, **changes) -> HomepageService:
+    config = dataclasses.replace(ServingConfig(k=6, **GENEROUS), **changes)
+    config = dataclasses.replace(config, sources=tuple(
+        dataclasses.replace(s, deadline_ms=30_000) for s in config.sources))
+    return HomepageService(backend or FixedModelBackend(), IndexStore(model_base), catalogue(),
+                           users(), config, now=lambda: NOW, interactions=interactions())
+
+
+def test_full_user_gets_every_source_blended_and_reranked(model_base):
+    svc = make(model_base)
+    page = svc.homepage(FULL)
+    ids = [p.item_id for p in page.items]
+    assert page.stage == "full" and not page.fallback and page.degraded is None, page
+    assert len(ids) == 6 == len(set(ids)) and not set(ids) & {1, 2, 3, 4, 5}
+    assert page.model_version == 1 and page.skipped == {}
+    found = {s for p in page.items for s in p.sources}
+    assert "collaborative" in found and found - {"collaborative"}
+    for p in page.items:
+        if not p.explore:
+            # the exact retrieval score of every candidate, whatever its source
+            assert p.retrieval_score == pytest.approx(float(ITEMS[p.item_id - 1] @ QUERY), 1e-5)
+            assert p.p_watch == pytest.approx(1 / (1 + np.exp(-(p.item_id - 6))))
+    json.dumps(page.to_dict())  # the HTTP API serialises it
+
+
+def test_without_rerank_the_order_is_the_blend(model_base):
+    svc = make(model_base, rerank=(), ranker_weight=0.5, because_you_watched=0)
+    page = svc.homepage(FULL, k=7)
+    ids = np.array([p.item_id for p in page.items])
+    assert sorted(ids.tolist()) == [6, 7, 8, 9, 10, 11, 12]  # every unwatched item
+    final = blend(ITEMS[ids - 1] @ QUERY, 1 / (1 + np.exp(-(ids - 6.0))), 0.5)
+    np.testing.assert_allclose([p.score for p in page.items], final, rtol=1e-5)
+    assert list(final) == sorted(final, reverse=True)
+
+
+def test_light_user_gets_content_and_item_to_item_without_the_query_tower(model_base):
+    backend = FixedModelBackend()
+    page = make(model_base, backend).homepage(LIGHT)
+    assert page.stage == "light" and not page.fallback
+    assert backend.calls["query"] == 0 and page.model_version is None
+    found = {s for p in page.items for s in p.sources}
+    assert {"content", "item_to_item"} <= found and "collaborative" not in found
+    assert 1 not in {p.item_id for p in page.items}
+
+
+def test_new_user_gets_trending_in_the_onboarding_genres_first(model_base):
+    page = make(model_base, rerank=()).homepage(NEW)
+    assert page.stage == "new" and not page.fallback and page.rows == []
+    comedy = [i for i in ITEM_IDS if GENRES[(i - 1) % 4] == "comedy"]  # 3, 7, 11
+    trending_comedy = [i for i in comedy if i in interactions()[c.ITEM_ID].tolist()]
+    assert [p.item_id for p in page.items][:len(trending_comedy)] == trending_comedy
+    assert all(set(p.sources) == {"trending"} for p in page.items)
+
+
+def test_query_tower_failure_degrades_to_the_other_sources(model_base):
+    page = make(model_base, FixedModelBackend(fail=RuntimeError("tower down"))).homepage(FULL)
+    assert not page.fallback and "tower down" in page.degraded
+    assert "tower down" in page.skipped["collaborative"] and page.items
+
+
+def test_only_the_collaborative_source_falls_back_when_the_tower_fails(model_base):
+    only = (SourceConfig("collaborative", 10, stages=ALL_STAGES),)
+    svc = make(model_base, FixedModelBackend(fail=RuntimeError("tower down")), sources=only,
+               rerank=(), because_you_watched=0)
+    page = svc.homepage(FULL)
+    assert page.fallback and page.reason == "RuntimeError: tower down"
+    assert not {p.item_id for p in page.items} & {1, 2, 3, 4, 5}
+
+
+def test_rows_are_filtered_like_the_page(model_base):
+    svc = make(model_base)
+    rows = svc.homepage(FULL).rows
+    assert [r.seed_item_id for r in rows] == [1, 2, 3]  # because_you_watched=3, newest first
+    assert rows[0].title == "Because you watched Title 1"
+    assert all(p.item_id not in {1, 2, 3, 4, 5} for r in rows for p in r.items)
+    assert 12 in {p.item_id for r in rows for p in r.items}
+    kid = svc.homepage(KID)  # the maturity filter keeps the R-rated item 12 out, rows included
+    assert 12 not in {p.item_id for r in kid.rows for p in r.items} | {
+        p.item_id for p in kid.items}
+
+
+def test_exploration_is_reproducible_per_user_and_seed(model_base):
+    # retrieval order of the unwatched items (ITEMS @ QUERY): 12, 7, 9, 10, 8, 6, 11
+    only = (SourceConfig("collaborative", 3, stages=ALL_STAGES),)
+    svc = make(model_base, sources=only, rerank=({"step": "exploration", "share": 0.5},))
+    a, b = svc.homepage(FULL, seed=3), svc.homepage(FULL, seed=3)
+    assert [p.item_id for p in a.items] == [p.item_id for p in b.items]
+    # candidates 12, 7, 9, ranked by p_watch (ranker_weight 1: higher ids first): 12, 9, 7;
+    # item 11 is the only title added within 14 days; share 0.5 fills slots 1 and 3
+    assert [(p.item_id, p.explore) for p in a.items] == [
+        (12, False), (11, True), (9, False), (7, False)]
+    assert a.items[1].p_watch is None and a.items[1].sources == {}
+
+
+def test_bad_config_fails_at_start_up_naming_the_fix(model_base):
+    with pytest.raises(ValueError, match="serving.rerank: .*one of"):
+        make(model_base, rerank=({"step": "shuffle"},))
+    with pytest.raises(ValueError, match="unknown source 'popular'"):
+        make(model_base, sources=(SourceConfig("popular", 5),))
+    with pytest.raises(ValueError, match="load_frames"):
+        HomepageService(FixedModelBackend(), IndexStore(model_base), catalogue(), users(),
+                        ServingConfig())
+
+
+def test_serving_config_reads_sources_and_rerank_from_yaml_dicts():
+    config = from_dict({"serving": {
+        "sources": [{"name": "trending", "quota": 5, "stages": ["new"]}],
+        "rerank": [{"step": "max_per_genre", "n": 2}]}}).serving
+    assert config.sources == (SourceConfig("trending", 5, 40.0, ("new",)),)
+    assert config.rerank == ({"step": "max_per_genre", "n": 2},)
+    with pytest.raises(ConfigError, match=r"serving.sources\[0\]: unknown setting\(s\) quota_"):
+        from_dict({"serving": {"sources": [{"name": "trending", "quota_": 5}]}})
+    with pytest.raises(ConfigError, match=r"serving.rerank\[0\]: expected a mapping"):
+        from_dict({"serving": {"rerank": ["mmr"]}})
