@@ -24,7 +24,7 @@ from pipeline.local_runner import component_seconds, run_dirs, run_local
 REPO = Path(__file__).resolve().parents[1]
 MOVIELENS = REPO.parent / "shared" / "datasets" / "movielens-100k"
 ORDER = ["ContractExampleGen", "StatisticsGen", "ExampleValidator", "AnomalyGate", "Transform",
-         "Trainer", "ScannIndexer", "ModelPusher"]
+         "Trainer", "ScannIndexer", "RankingTrainer", "RankingEvaluator", "ModelPusher"]
 
 
 def prepare(name: str, workdir: Path) -> tuple[Path, Config]:
