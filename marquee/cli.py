@@ -205,15 +205,58 @@ def model_server(model_base: str | None, model_config_file: str | None, port: in
               "without it the SavedModels are loaded in-process.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--redis", "redis_url", help="Redis URL (redis://HOST:PORT/DB) for online features "
+              "and the homepage cache, shared by replicas; the embedded store answers while it "
+              "is down. Without it: the embedded store only.")
+@click.option("--event-log", type=click.Path(file_okay=False),
+              help="Dataset folder whose interactions/ accepted events are appended to as "
+                   "Parquet part files; without it POST /v1/events answers 503.")
 def serve_api(data_dir: str, model_base: str, tf_serving: str | None, port: int,
-              host: str) -> None:
-    """The homepage HTTP API: GET /v1/users/{id}/homepage, /healthz, /metrics."""
+              host: str, redis_url: str | None, event_log: str | None) -> None:
+    """The homepage HTTP API: GET /v1/users/{id}/homepage, POST /v1/events, /healthz,
+    /metrics."""
     import logging
 
     from serving.app import serve
+    from serving.feature_store import StoreUnavailable
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    serve(data_dir, model_base, tf_serving, port, host)
+    try:
+        serve(data_dir, model_base, tf_serving, port, host, redis_url, event_log)
+    except (StoreUnavailable, ContractError) as e:  # start-up: Redis down, event log folder
+        raise click.ClickException(str(e)) from e
+
+
+@main.group()
+def features() -> None:
+    """Batch user features for the online feature store."""
+
+
+@features.command("load")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Dataset folder in the data contract.")
+@click.option("--redis", "redis_url", default="redis://127.0.0.1:6379/0", show_default=True,
+              help="The Redis that `marquee serve --redis` reads.")
+@click.option("--ttl-hours", default=2.0, show_default=True,
+              type=click.FloatRange(0, min_open=True),
+              help="Hours until the loaded features expire; load again before then.")
+def features_load(run_dir: str, data_dir: str, redis_url: str, ttl_hours: float) -> None:
+    """Per-user genre affinities, watch count and mean watch seconds, loaded into Redis under
+    the run's latest pushed version (RUN_DIR/serving/query_tower/<version>)."""
+    from marquee.features_load import NoPushedVersion, latest_pushed_version, load_features
+    from serving.feature_store import RedisStore, StoreUnavailable
+
+    try:
+        latest_pushed_version(run_dir)  # the cheap check first
+        store = RedisStore.connect(redis_url, timeout_s=5.0)  # bulk writes: not 50 ms
+        try:
+            summary = load_features(run_dir, data_dir, store, ttl_hours * 3600)
+        finally:
+            store.close()
+    except (NoPushedVersion, StoreUnavailable, ValueError) as e:  # ValueError: ContractError, URL
+        raise click.ClickException(str(e)) from e
+    click.echo(str(summary))
 
 
 # ----------------------------------------------------------------------------- demo

@@ -190,6 +190,9 @@ class ServingConfig:
     row_k: int = 10
     # Titles added within this many days of the request form the exploration step's pool.
     explore_new_days: int = 14
+    # Seconds a default-size homepage stays cached per (user, pushed version); a watch by the
+    # user invalidates it at once (serving/feature_store.py). 0 turns the cache off.
+    cache_ttl_seconds: float = 300.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,8 +2,12 @@
 
     GET /v1/users/{user_id}/homepage[?k=50]  -> the homepage as JSON (never a 5xx for a model
                                                 failure: the fallback answers, marked)
+    POST /v1/events                           -> one interaction (JSON object, docs/data.md):
+                                                 200 recorded and logged, 400 invalid (every
+                                                 problem listed), 503 store or log failed (why)
     GET /healthz                              -> backend, breakers, model version
-    GET /metrics                              -> Prometheus text: requests, fallbacks, latency
+    GET /metrics                              -> Prometheus text: requests, fallbacks, latency,
+                                                 cache hits, events, feature store
 
 Bad input (a non-integer user id or k) is a 400 that says what was expected and what arrived.
 """
@@ -19,17 +23,24 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
+from serving.events import EventIngest, EventLogError, InvalidEvent
+from serving.feature_store import FeatureStore, StoreUnavailable
 from serving.homepage import HomepageService
 
 log = logging.getLogger(__name__)
 HOMEPAGE = re.compile(r"^/v1/users/([^/]+)/homepage/?$")
+EVENTS = "/v1/events"
+MAX_EVENT_BYTES = 64 * 1024
 
 
 class Metrics:
     """Counters and a latency reservoir, rendered in Prometheus' text format."""
 
-    def __init__(self, window: int = 10_000):
+    def __init__(self, window: int = 10_000, store: FeatureStore | None = None):
         self._lock = threading.Lock()
+        self.store = store
+        self.cache_hits = 0
+        self.events = {"accepted": 0, "invalid": 0, "unavailable": 0}
         self.requests = 0
         self.fallbacks: dict[str, int] = {}
         self.degraded = 0
@@ -40,6 +51,7 @@ class Metrics:
     def observe(self, page, ms: float) -> None:
         with self._lock:
             self.requests += 1
+            self.cache_hits += page.cached
             if page.fallback:
                 key = (page.reason or "unknown").split(":")[0]
                 self.fallbacks[key] = self.fallbacks.get(key, 0) + 1
@@ -48,7 +60,12 @@ class Metrics:
             self._latency.append(ms)
             del self._latency[: -self._window]
 
+    def count_event(self, outcome: str) -> None:
+        with self._lock:
+            self.events[outcome] += 1
+
     def render(self) -> str:
+        store = self.store.stats() if self.store is not None else {}
         with self._lock:
             lines = ["# TYPE marquee_homepage_requests_total counter",
                      f"marquee_homepage_requests_total {self.requests}",
@@ -59,7 +76,13 @@ class Metrics:
                       f"marquee_homepage_degraded_total {self.degraded}",
                       "# TYPE marquee_http_errors_total counter",
                       f"marquee_http_errors_total {self.errors}",
-                      "# TYPE marquee_homepage_latency_ms summary"]
+                      "# TYPE marquee_homepage_cache_hits_total counter",
+                      f"marquee_homepage_cache_hits_total {self.cache_hits}",
+                      "# TYPE marquee_events_total counter"]
+            lines += [f'marquee_events_total{{outcome="{k}"}} {v}'
+                      for k, v in sorted(self.events.items())]
+            lines += [f"marquee_feature_store_{k} {v:g}" for k, v in sorted(store.items())]
+            lines.append("# TYPE marquee_homepage_latency_ms summary")
             if self._latency:
                 for q in (0.5, 0.9, 0.99):
                     v = float(np.quantile(self._latency, q))
@@ -67,7 +90,7 @@ class Metrics:
             return "\n".join(lines) + "\n"
 
 
-def make_handler(service: HomepageService, metrics: Metrics):
+def make_handler(service: HomepageService, metrics: Metrics, ingest: EventIngest | None = None):
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, fmt, *args):  # access log through logging, not stderr spam
             log.debug("%s " + fmt, self.address_string(), *args)
@@ -109,15 +132,43 @@ def make_handler(service: HomepageService, metrics: Metrics):
             metrics.observe(page, page.timings_ms.get("total", 0.0))
             return self._send(200, page.to_dict())
 
+        def do_POST(self):  # noqa: N802 (http.server's naming)
+            if urlparse(self.path).path.rstrip("/") != EVENTS:
+                return self._send(404, {"error": f"no route POST {self.path}; try {EVENTS}"})
+            if ingest is None:
+                metrics.count_event("unavailable")
+                return self._send(503, {"error": "this server does not accept events: start "
+                                                 "`marquee serve` with --event-log DIR"})
+            raw_length = self.headers.get("Content-Length", "")
+            if not raw_length.isdigit() or not 0 < int(raw_length) <= MAX_EVENT_BYTES:
+                return self._bad(f"expected one JSON event of 1..{MAX_EVENT_BYTES} bytes "
+                                 f"(Content-Length), got {raw_length!r}")
+            try:
+                event = ingest.accept(json.loads(self.rfile.read(int(raw_length))))
+            except InvalidEvent as e:
+                metrics.count_event("invalid")
+                return self._send(400, {"error": str(e), "problems": e.problems})
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                metrics.count_event("invalid")
+                return self._bad(f"the body is not JSON: {e}")
+            except (StoreUnavailable, EventLogError) as e:
+                log.error("event not recorded: %s", e)
+                metrics.count_event("unavailable")
+                return self._send(503, {"error": str(e)})
+            metrics.count_event("accepted")
+            return self._send(200, {"status": "accepted", "event": event.to_row()})
+
     return Handler
 
 
 class ApiServer:
     """The HTTP server on a port (0 = any free one), started in a background thread."""
 
-    def __init__(self, service: HomepageService, port: int = 8080, host: str = "0.0.0.0"):
-        self.metrics = Metrics()
-        self.httpd = ThreadingHTTPServer((host, port), make_handler(service, self.metrics))
+    def __init__(self, service: HomepageService, port: int = 8080, host: str = "0.0.0.0",
+                 ingest: EventIngest | None = None):
+        self.metrics = Metrics(store=service.store)
+        self.httpd = ThreadingHTTPServer((host, port),
+                                         make_handler(service, self.metrics, ingest))
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self._thread: threading.Thread | None = None

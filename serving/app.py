@@ -8,7 +8,9 @@ from pathlib import Path
 from marquee.config import ServingConfig
 from serving.backends import GrpcBackend, IndexStore, InProcessBackend
 from serving.catalogue import load_frames
+from serving.feature_store import EmbeddedStore, FeatureStore, RedisStore
 from serving.homepage import HomepageService
+from serving.resilient_store import ResilientStore
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +34,19 @@ class UnavailableBackend:
         return False
 
 
+def make_store(redis_url: str | None, config: ServingConfig = ServingConfig()) -> FeatureStore:
+    """The embedded store, or Redis (checked now: a wrong URL fails here with the fix) with the
+    embedded store as its fallback."""
+    embedded = EmbeddedStore(config.history_length)
+    if not redis_url:
+        return embedded
+    return ResilientStore(RedisStore.connect(redis_url, recent_length=config.history_length),
+                          embedded)
+
+
 def build_service(data_dir: str | Path, model_base: str | Path, tf_serving: str | None = None,
-                  config: ServingConfig = ServingConfig()) -> HomepageService:
+                  config: ServingConfig = ServingConfig(),
+                  store: FeatureStore | None = None) -> HomepageService:
     catalogue, users, interactions = load_frames(data_dir)
     indexes = IndexStore(model_base)
     if tf_serving:
@@ -46,7 +59,7 @@ def build_service(data_dir: str | Path, model_base: str | Path, tf_serving: str 
             backend = UnavailableBackend(f"no model loaded from {model_base}: {e}")
     popularity = indexes.popularity() or users.popularity()
     service = HomepageService(backend, indexes, catalogue, users, config, popularity=popularity,
-                              interactions=interactions)
+                              interactions=interactions, store=store)
     try:
         service.warm_up()
     except Exception as e:  # a backend that is down now may be up later: the breaker handles it
@@ -55,15 +68,24 @@ def build_service(data_dir: str | Path, model_base: str | Path, tf_serving: str 
 
 
 def serve(data_dir: str | Path, model_base: str | Path, tf_serving: str | None, port: int,
-          host: str = "0.0.0.0") -> None:
+          host: str = "0.0.0.0", redis_url: str | None = None,
+          event_log: str | Path | None = None) -> None:
     from serving.api import ApiServer
+    from serving.events import EventIngest, EventLog, EventValidator
 
-    service = build_service(data_dir, model_base, tf_serving)
-    server = ApiServer(service, port, host)
-    log.info("homepage API on %s:%d (backend %s)", host, server.port, service.backend.name)
+    service = build_service(data_dir, model_base, tf_serving, store=make_store(redis_url))
+    events = EventLog(event_log) if event_log else None
+    ingest = None if events is None else EventIngest(
+        EventValidator(service.users, service.catalogue.row), service.store, events)
+    server = ApiServer(service, port, host, ingest=ingest)
+    log.info("homepage API on %s:%d (backend %s, features %s, events %s)", host, server.port,
+             service.backend.name, redis_url or "embedded", event_log or "not accepted")
     try:
         server.httpd.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.httpd.server_close()
+        if events is not None:
+            events.close()
+        service.store.close()

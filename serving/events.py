@@ -113,25 +113,24 @@ class EventValidator:
             probes.append(row)
         typed, reasons = check_frame(c.INTERACTIONS, pd.DataFrame(probes, dtype=object),
                                      check_refs=False)
-        problems += [r for r in dict.fromkeys(reasons.tolist()) if r]
+        value = {name: typed[name].iloc[k] for k, name in enumerate(columns)}
+        known = {c.USER_ID: (self.user_ids, "is not a known user; the users table must hold a "
+                             "user before their events are accepted"),
+                 c.ITEM_ID: (self.item_ids, "is not in the catalogue; send events only for "
+                             "titles the catalogue holds")}
+        for k, name in enumerate(columns):
+            if reasons[k]:
+                problems.append(reasons[k])
+            elif name in known and name in raw and int(value[name]) not in known[name][0]:
+                problems.append(f"{name}: {int(value[name])} {known[name][1]}")
         if problems:
             raise InvalidEvent(problems)
-        value = {name: typed[name].iloc[k] for k, name in enumerate(columns)}
-        event = Event(
+        return Event(
             user_id=int(value[c.USER_ID]), item_id=int(value[c.ITEM_ID]),
             timestamp=int(value[c.TIMESTAMP]), event=str(value[c.EVENT]),
             watch_seconds=float(value[c.WATCH_SECONDS]), device=str(value[c.DEVICE]),
             position=None if pd.isna(value[c.POSITION]) else int(value[c.POSITION]),
             rating=None if pd.isna(value[c.RATING]) else float(value[c.RATING]))
-        if event.user_id not in self.user_ids:
-            problems.append(f"{c.USER_ID}: {event.user_id} is not a known user; the users table "
-                            "must hold a user before their events are accepted")
-        if event.item_id not in self.item_ids:
-            problems.append(f"{c.ITEM_ID}: {event.item_id} is not in the catalogue; send events "
-                            "only for titles the catalogue holds")
-        if problems:
-            raise InvalidEvent(problems)
-        return event
 
 
 class EventLogError(RuntimeError):
@@ -159,7 +158,7 @@ class EventLog:
         data_dir = Path(data_dir)
         single = data_dir / f"{c.INTERACTIONS}.parquet"
         if single.exists():
-            raise ValueError(
+            raise c.ContractError(
                 f"{single} is a single file, but the event log appends part files to "
                 f"{data_dir / c.INTERACTIONS}/ and a table lives in one of the two. Move it "
                 f"into the folder first: mkdir {data_dir / c.INTERACTIONS} && mv {single} "

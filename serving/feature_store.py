@@ -336,8 +336,8 @@ class RedisStore:
     def _unavailable(self, e: Exception) -> StoreUnavailable:
         return StoreUnavailable(
             f"Redis at {self.url} is unreachable ({type(e).__name__}: {e}). Start it "
-            "(`redis-server --port 6379`; Debian/Ubuntu: `apt-get install redis-server`), fix "
-            "the --redis URL, or leave --redis out to use the embedded store.")
+            "(`redis-server --port 6379`; Debian/Ubuntu: `apt-get install redis-server`) or fix "
+            "the --redis URL (`marquee serve` without --redis uses the embedded store).")
 
     def _run(self, fn: Callable[[], Any]) -> Any:
         try:

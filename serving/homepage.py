@@ -28,11 +28,13 @@ from concurrent import futures
 import numpy as np
 import pandas as pd
 
+from components.model_pusher.push_lib import RETRIEVAL_INDEX, versions
 from marquee.config import ServingConfig
 from marquee.data import contract as c
 from serving.backends import IndexStore, ModelBackend
 from serving.catalogue import Catalogue, UserProfile, UserStore
 from serving.cold_start import BecauseYouWatched, ColdStartThresholds, stage
+from serving.feature_store import EmbeddedStore, FeatureStore
 from serving.rerank import (
     SECONDS_PER_DAY,
     RerankContext,
@@ -121,9 +123,17 @@ class Homepage:
     stage: str | None = None  # the cold-start stage: new, light or full
     rows: list[PageRow] = dataclasses.field(default_factory=list)
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # source -> why
+    cached: bool = False  # answered from the page cache
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Homepage:
+        """Inverse of ``to_dict`` (a cached page)."""
+        rows = [PageRow(r["title"], r["seed_item_id"], [Pick(**p) for p in r["items"]])
+                for r in d["rows"]]
+        return cls(**{**d, "items": [Pick(**p) for p in d["items"]], "rows": rows})
 
 
 def _check_sources(config: ServingConfig) -> None:
@@ -158,9 +168,12 @@ class HomepageService:
                  popularity: dict[int, float] | None = None,
                  clock: Callable[[], float] = time.perf_counter,
                  now: Callable[[], float] = time.time,
-                 interactions: pd.DataFrame | None = None):
+                 interactions: pd.DataFrame | None = None, store: FeatureStore | None = None):
         self.backend, self.indexes, self.catalogue, self.users = backend, indexes, catalogue, users
         self.config = config
+        # Online features and the page cache; it must answer when its backend is down
+        # (EmbeddedStore, or ResilientStore over Redis).
+        self.store = store if store is not None else EmbeddedStore(config.history_length)
         self.fallback = PopularityFallback(catalogue, popularity or indexes.popularity())
         self.query_breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_seconds)
         self.rank_breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_seconds)
@@ -354,6 +367,24 @@ class HomepageService:
             inputs[RETRIEVAL_SCORE] = np.zeros(len(rows), np.float32)
             self.backend.rank(inputs, 30.0)
 
+    def profile(self, user_id: int) -> tuple[UserProfile, int]:
+        """The dataset's profile with the store's online features on top, and their generation:
+        recent watches before the dataset's history, both exclusion sets, the latest device."""
+        base, live = self.users.get(user_id), self.store.features(user_id)
+        return dataclasses.replace(
+            base, history=(live.recent_watches + base.history)[: self.config.history_length],
+            watched=base.watched | live.watched,
+            device=live.last_device or base.device), live.generation
+
+    def _cache_version(self, k: int, timestamp: int | None, seed: int | None) -> int | None:
+        """The pushed version a page is cached under; None when this request is not cached
+        (k, timestamp or seed given, caching off, nothing pushed)."""
+        if (k != self.config.k or timestamp is not None or seed is not None
+                or self.config.cache_ttl_seconds <= 0):
+            return None
+        pushed = versions(self.indexes.base / RETRIEVAL_INDEX)
+        return pushed[-1] if pushed else None
+
     # ------------------------------------------------------------------ request
 
     def homepage(self, user_id: int, k: int | None = None, timestamp: int | None = None,
@@ -365,10 +396,17 @@ class HomepageService:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         start = self._clock()
+        version = self._cache_version(k, timestamp, seed)
+        if version is not None:
+            hit = self.store.get_cached(user_id, version)
+            if hit is not None:
+                page = Homepage.from_dict(hit)
+                page.cached, page.timings_ms = True, {"total": (self._clock() - start) * 1000}
+                return page
         timestamp = int(self._now()) if timestamp is None else int(timestamp)
         seed = timestamp // SECONDS_PER_DAY if seed is None else int(seed)
-        profile = self.users.get(user_id)
-        timings: dict[str, float] = {}
+        profile, generation = self.profile(user_id)
+        timings: dict[str, float] = {"features": (self._clock() - start) * 1000}
         page = Homepage(user_id, [], timings_ms=timings, stage=stage(profile, self.thresholds))
         try:
             self._personal(profile, k, timings, timestamp, seed, page)
@@ -382,6 +420,10 @@ class HomepageService:
                 timings_ms=timings, stage=page.stage, skipped=page.skipped)
         page.rows = self._rows(profile, timestamp, seed)
         page.timings_ms["total"] = (self._clock() - start) * 1000
+        if (version is not None and page.model_version in (None, version) and not page.fallback
+                and page.degraded is None):
+            self.store.put_cached(user_id, version, page.to_dict(),
+                                  self.config.cache_ttl_seconds, generation=generation)
         return page
 
 

@@ -21,6 +21,7 @@ loaded into both stores; a load while Redis is down raises, as the shared copy d
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections import Counter, deque
@@ -111,40 +112,30 @@ class ResilientStore:
 
     def record_event(self, event: Event) -> None:
         with self._lock:
-            up = self._up
-            if not up and len(self._pending) >= self.max_pending:
+            if not self._up and len(self._pending) >= self.max_pending:
                 raise StoreUnavailable(
-                    f"Redis at {self.primary.url} has been down for {len(self._pending)} events "
-                    f"and the replay queue is full ({self.max_pending}); this event was not "
-                    "recorded. Bring Redis back (redis-server) or raise max_pending.")
+                    f"Redis at {self.primary.url} is down and {len(self._pending)} events wait "
+                    f"for it (max_pending {self.max_pending}); this event was not recorded. "
+                    "Bring Redis back (redis-server) or raise max_pending.")
         self.fallback.record_event(event)
-        if up:
+        while True:
+            with self._lock:
+                if not self._up:  # checked under the lock the prober drains the queue under
+                    self._pending.append(event)
+                    self._fallbacks["record_event"] += 1
+                    return
             try:
                 self.primary.record_event(event)
                 return
             except StoreUnavailable as e:
                 self._mark_down(e)
-        with self._lock:
-            if self._up:  # recovered in between: the queue is drained, write directly
-                pass
-            else:
-                self._pending.append(event)
-                self._fallbacks["record_event"] += 1
-                return
-        self.primary.record_event(event)
 
     def features(self, user_id: int) -> UserFeatures:
         def from_fallback() -> UserFeatures:
             # Not the shared generation: a page computed from these is never cached.
-            return self._with_generation(self.fallback.features(user_id))
+            return dataclasses.replace(self.fallback.features(user_id), generation=NO_GENERATION)
 
         return self._read("features", lambda: self.primary.features(user_id), from_fallback)
-
-    @staticmethod
-    def _with_generation(f: UserFeatures) -> UserFeatures:
-        import dataclasses
-
-        return dataclasses.replace(f, generation=NO_GENERATION)
 
     def load_batch_features(self, version: int, rows: Mapping[int, BatchFeatures],
                             ttl_s: float) -> int:

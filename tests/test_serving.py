@@ -8,13 +8,17 @@ import urllib.error
 import urllib.request
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from components.model_pusher.push_lib import RANKER, RETRIEVAL_INDEX, versions
 from marquee.config import ServingConfig, SourceConfig
+from marquee.data import contract as c
 from serving.api import ApiServer
 from serving.backends import GrpcBackend, IndexStore, InProcessBackend
 from serving.catalogue import UserProfile, UserStore, load_frames
+from serving.events import EventIngest, EventLog, EventValidator
+from serving.feature_store import EmbeddedStore
 from serving.homepage import HomepageService
 from serving.model_server import ModelServer
 
@@ -243,3 +247,48 @@ def test_http_api(world):
         status, body = _get(api.port, "/metrics")
         assert "marquee_homepage_requests_total 1" in body
         assert "marquee_http_errors_total 2" in body
+
+
+def _post(port, path, body):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_events_update_the_homepage_and_its_cache(world, tmp_path):
+    run, catalogue, users, _ = world
+    svc = service(world, InProcessBackend(run.serving))
+    assert isinstance(svc.store, EmbeddedStore)  # the default
+    events = EventLog(tmp_path / "events", flush_rows=1)
+    ingest = EventIngest(EventValidator(users, catalogue.row), svc.store, events)
+    user = _heavy_users(users)[0]
+    path = f"/v1/users/{user}/homepage"
+    with ApiServer(svc, port=0, host="127.0.0.1", ingest=ingest) as api:
+        first = json.loads(_get(api.port, path)[1])
+        second = json.loads(_get(api.port, path)[1])
+        assert not first["cached"] and second["cached"]
+        assert second["items"] == first["items"]
+        top = first["items"][0]["item_id"]
+        event = {c.USER_ID: user, c.ITEM_ID: top, c.TIMESTAMP: 1_800_000_000,
+                 c.EVENT: c.EVENT_IMPRESSION, c.WATCH_SECONDS: 0, c.DEVICE: "tv", c.POSITION: 1}
+        assert _post(api.port, "/v1/events", event)[0] == 200
+        assert json.loads(_get(api.port, path)[1])["cached"]  # an impression keeps the page
+        status, _ = _post(api.port, "/v1/events", {**event, c.EVENT: c.EVENT_WATCH,
+                                                   c.WATCH_SECONDS: 600, c.POSITION: None})
+        assert status == 200
+        third = json.loads(_get(api.port, path)[1])
+        assert not third["cached"] and top not in [p["item_id"] for p in third["items"]]
+        status, body = _post(api.port, "/v1/events", {**event, c.WATCH_SECONDS: -1})
+        assert status == 400 and body["problems"] == ["watch_seconds: -1 is negative"]
+        metrics = _get(api.port, "/metrics")[1]
+    events.close()
+    assert "marquee_homepage_cache_hits_total 2" in metrics
+    assert 'marquee_events_total{outcome="accepted"} 2' in metrics
+    assert 'marquee_events_total{outcome="invalid"} 1' in metrics
+    assert "marquee_feature_store_embedded_users 1" in metrics
+    logged = pd.read_parquet(tmp_path / "events" / "interactions")
+    assert logged[c.EVENT].tolist() == [c.EVENT_IMPRESSION, c.EVENT_WATCH]
