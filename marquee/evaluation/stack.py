@@ -230,8 +230,12 @@ def evaluate(data_dir: Path, run_dir: Path, out_dir: Path, config: Config,
                      f"by {TUNING_METRIC}: " + ", ".join(f"{w}: {v:.4f}" for w, v in grid.items()))
     stack = StackScores(train_dir, serving, split, config)
     recommenders = {"retrieval": stack.retrieval,
-                    "stack": lambda u: stack.recommend(u, weight),
-                    "ranker": lambda u: stack.recommend(u, 1.0)}
+                    "stack": lambda u: stack.recommend(u, weight)}
+    if stack.backend.has_ranker():
+        recommenders["ranker"] = lambda u: stack.recommend(u, 1.0)
+    else:
+        notes.append("no ranker was pushed (the RankingEvaluator did not bless it): the stack "
+                     "serves the retrieval order, and there is no 'ranker' row")
     for name, fn in recommenders.items():
         progress(f"evaluating {name}")
         extra = (RETRIEVAL_K,) if name == "retrieval" else ()
