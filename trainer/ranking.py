@@ -39,7 +39,7 @@ from marquee.data import contract as c
 from trainer import features as f
 from trainer import raw_inputs
 from trainer.model import SparseMeanEmbedding, VocabSizes
-from trainer.retrieval import EMBEDDING, _raw_inputs, vocab_sizes
+from trainer.retrieval import complete_raw_inputs, vocab_sizes
 
 xf = f.transformed_name
 RETRIEVAL_SCORE = "retrieval_score"
@@ -110,7 +110,8 @@ class RankingModel(tf.keras.Model):
 
     def features(self, raw: dict) -> tf.Tensor:
         batch = tf.shape(raw[f.USER_ID])[0]
-        x = self.tft_layer(_raw_inputs({k: raw[k] for k in RAW_KEYS}, self._raw_spec, batch))
+        x = self.tft_layer(
+            complete_raw_inputs({k: raw[k] for k in RAW_KEYS}, self._raw_spec, batch))
         sq = lambda t: tf.reshape(t, [-1])  # noqa: E731
         dense = [tf.reshape(tf.cast(x[xf(k) + s], tf.float32), [-1, 1])
                  for k in (f.RELEASE_YEAR, f.DURATION_SECONDS) for s in ("", "_missing")]
@@ -250,5 +251,3 @@ def run_fn(fn_args) -> None:
     Path(fn_args.serving_model_dir, "metadata.json").write_text(json.dumps(info, indent=2))
     print(json.dumps(metrics, indent=2))
 
-
-__all__ = ["EMBEDDING", "P_WATCH", "RETRIEVAL_SCORE", "WATCH_TIME_SECONDS", "run_fn"]

@@ -89,7 +89,7 @@ def _scan(ds) -> tuple[np.ndarray, np.ndarray, int]:
 # ----------------------------------------------------------------------------- export
 
 
-def _raw_inputs(provided: dict, raw_spec: dict, batch: tf.Tensor) -> dict:
+def complete_raw_inputs(provided: dict, raw_spec: dict, batch: tf.Tensor) -> dict:
     """Completes serving inputs into the Transform layer's raw feature dict.
 
     Dense padded lists become SparseTensors (padding dropped); features a tower does not take
@@ -140,7 +140,7 @@ class _TowerExport(tf.Module):
     def embed(self, inputs: dict) -> dict:
         first = next(iter(inputs.values()))
         batch = tf.shape(first)[0]
-        transformed = self.tft_layer(_raw_inputs(inputs, self._raw_spec, batch))
+        transformed = self.tft_layer(complete_raw_inputs(inputs, self._raw_spec, batch))
         return {EMBEDDING: self.tower(transformed)}
 
 
