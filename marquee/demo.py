@@ -70,5 +70,6 @@ def run_demo(workdir: Path, progress: Callable[[str], None] | None = None) -> No
     print(homepage(data_dir, serving))
     print(f"\nDemo finished in {time.time() - started:.0f} s. Serve it over HTTP with:\n"
           f"  .venv/bin/marquee serve --data {data_dir} --model-base {serving}\n"
-          "Next on the roadmap: more candidate sources and re-ranking, Redis features and "
-          "caching (see the open issues).")
+          "then GET /v1/users/{id}/homepage; add --redis URL for the Redis feature store and "
+          "cache, --event-log DIR to accept POST /v1/events. Offline evaluation: "
+          "`marquee evaluate` (README).")
