@@ -8,6 +8,8 @@ candidates is a ``numpy.take`` away.
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -137,7 +139,10 @@ def load_frames(data_dir: str | Path) -> tuple[Catalogue, UserStore, pd.DataFram
     """:func:`load` plus the validated interactions frame (trending and item-to-item sources)."""
     from marquee.data.validate import load_dataset
 
-    ds = load_dataset(data_dir, rejects_path=Path(data_dir) / "_serving_rejects.csv")
+    # The dataset may be mounted read-only in production: rejected rows go to a temp file
+    # (logged by load_dataset's report); over the limit, start-up fails with the summary.
+    rejects = Path(tempfile.gettempdir()) / f"marquee-serving-rejects-{os.getpid()}.csv"
+    ds = load_dataset(data_dir, rejects_path=rejects)
     return (Catalogue.from_frame(ds.items), UserStore.from_frames(ds.users, ds.interactions),
             ds.interactions)
 
