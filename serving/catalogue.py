@@ -140,7 +140,7 @@ def load_frames(data_dir: str | Path) -> tuple[Catalogue, UserStore, pd.DataFram
     from marquee.data.validate import load_dataset
 
     # The dataset may be mounted read-only in production: rejected rows go to a temp file
-    # (logged by load_dataset's report); over the limit, start-up fails with the summary.
+    # over the limit, start-up fails with the validator's summary.
     rejects = Path(tempfile.gettempdir()) / f"marquee-serving-rejects-{os.getpid()}.csv"
     ds = load_dataset(data_dir, rejects_path=rejects)
     return (Catalogue.from_frame(ds.items), UserStore.from_frames(ds.users, ds.interactions),
