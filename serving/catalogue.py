@@ -139,7 +139,7 @@ def load_frames(data_dir: str | Path) -> tuple[Catalogue, UserStore, pd.DataFram
     """:func:`load` plus the validated interactions frame (trending and item-to-item sources)."""
     from marquee.data.validate import load_dataset
 
-    # The dataset may be mounted read-only in production: rejected rows go to a temp file
+    # The dataset may be mounted read-only in production: rejected rows go to a temp file;
     # over the limit, start-up fails with the validator's summary.
     rejects = Path(tempfile.gettempdir()) / f"marquee-serving-rejects-{os.getpid()}.csv"
     ds = load_dataset(data_dir, rejects_path=rejects)
