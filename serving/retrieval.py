@@ -1,10 +1,5 @@
-"""In-process retrieval over a pushed serving directory: query tower, then ScaNN in the client.
-
-This is the in-process backend of the thin client: it loads the latest pushed version of the
-query tower SavedModel and of the retrieval index from ``BASE`` (the Pusher's layout, see
-``components/model_pusher/push_lib.py``), refuses a pair from different training runs, and answers
-"top k items for this user now".
-"""
+"""The query side of retrieval: raw query features, and the training-run check that keeps a
+query tower and an index from different runs apart (used by ``serving/backends.py``)."""
 
 from __future__ import annotations
 
@@ -16,8 +11,6 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from components.model_pusher.push_lib import QUERY_TOWER, RETRIEVAL_INDEX, versions
-from components.scann_indexer.index_lib import RetrievalIndex, load_index
 from trainer import features as f
 from trainer.retrieval import HISTORY_PAD
 
@@ -69,42 +62,8 @@ def training_run_of(saved_model_dir: Path) -> str:
     return json.loads(info.read_text())["training_run"]
 
 
-def latest(base: Path, model: str) -> tuple[int, Path]:
-    vs = versions(base / model)
-    if not vs:
-        raise NoPushedModel(
-            f"{base / model}: no pushed version. Run `marquee pipeline run` first; its Pusher "
-            f"writes {base}/<model>/<version>/.")
-    return vs[-1], base / model / str(vs[-1])
-
-
 def check_same_run(query_run: str, index_run: str, where: str) -> None:
     if query_run != index_run:
         raise ModelMismatch(
             f"{where}: the query tower is from training run {query_run} but the index is from "
             f"{index_run}; their embeddings are not comparable. Push both from one run.")
-
-
-class InProcessRetriever:
-    def __init__(self, base: str | Path, history_length: int = 20):
-        base = Path(base)
-        self.version, qdir = latest(base, QUERY_TOWER)
-        _, idir = latest(base, RETRIEVAL_INDEX)
-        self.index: RetrievalIndex = load_index(idir)
-        self.training_run = training_run_of(qdir)
-        check_same_run(self.training_run, self.index.metadata.get("training_run", "?"), str(base))
-        self._query = tf.saved_model.load(str(qdir)).signatures["serving_default"]
-        self.history_length = history_length
-
-    def query_embeddings(self, queries: Sequence[QueryFeatures]) -> np.ndarray:
-        """[B, dim] query embeddings."""
-        return self._query(**query_inputs(queries, self.history_length))["embedding"].numpy()
-
-    def retrieve(self, query: QueryFeatures, k: int = 100,
-                 exclude: Sequence[int] = ()) -> list[tuple[int, float]]:
-        """Top ``k`` (item id, score), best first, without the items in ``exclude``."""
-        excluded = set(int(i) for i in exclude)
-        ids, scores = self.index.search(self.query_embeddings([query]), k + len(excluded))
-        pairs = zip(ids[0], scores[0], strict=True)
-        out = [(int(i), float(s)) for i, s in pairs if int(i) not in excluded]
-        return out[:k]

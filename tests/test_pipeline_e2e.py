@@ -12,7 +12,8 @@ import tensorflow as tf
 from components.model_pusher.push_lib import CANDIDATE_TOWER, QUERY_TOWER, RETRIEVAL_INDEX
 from marquee.config import EvaluatorConfig
 from marquee.data import contract as c
-from serving.retrieval import InProcessRetriever, ModelMismatch, QueryFeatures, query_inputs
+from serving.backends import IndexStore, InProcessBackend
+from serving.retrieval import ModelMismatch, QueryFeatures, query_inputs
 from trainer import features as f
 from trainer.retrieval import LIST_PAD
 
@@ -69,29 +70,32 @@ def test_pushed_towers_answer_raw_features(run):
     assert out.shape == (2, CONFIG.retrieval.embedding_dim) and np.isfinite(out).all()
 
 
-def test_in_process_retrieval_and_mismatch_refused(run):
+def test_pushed_tower_and_index_retrieve_and_mismatch_refused(run):
     tmp, _ = run
     base = tmp / "run" / "serving"
-    retriever = InProcessRetriever(base)
+    backend, indexes = InProcessBackend(base), IndexStore(base)
     items = set(pd.read_parquet(tmp / "data" / "items.parquet")[c.ITEM_ID])
-    top = retriever.retrieve(QueryFeatures(user_id=3, timestamp=1_700_000_000, history=[5]),
-                             k=10, exclude=[5, 6])
-    ids = [i for i, _ in top]
-    assert len(ids) == 10 == len(set(ids)) and set(ids) <= items and not {5, 6} & set(ids)
-    assert [s for _, s in top] == sorted((s for _, s in top), reverse=True)
+    query = {k: v.numpy() for k, v in query_inputs(
+        [QueryFeatures(user_id=3, timestamp=1_700_000_000, history=[5])], 20).items()}
+    emb, version = backend.query_embeddings(query, 10.0)
+    found, scores = indexes.get(version).search(emb, 10)
+    ids = found[0].tolist()
+    assert len(ids) == 10 == len(set(ids)) and set(ids) <= items
+    assert scores[0].tolist() == sorted(scores[0].tolist(), reverse=True)
 
-    # An index from another training run, pushed as a newer version, is refused.
-    src = _version(base, RETRIEVAL_INDEX)
-    dest = src.parent / str(int(src.name) + 1)
-    shutil.copytree(src, dest)
-    meta = json.loads((dest / "index.json").read_text())
+    # A newer push whose index comes from another training run is refused.
+    new = str(version + 1)
+    shutil.copytree(base / QUERY_TOWER / str(version), base / QUERY_TOWER / new)
+    shutil.copytree(base / RETRIEVAL_INDEX / str(version), base / RETRIEVAL_INDEX / new)
+    meta = json.loads((base / RETRIEVAL_INDEX / new / "index.json").read_text())
     meta["metadata"]["training_run"] = "another-run"
-    (dest / "index.json").write_text(json.dumps(meta))
+    (base / RETRIEVAL_INDEX / new / "index.json").write_text(json.dumps(meta))
     try:
         with pytest.raises(ModelMismatch, match="another-run"):
-            InProcessRetriever(base)
+            IndexStore(base).get(version + 1)
     finally:
-        shutil.rmtree(dest)
+        shutil.rmtree(base / QUERY_TOWER / new)
+        shutil.rmtree(base / RETRIEVAL_INDEX / new)
 
 
 def test_feature_keys_cover_the_signatures():
