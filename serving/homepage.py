@@ -28,7 +28,6 @@ from concurrent import futures
 import numpy as np
 import pandas as pd
 
-from components.model_pusher.push_lib import RETRIEVAL_INDEX, versions
 from marquee.config import ServingConfig
 from marquee.data import contract as c
 from serving.backends import IndexStore, ModelBackend
@@ -382,8 +381,7 @@ class HomepageService:
         if (k != self.config.k or timestamp is not None or seed is not None
                 or self.config.cache_ttl_seconds <= 0):
             return None
-        pushed = versions(self.indexes.base / RETRIEVAL_INDEX)
-        return pushed[-1] if pushed else None
+        return self.indexes.latest_version()
 
     # ------------------------------------------------------------------ request
 
