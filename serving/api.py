@@ -5,6 +5,13 @@
     POST /v1/events                           -> one interaction (JSON object, docs/data.md):
                                                  200 recorded and logged, 400 invalid (every
                                                  problem listed), 503 store or log failed (why)
+    POST /v1/users/{user_id}/onboarding       -> the quiz answer {"genres": [3 genres]}: 200
+                                                 stored and logged; the next homepage uses it
+    POST /v1/items                            -> a new title (an items row, docs/data.md;
+                                                 added_at defaults to now): 200 logged, in the
+                                                 catalogue and retrievable; 409 id taken
+    The POST routes need ``marquee serve --event-log DIR`` (else 503): what they accept is
+    appended to DIR (interactions/, items/, onboarding.jsonl) for the next pipeline run.
     GET /healthz                              -> backend, breakers, model version
     GET /metrics                              -> Prometheus text: requests, fallbacks, latency,
                                                  cache hits, events, feature store
@@ -23,13 +30,17 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
+from serving.cold_start import OnboardingIngest
 from serving.events import EventIngest, EventLogError, InvalidEvent
 from serving.feature_store import FeatureStore, StoreUnavailable
+from serving.freshness import InvalidItem
 from serving.homepage import HomepageService
 
 log = logging.getLogger(__name__)
 HOMEPAGE = re.compile(r"^/v1/users/([^/]+)/homepage/?$")
+ONBOARDING = re.compile(r"^/v1/users/([^/]+)/onboarding/?$")
 EVENTS = "/v1/events"
+ITEMS = "/v1/items"
 MAX_EVENT_BYTES = 64 * 1024
 
 
@@ -41,6 +52,8 @@ class Metrics:
         self.store = store
         self.cache_hits = 0
         self.events = {"accepted": 0, "invalid": 0, "unavailable": 0}
+        self.writes = {(route, outcome): 0 for route in ("onboarding", "items")
+                       for outcome in ("accepted", "invalid", "unavailable")}
         self.requests = 0
         self.fallbacks: dict[str, int] = {}
         self.degraded = 0
@@ -60,9 +73,12 @@ class Metrics:
             self._latency.append(ms)
             del self._latency[: -self._window]
 
-    def count_event(self, outcome: str) -> None:
+    def count_event(self, outcome: str, route: str = "events") -> None:
         with self._lock:
-            self.events[outcome] += 1
+            if route == "events":
+                self.events[outcome] += 1
+            else:
+                self.writes[(route, outcome)] += 1
 
     def render(self) -> str:
         store = self.store.stats() if self.store is not None else {}
@@ -81,6 +97,10 @@ class Metrics:
                       "# TYPE marquee_events_total counter"]
             lines += [f'marquee_events_total{{outcome="{k}"}} {v}'
                       for k, v in sorted(self.events.items())]
+            for route in ("onboarding", "items"):
+                lines.append(f"# TYPE marquee_{route}_total counter")
+                lines += [f'marquee_{route}_total{{outcome="{o}"}} {v}'
+                          for (r, o), v in sorted(self.writes.items()) if r == route]
             lines += [f"marquee_feature_store_{k} {v:g}" for k, v in sorted(store.items())]
             lines.append("# TYPE marquee_homepage_latency_ms summary")
             if self._latency:
@@ -90,7 +110,8 @@ class Metrics:
             return "\n".join(lines) + "\n"
 
 
-def make_handler(service: HomepageService, metrics: Metrics, ingest: EventIngest | None = None):
+def make_handler(service: HomepageService, metrics: Metrics, ingest: EventIngest | None = None,
+                 onboarding_ingest: OnboardingIngest | None = None):
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, fmt, *args):  # access log through logging, not stderr spam
             log.debug("%s " + fmt, self.address_string(), *args)
@@ -132,31 +153,59 @@ def make_handler(service: HomepageService, metrics: Metrics, ingest: EventIngest
             metrics.observe(page, page.timings_ms.get("total", 0.0))
             return self._send(200, page.to_dict())
 
-        def do_POST(self):  # noqa: N802 (http.server's naming)
-            if urlparse(self.path).path.rstrip("/") != EVENTS:
-                return self._send(404, {"error": f"no route POST {self.path}; try {EVENTS}"})
-            if ingest is None:
-                metrics.count_event("unavailable")
-                return self._send(503, {"error": "this server does not accept events: start "
-                                                 "`marquee serve` with --event-log DIR"})
+        def _read_json(self):
+            """The request body as JSON; raises ValueError saying what was wrong."""
             raw_length = self.headers.get("Content-Length", "")
             if not raw_length.isdigit() or not 0 < int(raw_length) <= MAX_EVENT_BYTES:
-                return self._bad(f"expected one JSON event of 1..{MAX_EVENT_BYTES} bytes "
+                raise ValueError(f"expected one JSON object of 1..{MAX_EVENT_BYTES} bytes "
                                  f"(Content-Length), got {raw_length!r}")
             try:
-                event = ingest.accept(json.loads(self.rfile.read(int(raw_length))))
-            except InvalidEvent as e:
-                metrics.count_event("invalid")
-                return self._send(400, {"error": str(e), "problems": e.problems})
+                return json.loads(self.rfile.read(int(raw_length)))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                metrics.count_event("invalid")
-                return self._bad(f"the body is not JSON: {e}")
+                raise ValueError(f"the body is not JSON: {e}") from e
+
+        def do_POST(self):  # noqa: N802 (http.server's naming)
+            path = urlparse(self.path).path.rstrip("/")
+            onboarding = ONBOARDING.match(path + "/")
+            if path == EVENTS:
+                route = "events"
+            elif path == ITEMS:
+                route = "items"
+            elif onboarding:
+                route = "onboarding"
+                if not re.fullmatch(r"-?\d+", onboarding.group(1)):
+                    return self._bad(f"user id must be an integer, got {onboarding.group(1)!r}")
+            else:
+                return self._send(404, {"error": f"no route POST {self.path}; try {EVENTS}, "
+                                                 f"{ITEMS} or /v1/users/{{user_id}}/onboarding"})
+            if ingest is None:
+                metrics.count_event("unavailable", route)
+                return self._send(503, {"error": f"this server does not accept {route}: start "
+                                                 "`marquee serve` with --event-log DIR"})
+            try:
+                body = self._read_json()
+            except ValueError as e:
+                metrics.count_event("invalid", route)
+                return self._bad(str(e))
+            try:
+                if route == "events":
+                    accepted = {"event": ingest.accept(body).to_row()}
+                elif route == "items":
+                    row = service.fresh.add(body).iloc[0]
+                    accepted = {"item": json.loads(row.to_json())}
+                else:
+                    accepted = {"onboarding": onboarding_ingest.accept(
+                        int(onboarding.group(1)), body).to_json()}
+            except InvalidEvent as e:
+                metrics.count_event("invalid", route)
+                status = 409 if isinstance(e, InvalidItem) and e.duplicate else 400
+                return self._send(status, {"error": str(e), "problems": e.problems})
             except (StoreUnavailable, EventLogError) as e:
-                log.error("event not recorded: %s", e)
-                metrics.count_event("unavailable")
+                log.error("%s not recorded: %s", route, e)
+                metrics.count_event("unavailable", route)
                 return self._send(503, {"error": str(e)})
-            metrics.count_event("accepted")
-            return self._send(200, {"status": "accepted", "event": event.to_row()})
+            metrics.count_event("accepted", route)
+            return self._send(200, {"status": "accepted", **accepted})
 
     return Handler
 
@@ -165,10 +214,14 @@ class ApiServer:
     """The HTTP server on a port (0 = any free one), started in a background thread."""
 
     def __init__(self, service: HomepageService, port: int = 8080, host: str = "0.0.0.0",
-                 ingest: EventIngest | None = None):
+                 ingest: EventIngest | None = None, onboarding: OnboardingIngest | None = None):
+        """``ingest``: the events path; without it every POST route answers 503. Onboarding
+        answers go through ``onboarding`` (default: to the store, not logged)."""
         self.metrics = Metrics(store=service.store)
-        self.httpd = ThreadingHTTPServer((host, port),
-                                         make_handler(service, self.metrics, ingest))
+        onboarding = onboarding or OnboardingIngest(service.store, service.catalogue,
+                                                    service.config.onboarding_genres)
+        self.httpd = ThreadingHTTPServer(
+            (host, port), make_handler(service, self.metrics, ingest, onboarding))
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self._thread: threading.Thread | None = None

@@ -30,6 +30,9 @@ class UnavailableBackend:
     def rank(self, inputs, timeout_s):
         raise RuntimeError(self.reason)
 
+    def candidate_embeddings(self, inputs, version, timeout_s):
+        raise RuntimeError(self.reason)
+
     def has_ranker(self) -> bool:
         return False
 
@@ -67,17 +70,43 @@ def build_service(data_dir: str | Path, model_base: str | Path, tf_serving: str 
     return service
 
 
+def attach_logs(service: HomepageService, event_log: str | Path) -> tuple:
+    """The write paths of ``marquee serve --event-log DIR``: events to ``DIR/interactions/``,
+    titles to ``DIR/items/`` (one part file each: durable at once), quiz answers to
+    ``DIR/onboarding.jsonl``. Titles and answers logged by an earlier run are put back first.
+    Returns (EventIngest, OnboardingIngest, [logs to close])."""
+    import pandas as pd
+
+    from marquee.data import contract as c
+    from serving.cold_start import OnboardingIngest, OnboardingLog
+    from serving.events import EventIngest, EventLog, EventValidator
+
+    events = EventLog(event_log)
+    items = EventLog(event_log, flush_rows=1, rows_per_file=1, table=c.ITEMS)
+    logged = sorted((Path(event_log) / c.ITEMS).glob("*.parquet"))
+    if logged:
+        n = service.fresh.replay(pd.concat([pd.read_parquet(f) for f in logged]))
+        log.info("put back %d title(s) added by earlier runs (%s)", n, Path(event_log) / c.ITEMS)
+    service.fresh.items_log = items
+    onboarding = OnboardingIngest(service.store, service.catalogue,
+                                  service.config.onboarding_genres, OnboardingLog(event_log))
+    n = onboarding.replay()
+    if n:
+        log.info("put back %d onboarding answer(s) from %s", n, onboarding.log.path)
+    ingest = EventIngest(EventValidator(service.users, service.catalogue.row), service.store,
+                         events, on_accept=service.observe)
+    return ingest, onboarding, [events, items]
+
+
 def serve(data_dir: str | Path, model_base: str | Path, tf_serving: str | None, port: int,
           host: str = "0.0.0.0", redis_url: str | None = None,
           event_log: str | Path | None = None) -> None:
     from serving.api import ApiServer
-    from serving.events import EventIngest, EventLog, EventValidator
 
     service = build_service(data_dir, model_base, tf_serving, store=make_store(redis_url))
-    events = EventLog(event_log) if event_log else None
-    ingest = None if events is None else EventIngest(
-        EventValidator(service.users, service.catalogue.row), service.store, events)
-    server = ApiServer(service, port, host, ingest=ingest)
+    ingest, onboarding, logs = attach_logs(service, event_log) if event_log else (None, None, [])
+    service.start_refresh()
+    server = ApiServer(service, port, host, ingest=ingest, onboarding=onboarding)
     log.info("homepage API on %s:%d (backend %s, features %s, events %s)", host, server.port,
              service.backend.name, redis_url or "embedded", event_log or "not accepted")
     try:
@@ -86,6 +115,7 @@ def serve(data_dir: str | Path, model_base: str | Path, tf_serving: str | None, 
         pass
     finally:
         server.httpd.server_close()
-        if events is not None:
-            events.close()
+        service.stop()
+        for x in logs:
+            x.close()
         service.store.close()

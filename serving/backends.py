@@ -17,7 +17,13 @@ from typing import Protocol
 import numpy as np
 import tensorflow as tf
 
-from components.model_pusher.push_lib import QUERY_TOWER, RANKER, RETRIEVAL_INDEX, versions
+from components.model_pusher.push_lib import (
+    CANDIDATE_TOWER,
+    QUERY_TOWER,
+    RANKER,
+    RETRIEVAL_INDEX,
+    versions,
+)
 from components.scann_indexer.index_lib import RetrievalIndex, load_index
 from serving.retrieval import ModelMismatch, NoPushedModel, check_same_run, training_run_of
 from trainer.ranking import P_WATCH, WATCH_TIME_SECONDS
@@ -35,6 +41,10 @@ class ModelBackend(Protocol):
 
     def rank(self, inputs: dict[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]:
         """Ranker on N (user, item) pairs -> {p_watch: [N], watch_time_seconds: [N]}."""
+
+    def candidate_embeddings(self, inputs: dict[str, np.ndarray], version: int,
+                             timeout_s: float) -> np.ndarray:
+        """Candidate tower of ``version`` on N titles' raw inputs -> [N, dim] (new titles)."""
 
     def has_ranker(self) -> bool:
         ...
@@ -57,6 +67,8 @@ class InProcessBackend:
         self.ranker_version = rv[-1] if rv else None
         self._ranker = (tf.saved_model.load(str(self.base / RANKER / str(rv[-1])))
                         .signatures[SIGNATURE] if rv else None)
+        self._candidate = None  # loaded on first use (only new titles need it)
+        self._lock = threading.Lock()
 
     def query_embeddings(self, inputs, timeout_s):
         out = self._query(**{k: tf.constant(v) for k, v in inputs.items()})
@@ -70,6 +82,17 @@ class InProcessBackend:
 
     def has_ranker(self) -> bool:
         return self._ranker is not None
+
+    def candidate_embeddings(self, inputs, version, timeout_s):
+        if version != self.query_version:
+            raise ModelMismatch(f"this process loaded model version {self.query_version}; the "
+                                f"candidate tower of version {version} is not loaded")
+        with self._lock:
+            if self._candidate is None:
+                path = self.base / CANDIDATE_TOWER / str(version)
+                self._candidate = tf.saved_model.load(str(path)).signatures[SIGNATURE]
+        out = self._candidate(**{k: tf.constant(v) for k, v in inputs.items()})
+        return out[EMBEDDING].numpy()
 
 
 class GrpcBackend:
@@ -91,6 +114,10 @@ class GrpcBackend:
     def rank(self, inputs, timeout_s):
         out = self.client.predict(RANKER, inputs, timeout_s=timeout_s)
         return {P_WATCH: out[P_WATCH], WATCH_TIME_SECONDS: out[WATCH_TIME_SECONDS]}
+
+    def candidate_embeddings(self, inputs, version, timeout_s):
+        return self.client.predict(CANDIDATE_TOWER, inputs, version=version,
+                                   timeout_s=timeout_s)[EMBEDDING]
 
     def has_ranker(self) -> bool:
         # The pusher writes the ranker only when blessed; TF Serving serves what is on disk.

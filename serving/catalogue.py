@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +22,21 @@ from trainer import features as f
 from trainer.retrieval import LIST_PAD
 
 MISSING = f.MISSING_STRING
+
+
+# Catalogue.add is rare (a title joining the catalogue): one lock serialises every writer.
+_ADD_LOCK = threading.Lock()
+
+
+def _append_rows(old: np.ndarray, new: np.ndarray, pad: str = LIST_PAD) -> np.ndarray:
+    """``old`` [N(, L)] + ``new`` [M(, L')] -> [N + M(, max(L, L'))], lists padded with ``pad``."""
+    if old.ndim == 1:
+        return np.concatenate([old, new.astype(old.dtype)])
+    width = max(old.shape[1], new.shape[1])
+    out = np.full((len(old) + len(new), width), pad, dtype=object)
+    out[:len(old), :old.shape[1]] = old
+    out[len(old):, :new.shape[1]] = new
+    return out
 
 
 def _padded(lists: Sequence, pad: str = LIST_PAD) -> np.ndarray:
@@ -63,6 +79,30 @@ class Catalogue:
                    items[c.ADDED_AT].to_numpy(np.int64),
                    items[c.MATURITY_RATING].astype(str).tolist(), feats,
                    {int(i): r for r, i in enumerate(ids.tolist())})
+
+    def add(self, items: pd.DataFrame) -> list[int]:
+        """Appends titles (validated contract ``items`` rows whose ids the catalogue does not
+        hold; ValueError names any it does) and returns their rows.
+
+        Readers take no lock: every structure only grows, lists in place and arrays by one
+        swap each, and the id -> row map is published last. So an id found in ``row`` always
+        has its row in every array read after that lookup, and rows never move."""
+        new = Catalogue.from_frame(items)
+        with _ADD_LOCK:
+            taken = [i for i in new.item_ids.tolist() if i in self.row]
+            if taken:
+                raise ValueError(f"item id(s) {taken[:5]} are already in the catalogue; a title "
+                                 "is added once (changing one needs a new pipeline run)")
+            start = len(self.item_ids)
+            self.item_ids = _append_rows(self.item_ids, new.item_ids)
+            self.features = {k: _append_rows(v, new.features[k]) for k, v in self.features.items()}
+            self.added_at = _append_rows(self.added_at, new.added_at)
+            self.titles.extend(new.titles)
+            self.genres.extend(new.genres)
+            self.maturity.extend(new.maturity)
+            rows = list(range(start, start + len(new.item_ids)))
+            self.row.update(zip(new.item_ids.tolist(), rows, strict=True))
+        return rows
 
     def rows(self, item_ids: Sequence[int]) -> np.ndarray:
         """Row of each known id; unknown ids raise KeyError naming them."""

@@ -65,20 +65,82 @@ class Event:
                 c.WATCH_SECONDS: self.watch_seconds, c.DEVICE: self.device, c.RATING: self.rating}
 
 
+@dataclasses.dataclass(frozen=True)
+class Onboarding:
+    """A user's answer to the onboarding quiz (``POST /v1/users/{id}/onboarding``): the genres
+    picked, in order. Stores take it through ``record_event`` like an interaction."""
+
+    user_id: int
+    genres: tuple[str, ...]
+    timestamp: int  # UTC seconds
+
+    def to_json(self) -> dict[str, object]:
+        return {c.USER_ID: self.user_id, c.ONBOARDING_GENRES: list(self.genres),
+                c.TIMESTAMP: self.timestamp}
+
+
 class InvalidEvent(ValueError):
     """An event that breaks the contract; ``problems`` holds one message per problem."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], what: str = "event"):
         self.problems = problems
-        super().__init__(f"invalid event ({len(problems)} problem(s)): " + "; ".join(problems))
+        super().__init__(f"invalid {what} ({len(problems)} problem(s)): " + "; ".join(problems))
 
 
-# A row that passes every interactions rule; each field of an event is checked in a copy of it,
+# Rows that pass every rule of their table; each field of a raw row is checked in a copy of one,
 # so that check_frame (which reports the first problem of a row) reports every problem once.
-_CLEAN_ROW: dict[str, object] = {
-    c.USER_ID: 0, c.ITEM_ID: 0, c.TIMESTAMP: 0, c.EVENT: c.EVENT_WATCH, c.POSITION: None,
-    c.WATCH_SECONDS: 0.0, c.DEVICE: c.DEVICES[-1], c.RATING: None,
+CLEAN_ROWS: dict[str, dict[str, object]] = {
+    c.INTERACTIONS: {
+        c.USER_ID: 0, c.ITEM_ID: 0, c.TIMESTAMP: 0, c.EVENT: c.EVENT_WATCH, c.POSITION: None,
+        c.WATCH_SECONDS: 0.0, c.DEVICE: c.DEVICES[-1], c.RATING: None},
+    c.ITEMS: {
+        c.ITEM_ID: 0, c.TITLE: "t", c.GENRES: [], c.CAST: [], c.DIRECTOR: None,
+        c.RELEASE_YEAR: None, c.DURATION_SECONDS: None, c.ADDED_AT: c.MIN_TIMESTAMP,
+        c.MATURITY_RATING: c.MATURITY_RATINGS[0], c.KEYWORDS: None},
 }
+
+
+def check_row(table: str, raw: object, what: str,
+              refs: Mapping[str, tuple[Container[int], str]] = {}  # noqa: B006 (read only)
+              ) -> tuple[dict[str, object], list[str]]:
+    """Checks one raw row of ``table`` (a JSON object's fields) against the contract.
+
+    Returns (typed value per column, problems): one message per problem in column order, each
+    saying what was expected and what arrived; the values are only meaningful without problems.
+    ``what`` names the row in messages ("an interaction", "a title"). ``refs``: column -> (the
+    ids it must be in, why), checked on a value that is otherwise valid.
+    """
+    columns = {col.name: col for col in c.SCHEMAS[table]}
+    if not isinstance(raw, Mapping):
+        return {}, [f"expected {what}: a JSON object with the fields {', '.join(columns)}, "
+                    f"got {raw!r}"]
+    problems = [f"{k}: not a field of {what} (its fields: {', '.join(columns)})"
+                for k in raw if k not in columns]
+    problems += [f"{name}: missing; expected {col.doc}" for name, col in columns.items()
+                 if not col.nullable and name not in raw]
+    probes = []
+    for name in columns:
+        row = dict(CLEAN_ROWS[table])
+        if name in raw:
+            row[name] = raw[name]
+        if name == c.WATCH_SECONDS and raw.get(c.EVENT) in c.EVENTS:
+            row[c.EVENT] = raw[c.EVENT]  # the impression-has-no-watch-time rule needs both
+        probes.append(row)
+    if table == c.INTERACTIONS:  # no uniqueness rule: one frame checks every probe at once
+        typed, reasons = check_frame(table, pd.DataFrame(probes, dtype=object), check_refs=False)
+        value = {name: typed[name].iloc[k] for k, name in enumerate(columns)}
+    else:  # ids must be unique within a frame: each probe alone
+        value, reasons = {}, []
+        for name, row in zip(columns, probes, strict=True):
+            typed, why = check_frame(table, pd.DataFrame([row], dtype=object), check_refs=False)
+            value[name] = typed[name].iloc[0]
+            reasons.append(why[0])
+    for k, name in enumerate(columns):
+        if reasons[k]:
+            problems.append(reasons[k])
+        elif name in refs and name in raw and int(value[name]) not in refs[name][0]:
+            problems.append(f"{name}: {int(value[name])} {refs[name][1]}")
+    return value, problems
 
 
 class EventValidator:
@@ -95,34 +157,11 @@ class EventValidator:
 
     def validate(self, raw: Mapping[str, object]) -> Event:
         """The typed event; raises InvalidEvent listing every problem."""
-        if not isinstance(raw, Mapping):
-            raise InvalidEvent([f"expected a JSON object with the fields "
-                                f"{', '.join(c.column_names(c.INTERACTIONS))}, got {raw!r}"])
-        columns = {col.name: col for col in c.SCHEMAS[c.INTERACTIONS]}
-        problems = [f"{k}: not a field of an interaction (its fields: {', '.join(columns)})"
-                    for k in raw if k not in columns]
-        problems += [f"{name}: missing; expected {col.doc}" for name, col in columns.items()
-                     if not col.nullable and name not in raw]
-        probes = []
-        for name in columns:
-            row = dict(_CLEAN_ROW)
-            if name in raw:
-                row[name] = raw[name]
-            if name == c.WATCH_SECONDS and raw.get(c.EVENT) in c.EVENTS:
-                row[c.EVENT] = raw[c.EVENT]  # the impression-has-no-watch-time rule needs both
-            probes.append(row)
-        typed, reasons = check_frame(c.INTERACTIONS, pd.DataFrame(probes, dtype=object),
-                                     check_refs=False)
-        value = {name: typed[name].iloc[k] for k, name in enumerate(columns)}
-        known = {c.USER_ID: (self.user_ids, "is not a known user; the users table must hold a "
-                             "user before their events are accepted"),
-                 c.ITEM_ID: (self.item_ids, "is not in the catalogue; send events only for "
-                             "titles the catalogue holds")}
-        for k, name in enumerate(columns):
-            if reasons[k]:
-                problems.append(reasons[k])
-            elif name in known and name in raw and int(value[name]) not in known[name][0]:
-                problems.append(f"{name}: {int(value[name])} {known[name][1]}")
+        value, problems = check_row(c.INTERACTIONS, raw, "an interaction", {
+            c.USER_ID: (self.user_ids, "is not a known user; the users table must hold a user "
+                        "before their events are accepted"),
+            c.ITEM_ID: (self.item_ids, "is not in the catalogue; send events only for titles "
+                        "the catalogue holds")})
         if problems:
             raise InvalidEvent(problems)
         return Event(
@@ -138,7 +177,8 @@ class EventLogError(RuntimeError):
 
 
 class EventLog:
-    """Appends events to ``DIR/interactions/part-<unix seconds>-<n>.parquet`` (contract format).
+    """Appends rows of a contract table to ``DIR/<table>/part-<unix seconds>-<n>.parquet``: events
+    (``Event``, the default ``interactions`` table) or titles (``items``, row dicts).
 
     Rows are buffered and written ``flush_rows`` at a time (and on ``flush``/``close``) as row
     groups of the open part file. A part file holds at most ``rows_per_file`` rows; while open it
@@ -151,38 +191,43 @@ class EventLog:
     """
 
     def __init__(self, data_dir: str | Path, flush_rows: int = 100, rows_per_file: int = 10_000,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, table: str = c.INTERACTIONS):
         if not 1 <= flush_rows <= rows_per_file:
             raise ValueError(f"need 1 <= flush_rows <= rows_per_file, got {flush_rows} and "
                              f"{rows_per_file}")
         data_dir = Path(data_dir)
-        single = data_dir / f"{c.INTERACTIONS}.parquet"
+        if table not in c.TABLES:
+            raise ValueError(f"table must be one of {c.TABLES}, got {table!r}")
+        self.table = table
+        single = data_dir / f"{table}.parquet"
         if single.exists():
             raise c.ContractError(
                 f"{single} is a single file, but the event log appends part files to "
-                f"{data_dir / c.INTERACTIONS}/ and a table lives in one of the two. Move it "
-                f"into the folder first: mkdir {data_dir / c.INTERACTIONS} && mv {single} "
-                f"{data_dir / c.INTERACTIONS}/part-0000000000-0000.parquet (part files are "
+                f"{data_dir / table}/ and a table lives in one of the two. Move it "
+                f"into the folder first: mkdir {data_dir / table} && mv {single} "
+                f"{data_dir / table}/part-0000000000-0000.parquet (part files are "
                 "read in name order), or log to another folder.")
-        self.folder = data_dir / c.INTERACTIONS
+        self.folder = data_dir / table
         self.folder.mkdir(parents=True, exist_ok=True)
         self.flush_rows, self.rows_per_file, self._clock = flush_rows, rows_per_file, clock
         self._lock = threading.Lock()
-        self._buffer: list[Event] = []
+        self._buffer: list[dict[str, object]] = []
         self._writer: c.TableWriter | None = None
         self._final: Path | None = None
         self._n = 0
         self.files: list[Path] = []  # completed part files, oldest first
 
-    def append(self, event: Event) -> None:
-        """Buffers ``event``; writes the buffer when it holds ``flush_rows`` events."""
+    def append(self, event: Event | Mapping[str, object]) -> None:
+        """Buffers ``event`` (an Event or a row dict of the table); writes the buffer when it
+        holds ``flush_rows`` rows."""
+        row = event.to_row() if isinstance(event, Event) else dict(event)
         with self._lock:
-            self._buffer.append(event)
+            self._buffer.append(row)
             if len(self._buffer) >= self.flush_rows:
                 try:
                     self._flush()
                 except EventLogError:
-                    if self._buffer and self._buffer[-1] is event:
+                    if self._buffer and self._buffer[-1] is row:
                         self._buffer.pop()  # the caller is told; the earlier ones stay
                     raise
 
@@ -210,11 +255,10 @@ class EventLog:
                     self._open()
                 room = self.rows_per_file - self._writer.rows
                 chunk = self._buffer[:room]
-                rows = [e.to_row() for e in chunk]
-                self._writer.write({k: [r[k] for r in rows] for k in rows[0]})
+                self._writer.write({k: [r.get(k) for r in chunk] for k in chunk[0]})
             except (OSError, c.ContractError) as e:
                 raise EventLogError(
-                    f"could not append {len(self._buffer)} event(s) to {self.folder}: {e}. "
+                    f"could not append {len(self._buffer)} row(s) to {self.folder}: {e}. "
                     "Check that the folder exists, is writable and has free space.") from e
             del self._buffer[:len(chunk)]
             if self._writer.rows >= self.rows_per_file:
@@ -227,7 +271,7 @@ class EventLog:
             self._n += 1
             if not final.exists():
                 break
-        self._writer = c.TableWriter(final.with_name(final.name + ".inprogress"), c.INTERACTIONS)
+        self._writer = c.TableWriter(final.with_name(final.name + ".inprogress"), self.table)
         self._final = final
 
     def _rotate(self) -> None:
@@ -251,11 +295,15 @@ class EventIngest:
     (answer 503 with the message); it returns the event only when both writes succeeded.
     """
 
-    def __init__(self, validator: EventValidator, store: FeatureStore, event_log: EventLog):
+    def __init__(self, validator: EventValidator, store: FeatureStore, event_log: EventLog,
+                 on_accept: Callable[[Event], None] | None = None):
         self.validator, self.store, self.log = validator, store, event_log
+        self.on_accept = on_accept  # e.g. HomepageService.observe (trending's live watches)
 
     def accept(self, raw: Mapping[str, object]) -> Event:
         event = self.validator.validate(raw)
         self.store.record_event(event)
         self.log.append(event)
+        if self.on_accept is not None:
+            self.on_accept(event)
         return event

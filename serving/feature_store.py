@@ -11,7 +11,10 @@ by :meth:`FeatureStore.features`):
   after the user's latest event continues the session, a later one starts a new session of 1. A
   late event (older than the latest) counts in the session if within the gap, else changes nothing;
 - ``last_device`` and ``last_event_at``: of the latest event by timestamp;
-- ``generation``: bumped by every watch (what the user should see changed); 0 for a new user;
+- ``generation``: bumped by every watch and quiz answer (what the user should see changed); 0
+  for a new user;
+- ``onboarding_genres``: the latest onboarding quiz answer (an :class:`~serving.events.Onboarding`
+  passed to ``record_event``);
 - batch features (genre affinities, watch count, mean watch seconds) with the version they were
   loaded with (``marquee features load``), gone after their TTL.
 
@@ -22,8 +25,9 @@ features the page was computed from stores nothing if a watch arrived meanwhile.
 
 Redis layout (``P`` = prefix, ``{U}`` = user id as a hash tag, so one user's keys share a cluster
 slot): ``P:u:{U}:recent`` LIST, ``P:u:{U}:watched`` SET, ``P:u:{U}:state`` HASH (session_length,
-last_event_at, last_device, generation), ``P:u:{U}:batch`` HASH (version + features, JSON values,
-expiring), ``P:u:{U}:cache:<model version>`` STRING (JSON, expiring), ``P:batch:version`` STRING.
+last_event_at, last_device, generation, onboarding as JSON), ``P:u:{U}:batch`` HASH (version +
+features, JSON values, expiring), ``P:u:{U}:cache:<model version>`` STRING (JSON, expiring),
+``P:batch:version`` STRING.
 An event is one Lua script (atomic, one round trip); a feature read is one MULTI/EXEC pipeline.
 """
 
@@ -42,7 +46,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from serving.events import Event
+from serving.events import Event, Onboarding
 
 SESSION_GAP_SECONDS = 30 * 60
 RECENT_LENGTH = 20
@@ -77,6 +81,7 @@ class UserFeatures:
     generation: int = 0
     batch: BatchFeatures | None = None
     batch_version: int | None = None
+    onboarding_genres: tuple[str, ...] = ()
 
 
 class StoreUnavailable(RuntimeError):
@@ -88,7 +93,7 @@ class FeatureStore(Protocol):
     ResilientStore (serving/resilient_store.py); ``tests/test_feature_store.py`` runs one contract
     test suite on each. Every method may raise StoreUnavailable; none blocks for long."""
 
-    def record_event(self, event: Event) -> None:
+    def record_event(self, event: Event | Onboarding) -> None:
         """Updates the user's online features; visible to the next ``features`` call."""
 
     def features(self, user_id: int) -> UserFeatures:
@@ -150,6 +155,7 @@ class _UserState:
     last_event_at: int | None = None
     last_device: str | None = None
     generation: int = 0
+    onboarding: tuple[str, ...] = ()
 
 
 class EmbeddedStore:
@@ -171,11 +177,15 @@ class EmbeddedStore:
         self._cache: dict[tuple[int, int], tuple[float, int, str]] = {}  # expires, gen, JSON
         self._writes = 0
 
-    def record_event(self, event: Event) -> None:
+    def record_event(self, event: Event | Onboarding) -> None:
         with self._lock:
             s = self._users.get(event.user_id)
             if s is None:
                 s = self._users[event.user_id] = _UserState(deque(maxlen=self.recent_length))
+            if isinstance(event, Onboarding):
+                s.onboarding = tuple(event.genres)
+                s.generation += 1
+                return
             s.session_length = next_session_length(s.session_length, s.last_event_at,
                                                    event.timestamp, self.session_gap_s)
             if s.last_event_at is None or event.timestamp >= s.last_event_at:
@@ -197,7 +207,7 @@ class EmbeddedStore:
             s = self._users.get(user_id)
             base = UserFeatures(user_id) if s is None else UserFeatures(
                 user_id, tuple(s.recent), frozenset(s.watched), s.session_length,
-                s.last_device, s.last_event_at, s.generation)
+                s.last_device, s.last_event_at, s.generation, onboarding_genres=s.onboarding)
         if batch is None:
             return base
         return dataclasses.replace(base, batch=batch[2], batch_version=batch[1])
@@ -351,8 +361,16 @@ class RedisStore:
     def ping(self) -> None:
         self._run(self.client.ping)
 
-    def record_event(self, event: Event) -> None:
+    def record_event(self, event: Event | Onboarding) -> None:
         u = event.user_id
+        if isinstance(event, Onboarding):
+            def answer():
+                pipe = self.client.pipeline(transaction=True)
+                pipe.hset(self._key(u, "state"), "onboarding", json.dumps(list(event.genres)))
+                pipe.hincrby(self._key(u, "state"), "generation", 1)
+                return pipe.execute()
+            self._run(answer)
+            return
         self._run(lambda: self._record(
             keys=[self._key(u, "recent"), self._key(u, "watched"), self._key(u, "state")],
             args=[event.item_id, event.timestamp, int(event.is_watch), int(event.is_positive),
@@ -374,7 +392,8 @@ class RedisStore:
         out = UserFeatures(
             user_id, tuple(int(i) for i in recent), frozenset(int(i) for i in watched),
             int(state.get("session_length", 0)), state.get("last_device"),
-            None if last_at is None else int(last_at), int(state.get("generation", 0)))
+            None if last_at is None else int(last_at), int(state.get("generation", 0)),
+            onboarding_genres=tuple(json.loads(state.get("onboarding", "[]"))))
         if not batch:
             return out
         values = {k: json.loads(v) for k, v in batch.items()}

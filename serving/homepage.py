@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent import futures
 
@@ -33,7 +35,9 @@ from marquee.data import contract as c
 from serving.backends import IndexStore, ModelBackend
 from serving.catalogue import Catalogue, UserProfile, UserStore
 from serving.cold_start import BecauseYouWatched, ColdStartThresholds, stage
+from serving.events import Event
 from serving.feature_store import EmbeddedStore, FeatureStore
+from serving.freshness import FreshItems, LiveIndex
 from serving.rerank import (
     SECONDS_PER_DAY,
     RerankContext,
@@ -59,6 +63,10 @@ from trainer.ranking import P_WATCH, RETRIEVAL_SCORE, WATCH_TIME_SECONDS
 log = logging.getLogger(__name__)
 
 COLLABORATIVE = "collaborative"
+# Positive watches accepted while serving that trending's refresh keeps (the oldest drop out).
+LIVE_WATCHES = 1_000_000
+# Half-lives of history a trending refresh reads (0.5 ** 10 < 0.1%).
+TRENDING_WINDOW = 10
 SOURCE_NAMES = (COLLABORATIVE, "content", "item_to_item", "trending")
 STAGES = ("new", "light", "full")
 
@@ -192,10 +200,18 @@ class HomepageService:
         self.sources: dict[str, CandidateSource] = {}
         if "content" in names:
             self.sources["content"] = ContentSource(catalogue)
+        self._live_watches: deque[Event] = deque(maxlen=LIVE_WATCHES)
+        self._refresher: threading.Thread | None = None
+        self._stop = threading.Event()
         if "trending" in names:
             latest = int(interactions[c.TIMESTAMP].max()) if len(interactions) else 0
+            # What a refresh recomputes from: the loaded watches within TRENDING_WINDOW
+            # half-lives of the latest (older ones weigh < 0.1%), plus the live ones.
+            window = TRENDING_WINDOW * config.trending_half_life_days * SECONDS_PER_DAY
+            watches = interactions[interactions[c.EVENT] == c.EVENT_WATCH]
+            self._trending_base = watches[watches[c.TIMESTAMP] >= latest - window]
             self.sources["trending"] = TrendingSource.from_interactions(
-                interactions, catalogue, latest, config.trending_half_life_days)
+                self._trending_base, catalogue, latest, config.trending_half_life_days)
         item_to_item = None
         if "item_to_item" in names or config.because_you_watched > 0:
             item_to_item = ItemToItemSource.from_interactions(interactions, catalogue)
@@ -204,6 +220,10 @@ class HomepageService:
         self.because_you_watched = (
             BecauseYouWatched(item_to_item, catalogue, config.because_you_watched, config.row_k)
             if config.because_you_watched > 0 else None)
+        # Titles added while serving (POST /v1/items): catalogue, content source, side index.
+        self.fresh = FreshItems(catalogue, lambda *a: self.backend.candidate_embeddings(*a),
+                                on_add=self._items_added)
+        self._pool: tuple[tuple[int, int], tuple[Scored, ...]] | None = None
         # Sources of concurrent requests share it; a source past its deadline keeps its thread.
         self._executor = futures.ThreadPoolExecutor(max(4, 4 * len(config.sources)),
                                                     thread_name_prefix="candidate-source")
@@ -230,17 +250,66 @@ class HomepageService:
                           age_bucket=profile.age_bucket, history=profile.history)
         return {k: v.numpy() for k, v in query_inputs([q], self.config.history_length).items()}
 
+    def observe(self, event: Event) -> None:
+        """An accepted event (``EventIngest``'s ``on_accept``): positive watches feed trending's
+        next refresh."""
+        if event.is_positive:
+            self._live_watches.append(event)
+
+    def refresh_trending(self, now: int | None = None) -> None:
+        """Recomputes trending as of ``now`` (default: the later of the clock and the latest
+        watch) from the loaded watches plus the live ones, without retraining."""
+        trending = self.sources.get("trending")
+        if not isinstance(trending, TrendingSource):
+            return
+        live = pd.DataFrame([e.to_row() for e in list(self._live_watches)],
+                            columns=self._trending_base.columns)
+        frame = pd.concat([self._trending_base, live], ignore_index=True) if len(live) else (
+            self._trending_base)
+        latest = int(frame[c.TIMESTAMP].max()) if len(frame) else 0
+        trending.refresh(frame, int(max(latest, self._now())) if now is None else int(now))
+
+    def start_refresh(self) -> None:
+        """Refreshes trending every ``trending_refresh_seconds`` in a daemon thread (``stop``
+        ends it); a failed refresh is logged and the previous trend kept."""
+        interval = self.config.trending_refresh_seconds
+        if interval <= 0 or "trending" not in self.sources or self._refresher is not None:
+            return
+
+        def loop():
+            while not self._stop.wait(interval):
+                try:
+                    self.refresh_trending()
+                except Exception:  # keep serving the previous trend
+                    log.exception("trending refresh failed; keeping the previous trend")
+
+        self._refresher = threading.Thread(target=loop, name="trending-refresh", daemon=True)
+        self._refresher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._refresher is not None:
+            self._refresher.join(timeout=5)
+
+    def _items_added(self, rows: list[int]) -> None:
+        content = self.sources.get("content")
+        if isinstance(content, ContentSource):
+            content.add_rows(rows)
+
     def _query_tower(self, query: dict, start: float, timings: dict):
-        """-> (embedding [dim], model version, index of that version)."""
+        """-> (embedding [dim], model version, LiveIndex of that version: the pushed index plus
+        the titles added since)."""
         t = self._clock()
         emb, version = self.query_breaker.call(
             self.backend.query_embeddings, query,
             self._remaining(start, self.config.query_deadline_ms))
         self._check(start, "query tower", t, self.config.query_deadline_ms)
         timings["query_tower"] = (self._clock() - t) * 1000
-        return np.asarray(emb)[0], version, self.indexes.get(version)
+        return (np.asarray(emb)[0], version,
+                self.fresh.live_index(version, self.indexes.get(version)))
 
-    def _final_scores(self, page: Homepage, ids: list[int], query, emb, index, start: float,
+    def _final_scores(self, page: Homepage, ids: list[int], query, emb, index: LiveIndex,
+                      start: float,
                       timings: dict) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Final scores ``[N]`` of the merged candidates and the model outputs per candidate.
 
@@ -250,7 +319,7 @@ class HomepageService:
         re-rank boosts mean the same on every path."""
         if emb is None:
             return _standardise(-np.arange(len(ids), dtype=np.float64)), {}
-        known = np.isin(ids, index.item_ids)
+        known = index.contains(ids)
         retrieval = np.zeros(len(ids), np.float32)
         retrieval[known] = index.score(emb, np.asarray(ids)[known])
         retrieval[~known] = retrieval[known].min() if known.any() else 0.0
@@ -276,11 +345,20 @@ class HomepageService:
         return final, outputs
 
     def _exploration_pool(self, timestamp: int) -> tuple[Scored, ...]:
+        """Titles added in the ``explore_new_days`` up to ``timestamp``. The titles of the
+        request's hour (and the window before it) are built once per hour and catalogue size."""
         since = timestamp - self.config.explore_new_days * SECONDS_PER_DAY
-        added = self.catalogue.added_at
-        rows = np.flatnonzero((added >= since) & (added <= timestamp))
-        ids = self.catalogue.item_ids[rows].tolist()
-        return tuple(scored_from_catalogue(self.catalogue, ids, [0.0] * len(ids)))
+        hour = timestamp // 3600
+        key = (hour, len(self.catalogue.item_ids))
+        cached = self._pool
+        if cached is None or cached[0] != key:
+            added = self.catalogue.added_at
+            lo = hour * 3600 - self.config.explore_new_days * SECONDS_PER_DAY
+            rows = np.flatnonzero((added >= lo) & (added < (hour + 1) * 3600))
+            ids = self.catalogue.item_ids[rows].tolist()
+            cached = self._pool = (key, tuple(scored_from_catalogue(
+                self.catalogue, ids, [0.0] * len(ids))))
+        return tuple(x for x in cached[1] if since <= x.added_at <= timestamp)
 
     def _personal(self, profile: UserProfile, k: int, timings: dict, timestamp: int,
                   seed: int, page: Homepage) -> None:
@@ -320,10 +398,7 @@ class HomepageService:
         final, outputs = self._final_scores(page, ids, query, emb, index, start, timings)
         t = self._clock()
         order = np.lexsort((np.array(ids), -final)).tolist()  # best first, ties by item id
-        embeddings = None
-        if index is not None and index.embeddings is not None and np.isin(
-                ids, index.item_ids).all():
-            embeddings = index.embeddings[index.rows([ids[r] for r in order])]
+        embeddings = None if index is None else index.embeddings_of([ids[r] for r in order])
         ctx = RerankContext(profile, timestamp, seed, self._exploration_pool(timestamp))
         shaped = self.rerank.apply(scored_from_catalogue(
             self.catalogue, [ids[r] for r in order], final[order], embeddings), ctx)[:k]
@@ -368,12 +443,13 @@ class HomepageService:
 
     def profile(self, user_id: int) -> tuple[UserProfile, int]:
         """The dataset's profile with the store's online features on top, and their generation:
-        recent watches before the dataset's history, both exclusion sets, the latest device."""
+        recent watches before the dataset's history, both exclusion sets, the latest device, the
+        latest onboarding answer."""
         base, live = self.users.get(user_id), self.store.features(user_id)
         return dataclasses.replace(
             base, history=(live.recent_watches + base.history)[: self.config.history_length],
-            watched=base.watched | live.watched,
-            device=live.last_device or base.device), live.generation
+            watched=base.watched | live.watched, device=live.last_device or base.device,
+            onboarding_genres=live.onboarding_genres or base.onboarding_genres), live.generation
 
     def _cache_version(self, k: int, timestamp: int | None, seed: int | None) -> int | None:
         """The pushed version a page is cached under; None when this request is not cached

@@ -2,8 +2,8 @@
 
     ResilientStore(RedisStore.connect(url), EmbeddedStore())
 
-- Events go to both stores: the embedded one is this process's warm copy, so that during an
-  outage the users it served still have their recent watches.
+- Events (and onboarding answers) go to both stores: the embedded one is this process's warm
+  copy, so that during an outage the users it served still have their recent watches.
 - Reads and the cache use Redis while it is up. The first connection or timeout error (at most
   the Redis client's socket timeout, 50 ms by default) marks it down; from then on no request
   touches Redis: features come from the embedded store, the cache misses and stores nothing, and
@@ -28,7 +28,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from serving.events import Event
+from serving.events import Event, Onboarding
 from serving.feature_store import (
     NO_GENERATION,
     BatchFeatures,
@@ -52,7 +52,7 @@ class ResilientStore:
         self.probe_interval_s, self.max_pending = probe_interval_s, max_pending
         self._lock = threading.Lock()
         self._up = True
-        self._pending: deque[Event] = deque()
+        self._pending: deque[Event | Onboarding] = deque()
         self._fallbacks: Counter[str] = Counter()
         self._outages = 0
         self._stop = threading.Event()
@@ -110,7 +110,7 @@ class ResilientStore:
 
     # ------------------------------------------------------------------ FeatureStore
 
-    def record_event(self, event: Event) -> None:
+    def record_event(self, event: Event | Onboarding) -> None:
         with self._lock:
             if not self._up and len(self._pending) >= self.max_pending:
                 raise StoreUnavailable(

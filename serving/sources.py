@@ -174,14 +174,26 @@ class ContentSource:
         docs = [item_document(catalogue, r) for r in range(len(catalogue.item_ids))]
         self.matrix = self.vectorizer.fit_transform(docs).tocsr()
 
+    def add_rows(self, rows: list[int]) -> None:
+        """Titles appended to the catalogue (rows in order, right after the last one known):
+        their TF-IDF rows with the fitted vocabulary (a word it never saw does not count)."""
+        if not rows:
+            return
+        if rows != list(range(self.matrix.shape[0], self.matrix.shape[0] + len(rows))):
+            raise ValueError(f"rows {rows[:3]}... do not follow the {self.matrix.shape[0]} "
+                             "rows the content source holds")
+        new = self.vectorizer.transform([item_document(self.catalogue, r) for r in rows])
+        self.matrix = sp.vstack([self.matrix, new]).tocsr()  # one swap: readers see either
+
     def candidates(self, request: SourceRequest, k: int) -> list[Candidate]:
-        rows = [self.catalogue.row[i] for i in request.profile.history
-                if i in self.catalogue.row][: self.recent]
+        matrix = self.matrix  # a title being added may be in the catalogue but not here yet
+        rows = [r for r in (self.catalogue.row.get(i) for i in request.profile.history)
+                if r is not None and r < matrix.shape[0]][: self.recent]
         if _check_k(k) == 0 or not rows:
             return []
-        profile = np.asarray(self.matrix[rows].mean(axis=0)).ravel()
+        profile = np.asarray(matrix[rows].mean(axis=0)).ravel()
         profile /= max(np.linalg.norm(profile), 1e-12)
-        scores = self.matrix @ profile
+        scores = matrix @ profile
         hit = np.flatnonzero(scores > 0)
         return _best(self.name, self.catalogue.item_ids[hit], scores[hit],
                      request.profile.watched, k)

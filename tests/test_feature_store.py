@@ -37,6 +37,7 @@ from serving.events import (
     EventLogError,
     EventValidator,
     InvalidEvent,
+    Onboarding,
 )
 from serving.feature_store import (
     NO_GENERATION,
@@ -173,6 +174,20 @@ def test_events_update_online_features_in_the_same_call(harness):
     assert s.features(2) == dataclasses.replace(s.features(2), recent_watches=(), watched=set(),
                                                 session_length=0, last_device=None,
                                                 generation=0, batch=None)
+
+
+def test_an_onboarding_answer_is_a_feature_and_invalidates_the_cache(harness):
+    s = harness.store
+    s.record_event(watch(1, 10, T0))
+    assert s.put_cached(1, 7, {"page": "before the quiz"}, 60)
+    s.record_event(Onboarding(1, ("comedy", "drama", "horror"), T0 + 1))
+    f = s.features(1)
+    assert f.onboarding_genres == ("comedy", "drama", "horror")  # in the order picked
+    assert f.generation == 2 and f.recent_watches == (10,) and f.session_length == 1
+    assert s.get_cached(1, 7) is None  # what the user should see changed
+    s.record_event(Onboarding(1, ("scifi", "drama", "horror"), T0 + 2))
+    assert s.features(1).onboarding_genres == ("scifi", "drama", "horror")  # the latest wins
+    assert s.features(2).onboarding_genres == ()
 
 
 def test_recent_watches_keep_the_last_n(harness):
@@ -457,9 +472,9 @@ def test_a_failed_log_append_is_an_error_not_a_silent_loss(tmp_path):
     log.append(watch(1, 10, T0))
     shutil.rmtree(data / c.INTERACTIONS)
     (data / c.INTERACTIONS).write_text("not a folder")  # the log's folder is gone
-    with pytest.raises(EventLogError, match="could not append 2 event"):
+    with pytest.raises(EventLogError, match="could not append 2 row"):
         log.append(watch(1, 20, T0 + 1))
-    assert [e.item_id for e in log._buffer] == [10]  # acknowledged earlier: still pending
+    assert [r[c.ITEM_ID] for r in log._buffer] == [10]  # acknowledged earlier: still pending
 
 
 @needs_redis
