@@ -172,6 +172,9 @@ class ServingConfig:
     )
     # Half-life of a watch in the trending score (serving.sources.TrendingSource).
     trending_half_life_days: float = 3.0
+    # Seconds between recomputations of trending from the loaded interactions plus the events
+    # accepted since (POST /v1/events), without retraining; 0 = never.
+    trending_refresh_seconds: float = 300.0
     # Re-rank steps in order, each {"step": NAME, ...arguments} (serving.rerank.STEPS); also
     # block_list {"item_ids": [...]}. Freshness adds to the score: final scores are z-scores.
     rerank: tuple[dict, ...] = (
@@ -185,6 +188,8 @@ class ServingConfig:
     # Positive watches where the cold-start stages `light` and `full` begin (0 watches: `new`).
     light_from: int = 1
     full_from: int = 5
+    # Genres a user picks in the onboarding quiz (POST /v1/users/{id}/onboarding).
+    onboarding_genres: int = 3
     # "Because you watched X" rows: one per recent watch (0 = none), of this many titles each.
     because_you_watched: int = 3
     row_k: int = 10
