@@ -17,7 +17,7 @@ import numpy as np
 import marquee  # noqa: F401
 from marquee.config import ServingConfig
 from serving.backends import GrpcBackend, IndexStore, InProcessBackend
-from serving.catalogue import load
+from serving.catalogue import load_frames
 from serving.homepage import HomepageService
 from serving.model_server import ModelServer
 
@@ -29,15 +29,16 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     args = ap.parse_args()
     base = Path(args.model_base)
-    catalogue, users = load(args.data)
-    config = ServingConfig(deadline_ms=10_000, query_deadline_ms=10_000, rank_deadline_ms=10_000)
+    catalogue, users, interactions = load_frames(args.data)
+    config = ServingConfig(deadline_ms=10_000, query_deadline_ms=10_000, rank_deadline_ms=10_000,
+                           cache_ttl_seconds=0)  # every request a cache miss
     ids = users.user_ids()
     with ModelServer(str(base), port=0, host="127.0.0.1") as server:
         services = {
             "in_process": HomepageService(InProcessBackend(base), IndexStore(base), catalogue,
-                                          users, config),
+                                          users, config, interactions=interactions),
             "grpc": HomepageService(GrpcBackend(server.address, base), IndexStore(base),
-                                    catalogue, users, config),
+                                    catalogue, users, config, interactions=interactions),
         }
         timings: dict[str, dict[str, list[float]]] = {name: {} for name in services}
         for svc in services.values():

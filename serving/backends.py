@@ -51,7 +51,13 @@ class ModelBackend(Protocol):
 
 
 class InProcessBackend:
-    """Loads the latest pushed SavedModels from the model base into this process."""
+    """Loads the latest pushed SavedModels from the model base into this process.
+
+    Calls of one model are serialised (a lock per model): concurrent calls of a loaded
+    signature with different batch sizes corrupt the heap in TF 2.16 (reproduced with the ranker
+    from 4 threads; ``tests/test_serving.py`` runs concurrent homepages). One call already uses
+    every core through TF's intra-op threads, so the lock costs little throughput.
+    """
 
     name = "in_process"
 
@@ -69,15 +75,21 @@ class InProcessBackend:
                         .signatures[SIGNATURE] if rv else None)
         self._candidate = None  # loaded on first use (only new titles need it)
         self._lock = threading.Lock()
+        self._calls = {QUERY_TOWER: threading.Lock(), RANKER: threading.Lock(),
+                       CANDIDATE_TOWER: threading.Lock()}
 
     def query_embeddings(self, inputs, timeout_s):
-        out = self._query(**{k: tf.constant(v) for k, v in inputs.items()})
+        tensors = {k: tf.constant(v) for k, v in inputs.items()}
+        with self._calls[QUERY_TOWER]:
+            out = self._query(**tensors)
         return out[EMBEDDING].numpy(), self.query_version
 
     def rank(self, inputs, timeout_s):
         if self._ranker is None:
             raise NoPushedModel(f"{self.base / RANKER}: no blessed ranker pushed")
-        out = self._ranker(**{k: tf.constant(v) for k, v in inputs.items()})
+        tensors = {k: tf.constant(v) for k, v in inputs.items()}
+        with self._calls[RANKER]:
+            out = self._ranker(**tensors)
         return {P_WATCH: out[P_WATCH].numpy(), WATCH_TIME_SECONDS: out[WATCH_TIME_SECONDS].numpy()}
 
     def has_ranker(self) -> bool:
@@ -91,7 +103,9 @@ class InProcessBackend:
             if self._candidate is None:
                 path = self.base / CANDIDATE_TOWER / str(version)
                 self._candidate = tf.saved_model.load(str(path)).signatures[SIGNATURE]
-        out = self._candidate(**{k: tf.constant(v) for k, v in inputs.items()})
+        tensors = {k: tf.constant(v) for k, v in inputs.items()}
+        with self._calls[CANDIDATE_TOWER]:
+            out = self._candidate(**tensors)
         return out[EMBEDDING].numpy()
 
 

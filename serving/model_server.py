@@ -142,6 +142,9 @@ class Servable:
     functions: Mapping[str, tf.types.experimental.ConcreteFunction]
     signature_defs: Mapping[str, meta_graph_pb2.SignatureDef]
     module: object  # keeps the loaded SavedModel (variables) alive while any request holds this
+    # Serialises this version's calls: concurrent calls of a loaded signature with different
+    # batch sizes corrupt the heap in TF 2.16 (serving.backends.InProcessBackend says more).
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, compare=False)
 
 
 def load_servable(name: str, version: int, path: Path) -> Servable:
@@ -350,7 +353,8 @@ def predict(servable: Servable, request: predict_pb2.PredictRequest) -> predict_
                                 f"duplicate output tensor alias: {alias}")
     inputs = {a: _check_input(a, request.inputs[a], signature.inputs[a]) for a in sent}
     try:
-        outputs = function(**inputs)
+        with servable.lock:
+            outputs = function(**inputs)
     except tf.errors.OpError as e:
         raise ServingStatus(_GRPC_CODES[e.error_code], e.message) from e
     response = predict_pb2.PredictResponse()

@@ -89,13 +89,29 @@ def _best(name: str, ids: np.ndarray, scores: np.ndarray, exclude: Iterable[int]
     """``ids [N]``, ``scores [N]`` -> the ``k`` best candidates, ties to the lower item id;
     excluded ids, non-finite scores and repeated ids (after the best) are dropped."""
     exclude = set(exclude)
+    ids, scores = np.asarray(ids), np.asarray(scores, np.float64)
+    finite = np.isfinite(scores)
+    if not finite.all():
+        ids, scores = ids[finite], scores[finite]
+    m = k + len(exclude)  # enough to fill k unless repeated ids take places
+    if len(ids) > 4 * m:  # a big list (content over a large catalogue): sort only its head
+        threshold = np.partition(scores, len(scores) - m)[len(scores) - m]
+        head = scores >= threshold  # ties at the threshold too: the full sort's order
+        out = _take_best(name, ids[head], scores[head], exclude, k)
+        if len(out) == k:
+            return out
+    return _take_best(name, ids, scores, exclude, k)
+
+
+def _take_best(name: str, ids: np.ndarray, scores: np.ndarray, exclude: set[int],
+               k: int) -> list[Candidate]:
     out: list[Candidate] = []
     seen: set[int] = set()
     for r in np.lexsort((ids, -scores)).tolist():
-        item = int(ids[r])
         if len(out) >= k:
             break
-        if item in seen or item in exclude or not np.isfinite(scores[r]):
+        item = int(ids[r])
+        if item in seen or item in exclude:
             continue
         seen.add(item)
         out.append(Candidate(item, name, float(scores[r])))
@@ -380,7 +396,7 @@ def merge_candidates(results: Mapping[str, Sequence[Candidate]],
             item = answer[pointer[name]].item_id
             taken.add(item)
             added[name] += 1
-            out.append(MergedCandidate(item, name, dict(sorted(score_of[item].items()))))
+            out.append(MergedCandidate(item, name, dict(score_of[item])))
     return out
 
 

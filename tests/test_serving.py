@@ -96,6 +96,20 @@ def test_unknown_user_gets_a_model_answer(svc):
     assert not page.fallback and len(page.items) == CONFIG.k
 
 
+def test_concurrent_homepages_are_answered(svc, world):
+    """Requests in parallel threads, as the HTTP server runs them: candidate counts differ per
+    user, and concurrent model calls of different batch sizes crashed TF before each model's
+    calls were serialised (the process aborted with heap corruption)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, _, users, _ = world
+    ids = users.user_ids()
+    with ThreadPoolExecutor(4) as pool:
+        pages = list(pool.map(svc.homepage, [ids[n % len(ids)] for n in range(40)]))
+    assert all(not p.fallback and p.degraded is None for p in pages), [
+        p.reason or p.degraded for p in pages if p.fallback or p.degraded][:3]
+
+
 def test_parity_in_process_and_grpc(world, model_server):
     run, _, users, _ = world
     local = service(world, InProcessBackend(run.serving), FULL)
@@ -164,6 +178,60 @@ def test_full_user_gets_rows_of_unwatched_titles(world):
             assert row.title == f"Because you watched {title}"
             assert 0 < len(row.items) <= FULL.row_k
             assert not {p.item_id for p in row.items} & watched
+
+
+# ----------------------------------------------------------------------------- freshness
+
+
+def _raw(row: dict) -> dict:
+    """An items row as the JSON a client posts."""
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, np.ndarray):
+            v = v.tolist()
+        elif isinstance(v, np.integer):
+            v = int(v)
+        elif isinstance(v, float) and np.isnan(v):
+            v = None
+        out[k] = v
+    return out
+
+
+def test_a_new_title_embeds_by_its_metadata_on_both_backends(world, model_server):
+    """Clones of 20 titles (same metadata, new ids, no interactions) go through POST-equivalent
+    adds: the side index embeds them with the pushed candidate tower, alike on both backends,
+    each clone is retrievable, and its original is near it (closer than most titles)."""
+    from marquee.data.validate import load_dataset
+
+    run, *_ = world
+    items = load_dataset(run.data).items
+    sources = items[c.ITEM_ID].to_numpy()[np.random.default_rng(0).choice(len(items), 20,
+                                                                           replace=False)]
+    clones = {}
+    for backend in (InProcessBackend(run.serving), GrpcBackend(model_server.address,
+                                                               run.serving)):
+        catalogue, users, interactions = load_frames(run.data)  # its own: titles are added
+        svc = HomepageService(backend, IndexStore(run.serving), catalogue, users, CONFIG,
+                              interactions=interactions)
+        for n, src in enumerate(sources):
+            row = _raw(items[items[c.ITEM_ID] == src].iloc[0].to_dict())
+            svc.fresh.add({**row, c.ITEM_ID: 10**8 + n})
+        version = versions(run.serving / RETRIEVAL_INDEX)[-1]
+        main = svc.indexes.get(version)
+        live = svc.fresh.live_index(version, main)
+        assert live.side_ids.tolist() == [10**8 + n for n in range(20)]
+        clones[backend.name] = live.side_embeddings
+        q = np.random.default_rng(1).normal(size=main.dim).astype(np.float32)
+        ids, _ = live.search(q, main.num_items + 20)
+        assert set(live.side_ids.tolist()) <= set(ids.tolist())  # every clone is retrievable
+    np.testing.assert_allclose(clones["in_process"], clones["tf_serving"], rtol=1e-4, atol=1e-5)
+    unit = main.embeddings / np.linalg.norm(main.embeddings, axis=1, keepdims=True)
+    ranks = []
+    for n, src in enumerate(sources):
+        cos = unit @ (clones["in_process"][n] / np.linalg.norm(clones["in_process"][n]))
+        ranks.append(int((cos > cos[main.rows([src])[0]]).sum()))
+    # A random title would rank about len/2 on average; the metadata pulls the original close.
+    assert np.median(ranks) < 0.25 * main.num_items, ranks
 
 
 # ----------------------------------------------------------------------------- failure

@@ -320,3 +320,22 @@ def test_because_you_watched_rows():
     assert len(byw.rows(profile(history=[3, 1, 6]))) == 3
     assert BecauseYouWatched(i2i, CATALOGUE, seeds=1).rows(profile(history=[3, 1])) != []
     assert byw.rows(profile()) == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_best_on_a_long_list_equals_a_full_sort(seed):
+    """Long lists sort only their head (np.partition); ties at the cut must still go to the lower
+    id, excluded ids must not cost places: the same answer as sorting everything."""
+    from serving.sources import _best, _take_best
+
+    rng = np.random.default_rng(seed)
+    n = 20_000
+    ids = rng.permutation(n) + 1
+    scores = rng.integers(0, 50, n).astype(np.float64)  # many ties
+    scores[rng.integers(n, size=10)] = np.nan
+    exclude = set(rng.choice(ids, 30).tolist())
+    finite = np.isfinite(scores)
+    want = _take_best("x", ids[finite], scores[finite], exclude, 40)
+    got = _best("x", ids, scores, exclude, 40)
+    assert [(x.item_id, x.score) for x in got] == [(x.item_id, x.score) for x in want]
+    assert len(got) == 40 and not {x.item_id for x in got} & exclude

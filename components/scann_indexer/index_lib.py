@@ -408,6 +408,8 @@ class RetrievalIndex:
                 )
         self.embeddings = embeddings
         self._row = {int(i): r for r, i in enumerate(self.item_ids.tolist())}
+        self._by_id = np.argsort(self.item_ids, kind="stable")  # rows in item id order
+        self._sorted_ids = self.item_ids[self._by_id]
         params = _searcher_params(searcher)
         self._num_leaves = params["num_leaves"]
         self._reorder = params["reorder"]
@@ -418,10 +420,15 @@ class RetrievalIndex:
 
     def rows(self, item_ids) -> np.ndarray:
         """``item_ids [N]`` -> their rows [N]; ids not in the index raise KeyError naming them."""
-        missing = [int(i) for i in item_ids if int(i) not in self._row]
-        if missing:
-            raise KeyError(f"item id(s) not in the retrieval index: {missing[:5]}")
-        return np.array([self._row[int(i)] for i in item_ids], np.int64)
+        ids = np.asarray(item_ids, np.int64).reshape(-1)
+        if not len(self._sorted_ids):
+            raise KeyError(f"item id(s) not in the retrieval index (it is empty): "
+                           f"{ids[:5].tolist()}")
+        at = np.minimum(np.searchsorted(self._sorted_ids, ids), len(self._sorted_ids) - 1)
+        found = self._sorted_ids[at] == ids
+        if not found.all():
+            raise KeyError(f"item id(s) not in the retrieval index: {ids[~found][:5].tolist()}")
+        return self._by_id[at].astype(np.int64)
 
     def score(self, query: np.ndarray, item_ids) -> np.ndarray:
         """Exact dot product of one query ``[dim]`` with each of ``item_ids [N]`` -> ``[N]``
