@@ -65,6 +65,8 @@ log = logging.getLogger(__name__)
 COLLABORATIVE = "collaborative"
 # Positive watches accepted while serving that trending's refresh keeps (the oldest drop out).
 LIVE_WATCHES = 1_000_000
+# Most new titles one request's exploration step draws from (a seeded sample of them).
+EXPLORE_POOL = 200
 # Half-lives of history a trending refresh reads (0.5 ** 10 < 0.1%).
 TRENDING_WINDOW = 10
 SOURCE_NAMES = (COLLABORATIVE, "content", "item_to_item", "trending")
@@ -223,7 +225,7 @@ class HomepageService:
         # Titles added while serving (POST /v1/items): catalogue, content source, side index.
         self.fresh = FreshItems(catalogue, lambda *a: self.backend.candidate_embeddings(*a),
                                 on_add=self._items_added)
-        self._pool: tuple[tuple[int, int], tuple[Scored, ...]] | None = None
+        self._pool: tuple[tuple[int, int], np.ndarray, np.ndarray] | None = None
         # Sources of concurrent requests share it; a source past its deadline keeps its thread.
         self._executor = futures.ThreadPoolExecutor(max(4, 4 * len(config.sources)),
                                                     thread_name_prefix="candidate-source")
@@ -344,9 +346,12 @@ class HomepageService:
         timings["ranker"] = (self._clock() - t) * 1000
         return final, outputs
 
-    def _exploration_pool(self, timestamp: int) -> tuple[Scored, ...]:
-        """Titles added in the ``explore_new_days`` up to ``timestamp``. The titles of the
-        request's hour (and the window before it) are built once per hour and catalogue size."""
+    def _exploration_pool(self, timestamp: int, user_id: int = 0,
+                          seed: int = 0) -> tuple[Scored, ...]:
+        """Titles added in the ``explore_new_days`` up to ``timestamp``; when there are more
+        than ``EXPLORE_POOL``, a sample of that many seeded by (user, seed), so different users
+        explore different new titles and a page replays exactly. The candidate rows of the
+        request's hour are found once per hour and catalogue size."""
         since = timestamp - self.config.explore_new_days * SECONDS_PER_DAY
         hour = timestamp // 3600
         key = (hour, len(self.catalogue.item_ids))
@@ -355,10 +360,14 @@ class HomepageService:
             added = self.catalogue.added_at
             lo = hour * 3600 - self.config.explore_new_days * SECONDS_PER_DAY
             rows = np.flatnonzero((added >= lo) & (added < (hour + 1) * 3600))
-            ids = self.catalogue.item_ids[rows].tolist()
-            cached = self._pool = (key, tuple(scored_from_catalogue(
-                self.catalogue, ids, [0.0] * len(ids))))
-        return tuple(x for x in cached[1] if since <= x.added_at <= timestamp)
+            cached = self._pool = (key, rows, added[rows])
+        _, rows, added = cached
+        rows = rows[(added >= since) & (added <= timestamp)]
+        if len(rows) > EXPLORE_POOL:
+            rng = np.random.default_rng([int(user_id) & 0x7FFFFFFF, int(seed) & 0x7FFFFFFF])
+            rows = np.sort(rng.choice(rows, EXPLORE_POOL, replace=False))
+        ids = self.catalogue.item_ids[rows].tolist()
+        return tuple(scored_from_catalogue(self.catalogue, ids, [0.0] * len(ids)))
 
     def _personal(self, profile: UserProfile, k: int, timings: dict, timestamp: int,
                   seed: int, page: Homepage) -> None:
@@ -399,7 +408,8 @@ class HomepageService:
         t = self._clock()
         order = np.lexsort((np.array(ids), -final)).tolist()  # best first, ties by item id
         embeddings = None if index is None else index.embeddings_of([ids[r] for r in order])
-        ctx = RerankContext(profile, timestamp, seed, self._exploration_pool(timestamp))
+        ctx = RerankContext(profile, timestamp, seed, self._exploration_pool(
+            timestamp, profile.user_id, seed))
         shaped = self.rerank.apply(scored_from_catalogue(
             self.catalogue, [ids[r] for r in order], final[order], embeddings), ctx)[:k]
         position = {item: r for r, item in enumerate(ids)}

@@ -218,8 +218,10 @@ class MMR:
         if all(x.embedding is not None for x in items):
             emb = np.stack([np.asarray(x.embedding, np.float64) for x in items])
             unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-        names = sorted({g for x in items for g in x.genres})
-        genre_matrix = np.array([[g in x.genres for g in names] for x in items], np.float64)
+        genre_matrix = np.zeros((len(items), 0))
+        if unit is None:  # genres only when there are no embeddings to compare
+            names = sorted({g for x in items for g in x.genres})
+            genre_matrix = np.array([[g in x.genres for g in names] for x in items], np.float64)
         max_sim = np.full(len(items), -np.inf)  # to the picks so far (may be negative)
         free = np.ones(len(items), bool)
         picks: list[int] = []
@@ -239,7 +241,9 @@ def exploration_slots(share: float, n: int) -> list[int]:
     """The positions < ``n`` exploration fills: ``p`` where ``floor((p + 1) * share)`` grows,
     so every prefix of length m holds ``floor(m * share)`` of them (share 0.2: 4, 9, 14, ...)."""
     s = Fraction(share).limit_denominator(10_000)
-    return [p for p in range(n) if (p + 1) * s // 1 > p * s // 1]
+    p = np.arange(n, dtype=np.int64)  # exact integer arithmetic on the fraction num / den
+    return np.flatnonzero((p + 1) * s.numerator // s.denominator
+                          > p * s.numerator // s.denominator).tolist()
 
 
 @dataclasses.dataclass(frozen=True)

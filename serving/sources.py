@@ -189,6 +189,8 @@ class ContentSource:
         self.vectorizer = TfidfVectorizer(analyzer=_as_is, norm="l2")
         docs = [item_document(catalogue, r) for r in range(len(catalogue.item_ids))]
         self.matrix = self.vectorizer.fit_transform(docs).tocsr()
+        # The same matrix by column: a request reads only its profile's tokens' columns.
+        self._columns = self.matrix.tocsc()
 
     def add_rows(self, rows: list[int]) -> None:
         """Titles appended to the catalogue (rows in order, right after the last one known):
@@ -199,17 +201,21 @@ class ContentSource:
             raise ValueError(f"rows {rows[:3]}... do not follow the {self.matrix.shape[0]} "
                              "rows the content source holds")
         new = self.vectorizer.transform([item_document(self.catalogue, r) for r in rows])
-        self.matrix = sp.vstack([self.matrix, new]).tocsr()  # one swap: readers see either
+        matrix = sp.vstack([self.matrix, new]).tocsr()
+        self._columns, self.matrix = matrix.tocsc(), matrix  # readers check the row count
 
     def candidates(self, request: SourceRequest, k: int) -> list[Candidate]:
-        matrix = self.matrix  # a title being added may be in the catalogue but not here yet
+        # A title being added is in the catalogue before it is here (and in `_columns` before
+        # `matrix`): rows past what this matrix holds are skipped.
+        matrix, columns = self.matrix, self._columns
         rows = [r for r in (self.catalogue.row.get(i) for i in request.profile.history)
                 if r is not None and r < matrix.shape[0]][: self.recent]
         if _check_k(k) == 0 or not rows:
             return []
         profile = np.asarray(matrix[rows].mean(axis=0)).ravel()
         profile /= max(np.linalg.norm(profile), 1e-12)
-        scores = matrix @ profile
+        tokens = np.flatnonzero(profile)  # scores = matrix @ profile, reading only these columns
+        scores = np.asarray(columns[:, tokens] @ profile[tokens]).ravel()
         hit = np.flatnonzero(scores > 0)
         return _best(self.name, self.catalogue.item_ids[hit], scores[hit],
                      request.profile.watched, k)
@@ -305,7 +311,7 @@ class ItemToItemSource:
     def from_interactions(cls, interactions: pd.DataFrame, catalogue: Catalogue,
                           neighbours: int = 50, shrink: float = 10.0, recent: int = 3,
                           min_watch_seconds: float = c.WATCHED_THRESHOLD_SECONDS,
-                          block_rows: int = 1024, name: str = "item_to_item") -> ItemToItemSource:
+                          name: str = "item_to_item") -> ItemToItemSource:
         if neighbours < 1 or shrink < 0:
             raise ValueError(f"need neighbours >= 1 and shrink >= 0, got {neighbours}, {shrink}")
         pos = positive_watches(interactions, catalogue, min_watch_seconds)
@@ -314,19 +320,21 @@ class ItemToItemSource:
         x = sp.csr_matrix((np.ones(len(pos)), (users, catalogue.rows(pos[c.ITEM_ID].tolist()))),
                           shape=(int(users.max(initial=-1)) + 1, n))
         x.data[:] = 1.0  # a user watching an item twice counts once
-        co = (x.T @ x).tocsr()  # [I, I] users who watched both
+        co = (x.T @ x).tocoo()  # [I, I] users who watched both, only the pairs that exist
         norms = np.sqrt(co.diagonal())
         m = min(neighbours, max(n - 1, 1))
+        sim = co.data / (norms[co.row] * norms[co.col] + shrink + 1e-12)
+        keep = (co.row != co.col) & (sim > 0)
+        r, col, sim = co.row[keep], co.col[keep], sim[keep]
+        # One sort of every pair: by row, then best first, ties to the lower row (= lower id).
+        order = np.lexsort((col, -sim, r))
+        r, col, sim = r[order], col[order], sim[order]
+        first = np.searchsorted(r, r)  # where each pair's row starts
+        rank = np.arange(len(r)) - first
+        top = rank < m
         rows, sims = np.full((n, m), -1, np.int64), np.zeros((n, m), np.float32)
-        for start in range(0, n, block_rows):
-            stop = min(start + block_rows, n)
-            sim = co[start:stop].toarray()
-            sim /= norms[start:stop, None] * norms[None, :] + shrink + 1e-12
-            sim[np.arange(stop - start), np.arange(start, stop)] = 0.0
-            top = np.argsort(-sim, axis=1, kind="stable")[:, :m]
-            val = np.take_along_axis(sim, top, axis=1)
-            rows[start:stop] = np.where(val > 0, top, -1)
-            sims[start:stop] = np.where(val > 0, val, 0.0)
+        rows[r[top], rank[top]] = col[top]
+        sims[r[top], rank[top]] = sim[top]
         return cls(catalogue, rows, sims, recent, name)
 
     def because_you_watched(self, item_id: int, k: int,

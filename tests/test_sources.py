@@ -339,3 +339,25 @@ def test_best_on_a_long_list_equals_a_full_sort(seed):
     got = _best("x", ids, scores, exclude, 40)
     assert [(x.item_id, x.score) for x in got] == [(x.item_id, x.score) for x in want]
     assert len(got) == 40 and not {x.item_id for x in got} & exclude
+
+
+@pytest.mark.parametrize("neighbours", [2, 5])
+def test_item_to_item_matches_a_dense_numpy_reference(neighbours):
+    """The sparse neighbour search against the dense definition: sim = n_ij / (sqrt(n_i n_j) +
+    shrink), self excluded, top-M by (similarity desc, row asc), non-positive ones padded -1."""
+    rng = np.random.default_rng(3)
+    rows = [(u, int(i), NOW - DAY) for u in range(40)
+            for i in rng.choice(CATALOGUE.item_ids, rng.integers(1, 5), replace=False)]
+    s = ItemToItemSource.from_interactions(watches(rows), CATALOGUE, neighbours=neighbours,
+                                           shrink=1.0)
+    x = np.zeros((40, len(CATALOGUE.item_ids)))
+    for u, i, _ in rows:
+        x[u, CATALOGUE.row[i]] = 1.0
+    co = x.T @ x
+    norms = np.sqrt(np.diag(co))
+    sim = co / (norms[:, None] * norms[None, :] + 1.0 + 1e-12)
+    np.fill_diagonal(sim, 0.0)
+    top = np.argsort(-sim, axis=1, kind="stable")[:, :neighbours]
+    val = np.take_along_axis(sim, top, axis=1)
+    np.testing.assert_array_equal(s.neighbour_rows, np.where(val > 0, top, -1))
+    np.testing.assert_allclose(s.neighbour_sims, np.where(val > 0, val, 0.0), rtol=1e-6)
