@@ -3,8 +3,6 @@
 trending refreshed from live events, and both write routes over real HTTP."""
 
 import json
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pandas as pd
@@ -19,8 +17,9 @@ from serving.cold_start import OnboardingIngest, OnboardingLog, validate_onboard
 from serving.events import Event, InvalidEvent
 from serving.freshness import InvalidItem, LiveIndex, validate_item
 from serving.sources import SourceRequest
-from tests.test_feature_store import tiny_dataset  # noqa: F401 (a helper, not a fixture)
-from tests.test_homepage import (  # noqa: F401 (model_base is a fixture)
+from tests import test_homepage
+from tests.http_client import get, post
+from tests.test_homepage import (
     FULL,
     ITEM_IDS,
     ITEMS,
@@ -31,10 +30,10 @@ from tests.test_homepage import (  # noqa: F401 (model_base is a fixture)
     FixedModelBackend,
     catalogue,
     make,
-    model_base,
 )
 from trainer import features as f
 
+model_base = test_homepage.model_base  # the tiny model base fixture, shared
 NEW_ITEM = 99
 SIDE = QUERY * 3  # the double's candidate tower puts every new title right on the query
 
@@ -258,48 +257,32 @@ def test_trending_refreshes_from_live_watches_without_retraining(model_base):
 # ----------------------------------------------------------------------------- over HTTP
 
 
-def _post(port, path, body):
-    data = json.dumps(body).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method="POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
-def _get(port, path):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-        return json.loads(r.read())
-
-
 def test_titles_and_quiz_answers_over_http(model_base, tmp_path):
     svc = make(model_base, FreshBackend(), because_you_watched=0)
     ingest, onboarding, logs = attach_logs(svc, tmp_path)
     with ApiServer(svc, 0, "127.0.0.1", ingest=ingest, onboarding=onboarding) as api:
-        status, body = _post(api.port, "/v1/items", title())
+        status, body = post(api.port, "/v1/items", title())
         assert status == 200 and body["item"][c.ITEM_ID] == NEW_ITEM, body
-        page = _get(api.port, f"/v1/users/{FULL}/homepage?k=7")
+        page = json.loads(get(api.port, f"/v1/users/{FULL}/homepage?k=7")[1])
         assert NEW_ITEM in [p["item_id"] for p in page["items"]]
-        status, body = _post(api.port, "/v1/items", title())
+        status, body = post(api.port, "/v1/items", title())
         assert status == 409 and "already in the catalogue" in body["error"]
-        status, body = _post(api.port, "/v1/items", {c.ITEM_ID: 5000})
+        status, body = post(api.port, "/v1/items", {c.ITEM_ID: 5000})
         assert status == 400 and len(body["problems"]) >= 4  # every missing field named
-        status, body = _post(api.port, "/v1/users/77/onboarding",
+        status, body = post(api.port, "/v1/users/77/onboarding",
                              {"genres": ["drama", "scifi", "comedy"]})
         assert status == 200 and body["onboarding"][c.ONBOARDING_GENRES] == [
             "drama", "scifi", "comedy"]
-        status, body = _post(api.port, "/v1/users/77/onboarding", {"genres": ["drama"]})
+        status, body = post(api.port, "/v1/users/77/onboarding", {"genres": ["drama"]})
         assert status == 400 and "expected 3 distinct genres" in body["problems"][0]
-        status, body = _post(api.port, "/v1/users/abc/onboarding", {"genres": []})
+        status, body = post(api.port, "/v1/users/abc/onboarding", {"genres": []})
         assert status == 400 and "user id must be an integer" in body["error"]
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{api.port}/metrics").read().decode()
+        metrics = get(api.port, "/metrics")[1]
         assert 'marquee_items_total{outcome="accepted"} 1' in metrics
         assert 'marquee_items_total{outcome="invalid"} 2' in metrics
         assert 'marquee_onboarding_total{outcome="accepted"} 1' in metrics
     for log in logs:
         log.close()
     with ApiServer(svc, 0, "127.0.0.1") as api:  # no --event-log: nothing can be kept
-        status, body = _post(api.port, "/v1/items", title(101))
+        status, body = post(api.port, "/v1/items", title(101))
         assert status == 503 and "--event-log" in body["error"]

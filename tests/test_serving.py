@@ -4,8 +4,6 @@ deadlines, the mismatch refusal and the HTTP API, on the models of a real pipeli
 import dataclasses
 import json
 import shutil
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pandas as pd
@@ -21,6 +19,7 @@ from serving.events import EventIngest, EventLog, EventValidator
 from serving.feature_store import EmbeddedStore
 from serving.homepage import HomepageService
 from serving.model_server import ModelServer
+from tests.http_client import get, post
 
 pytestmark = pytest.mark.slow
 
@@ -288,43 +287,25 @@ def test_index_from_another_run_is_refused(world, tmp_path):
 # ----------------------------------------------------------------------------- HTTP
 
 
-def _get(port, path):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
 def test_http_api(world):
     run, _, users, _ = world
     with ApiServer(service(world, InProcessBackend(run.serving)), port=0,
                    host="127.0.0.1") as api:
         user = _heavy_users(users)[0]
-        status, body = _get(api.port, f"/v1/users/{user}/homepage?k=5")
+        status, body = get(api.port, f"/v1/users/{user}/homepage?k=5")
         page = json.loads(body)
         assert status == 200 and page["user_id"] == user and len(page["items"]) == 5
         assert page["fallback"] is False
-        status, body = _get(api.port, "/v1/users/abc/homepage")
+        status, body = get(api.port, "/v1/users/abc/homepage")
         assert status == 400 and "user id must be an integer, got 'abc'" in body
-        status, body = _get(api.port, f"/v1/users/{user}/homepage?k=0")
+        status, body = get(api.port, f"/v1/users/{user}/homepage?k=0")
         assert status == 400 and "k must be an integer between 1 and 500" in body
-        assert _get(api.port, "/nope")[0] == 404
-        status, body = _get(api.port, "/healthz")
+        assert get(api.port, "/nope")[0] == 404
+        status, body = get(api.port, "/healthz")
         assert status == 200 and json.loads(body)["query_breaker"] == "closed"
-        status, body = _get(api.port, "/metrics")
+        status, body = get(api.port, "/metrics")
         assert "marquee_homepage_requests_total 1" in body
         assert "marquee_http_errors_total 2" in body
-
-
-def _post(port, path, body):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def test_events_update_the_homepage_and_its_cache(world, tmp_path):
@@ -336,23 +317,23 @@ def test_events_update_the_homepage_and_its_cache(world, tmp_path):
     user = _heavy_users(users)[0]
     path = f"/v1/users/{user}/homepage"
     with ApiServer(svc, port=0, host="127.0.0.1", ingest=ingest) as api:
-        first = json.loads(_get(api.port, path)[1])
-        second = json.loads(_get(api.port, path)[1])
+        first = json.loads(get(api.port, path)[1])
+        second = json.loads(get(api.port, path)[1])
         assert not first["cached"] and second["cached"]
         assert second["items"] == first["items"]
         top = first["items"][0]["item_id"]
         event = {c.USER_ID: user, c.ITEM_ID: top, c.TIMESTAMP: 1_800_000_000,
                  c.EVENT: c.EVENT_IMPRESSION, c.WATCH_SECONDS: 0, c.DEVICE: "tv", c.POSITION: 1}
-        assert _post(api.port, "/v1/events", event)[0] == 200
-        assert json.loads(_get(api.port, path)[1])["cached"]  # an impression keeps the page
-        status, _ = _post(api.port, "/v1/events", {**event, c.EVENT: c.EVENT_WATCH,
+        assert post(api.port, "/v1/events", event)[0] == 200
+        assert json.loads(get(api.port, path)[1])["cached"]  # an impression keeps the page
+        status, _ = post(api.port, "/v1/events", {**event, c.EVENT: c.EVENT_WATCH,
                                                    c.WATCH_SECONDS: 600, c.POSITION: None})
         assert status == 200
-        third = json.loads(_get(api.port, path)[1])
+        third = json.loads(get(api.port, path)[1])
         assert not third["cached"] and top not in [p["item_id"] for p in third["items"]]
-        status, body = _post(api.port, "/v1/events", {**event, c.WATCH_SECONDS: -1})
+        status, body = post(api.port, "/v1/events", {**event, c.WATCH_SECONDS: -1})
         assert status == 400 and body["problems"] == ["watch_seconds: -1 is negative"]
-        metrics = _get(api.port, "/metrics")[1]
+        metrics = get(api.port, "/metrics")[1]
     events.close()
     assert "marquee_homepage_cache_hits_total 2" in metrics
     assert 'marquee_events_total{outcome="accepted"} 2' in metrics
