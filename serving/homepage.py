@@ -502,7 +502,9 @@ class HomepageService:
                 Pick(i, self.catalogue.titles[self.catalogue.row[i]], self.fallback.score(i))
                 for i in items], fallback=True, reason=f"{type(e).__name__}: {e}",
                 timings_ms=timings, stage=page.stage, skipped=page.skipped)
+        t = self._clock()
         page.rows = self._rows(profile, timestamp, seed)
+        page.timings_ms["rows"] = (self._clock() - t) * 1000
         page.timings_ms["total"] = (self._clock() - start) * 1000
         if (version is not None and page.model_version in (None, version) and not page.fallback
                 and page.degraded is None):
