@@ -37,12 +37,15 @@ def main() -> None:
     retrieval = max((run / "Trainer" / "model").glob("*"), key=lambda p: int(p.name))
     ranker = max((run / "RankingTrainer" / "model").glob("*"), key=lambda p: int(p.name))
     data = load_split([str(examples / "Split-rank_eval" / "*")], str(retrieval / "Format-Serving"))
-    y, log_time = labels(data[f.WATCH_SECONDS])
+    # the ranker's own positive threshold (RankingConfig.min_watch_seconds), from its metadata
+    trained = json.loads((ranker / "Format-Serving" / "metadata.json").read_text())["config"]
+    threshold = trained.get("min_watch_seconds", c.WATCHED_THRESHOLD_SECONDS)
+    y, log_time = labels(data[f.WATCH_SECONDS], threshold)
     p, t = predict(str(ranker / "Format-Serving" / "ranker"), data)
     train = raw_inputs.parse_examples(
         raw_inputs.read_examples([str(examples / "Split-rank_train" / "*")]),
         (f.ITEM_ID, f.WATCH_SECONDS))
-    tw, tt = labels(train[f.WATCH_SECONDS].numpy())
+    tw, tt = labels(train[f.WATCH_SECONDS].numpy(), threshold)
     bp, _ = eval_lib.PopularityBaseline.fit(train[f.ITEM_ID].numpy(), tw, tt).predict(
         data[f.ITEM_ID])
 

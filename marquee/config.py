@@ -61,11 +61,27 @@ class RetrievalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RankingConfig:
-    # Negatives per positive (watch past 2 minutes) in the ranking examples.
+    # A watch of at least this many seconds is a ranking positive (the ``watched`` head's
+    # label); shorter watches are real negatives. The contract's default: past 2 minutes.
+    min_watch_seconds: float = 120.0
+    # Negatives per positive in the ranking examples.
     negatives_per_positive: int = 4
     # Share of those negatives drawn from the user's shown-but-not-watched impressions; the rest
     # (and any shortfall) are random catalogue items the user never watched.
     impression_negative_share: float = 0.5
+    # Random negatives are drawn with P(item) proportional to (its train-period positives + 1)
+    # to this power: 0 = uniform. Uniform negatives let the ranker score mostly by popularity,
+    # which narrows what the served blend shows; 0.5 keeps it personal (configs/movielens.yaml).
+    random_negative_popularity_exponent: float = 0.0
+    # Hard negatives added by the RankingTrainer per positive: items drawn uniformly from the
+    # retrieval model's top ``retrieval_negative_top_n`` for the positive's query that the user
+    # never watched (trainer/negatives.py), so the ranker learns to order plausible candidates,
+    # which is what it sees at serving. 0 = none.
+    retrieval_negatives_per_positive: int = 0
+    retrieval_negative_top_n: int = 100
+    # Feed the two-tower score of the pair to the ranker. On the ranker's training examples it
+    # is in-sample (the towers were fitted on the same positives), so it can be inflated there.
+    use_retrieval_score: bool = True
     embedding_dim: int = 32
     cross_layers: int = 2
     deep_layers: tuple[int, ...] = (256, 128)

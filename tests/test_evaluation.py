@@ -462,3 +462,21 @@ def test_movielens_100k_ease_beats_popularity(ml100k_split):
     assert m["ease.recall@20"] > m["popularity.recall@20"] + 0.05
     # The reference for this protocol: EASE Recall@20 about 0.21, NDCG@20 about 0.15.
     assert 0.19 < m["ease.recall@20"] < 0.23 and 0.13 < m["ease.ndcg@20"] < 0.17
+
+
+def test_blend_weight_keeps_the_exposure_bar():
+    from marquee.evaluation.stack import choose_weight
+
+    def m(ndcg, cov, gini):
+        return {"ndcg@20": ndcg, "coverage@50": cov, "gini@50": gini}
+
+    # 0.5 is the most accurate but shows too narrow a catalogue (gini 0.77 > 0.75); of the
+    # others 0.2 and 0.3 tie on ndcg: the smaller weight wins
+    results = {0.0: m(0.180, 0.62, 0.74), 0.2: m(0.184, 0.61, 0.75), 0.3: m(0.184, 0.60, 0.74),
+               0.5: m(0.186, 0.60, 0.77), 1.0: m(0.175, 0.55, 0.79)}
+    assert choose_weight(results) == (0.2, True)
+    # coverage below 0.6 disqualifies too
+    results[0.2] = m(0.184, 0.59, 0.70)
+    assert choose_weight(results) == (0.3, True)
+    # nothing meets the bar: the best by ndcg alone, flagged
+    assert choose_weight({0.0: m(0.1, 0.5, 0.8), 0.5: m(0.2, 0.5, 0.8)}) == (0.5, False)

@@ -167,3 +167,35 @@ def test_one_step_ranker_is_neither_blessed_nor_pushed(run, tmp_path):
     pushed = push_lib.push(retrieval, tmp_path / "unused", False, tmp_path / "serving", "r",
                            ranker_dir=tmp_path / "model" / "ranker", ranker_blessed=False)
     assert not pushed.pushed and not (tmp_path / "serving" / "ranker").exists()
+
+
+def test_retrieval_negatives_on_the_real_towers(run):
+    from trainer.ranking import (
+        RETRIEVAL_SCORE,
+        add_retrieval_negatives,
+        labels,
+        load_catalogue,
+        retrieval_scores,
+    )
+
+    tmp, _ = run
+    examples, retrieval, _, train = _ranking_inputs(tmp)
+    cfg = dataclasses.replace(CONFIG.ranking, retrieval_negatives_per_positive=2,
+                              retrieval_negative_top_n=20)
+    catalogue = load_catalogue([str(examples / "Split-catalogue" / "*")])
+    out = add_retrieval_negatives(train, catalogue, str(retrieval), cfg)
+    n = len(train[f.WATCH_SECONDS])
+    extra = {k: v[n:] for k, v in out.items()}
+    positives = int(labels(train[f.WATCH_SECONDS])[0].sum())
+    # 2 per positive, fewer only where the top 20 holds fewer unwatched, available items
+    assert 1.5 * positives <= len(extra[f.ITEM_ID]) <= 2 * positives
+    assert not extra[f.WATCH_SECONDS].any()
+    watched = {(u, i) for u, i, w in zip(train[f.USER_ID].tolist(), train[f.ITEM_ID].tolist(),
+                                         train[f.WATCH_SECONDS].tolist(), strict=True) if w > 0}
+    assert not watched & set(zip(extra[f.USER_ID].tolist(), extra[f.ITEM_ID].tolist(),
+                                 strict=True))
+    # the carried score is the towers' dot product of the new (query, item) pair
+    np.testing.assert_allclose(extra[RETRIEVAL_SCORE], retrieval_scores(str(retrieval), extra),
+                               rtol=1e-4, atol=1e-4)
+    again = add_retrieval_negatives(train, catalogue, str(retrieval), cfg)
+    np.testing.assert_array_equal(again[f.ITEM_ID], out[f.ITEM_ID])

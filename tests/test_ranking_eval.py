@@ -38,6 +38,9 @@ def test_labels_of_both_heads():
     watched, log_time = labels(np.array([0.0, 119.0, 120.0, 3600.0]))
     assert watched.tolist() == [0, 0, 1, 1]
     np.testing.assert_allclose(log_time, np.log1p([0, 119, 120, 3600]), rtol=1e-6)
+    # MovieLens (min_watch_seconds 0): any watch is a positive; a sampled negative (0 s) is not
+    watched, _ = labels(np.array([0.0, 24.0, 72.0, 4800.0]), 0.0)
+    assert watched.tolist() == [0, 1, 1, 1]
 
 
 def test_popularity_baseline_smoothing():

@@ -15,6 +15,7 @@ from components.contract_example_gen.example_lib import (
     RANK_EVAL,
     RANK_TRAIN,
     TRAIN,
+    negative_cdf,
     user_examples,
 )
 from marquee.config import DataConfig, RankingConfig
@@ -37,9 +38,9 @@ EVENTS = [ev(10 + k, 100 + k, c.EVENT_IMPRESSION, position=1 + k) for k in range
     ev(10, 150, c.EVENT_WATCH, 600.0, 1), ev(11, 160, c.EVENT_WATCH, 30.0, 2)]
 
 
-def run(events=EVENTS, cutoff=10**9, ranking=RankingConfig(), data=DataConfig()):
+def run(events=EVENTS, cutoff=10**9, ranking=RankingConfig(), data=DataConfig(), cdf=None):
     out = []
-    for split, ex in user_examples(USER, events, ITEMS, ITEM_IDS, cutoff, data, ranking):
+    for split, ex in user_examples(USER, events, ITEMS, ITEM_IDS, cutoff, data, ranking, cdf):
         feats = ex.features.feature
         out.append((split, feats[f.ITEM_ID].int64_list.value[0],
                     feats[f.WATCH_SECONDS].float_list.value[0],
@@ -80,6 +81,36 @@ def test_ratio_is_configurable_and_shortfall_filled_randomly():
     # only 3 never-watched impressions exist: the other 5 are random catalogue items
     assert len(negatives) == 8
     assert sum(r[1] in (12, 13, 14) for r in negatives) == 3
+
+
+def test_positive_threshold_is_configurable():
+    # with min_watch_seconds 0 (MovieLens: every rating is a positive) the 30 s watch of 11 is a
+    # positive too: 4 negatives each, and it is no longer a negative candidate for the other
+    rows = run(ranking=RankingConfig(min_watch_seconds=0.0))
+    negatives = [r for r in rows if r[0] == RANK_TRAIN and r[2] == 0.0]
+    assert len(negatives) == 8
+    assert not {r[1] for r in negatives} & {10, 11}
+    # only 12, 13, 14 were shown and never watched: 2 + 1 impressions, the rest random
+    assert sum(r[1] in (12, 13, 14) for r in negatives) == 3
+
+
+def test_negative_cdf_by_hand():
+    # items 1, 2, 3 with 0, 3, 8 positives: weights (0+1, 3+1, 8+1) ** 0.5 = 1, 2, 3 -> / 6
+    cdf = negative_cdf(np.array([1, 2, 3]), {2: 3, 3: 8}, 0.5)
+    np.testing.assert_allclose(cdf, [1 / 6, 3 / 6, 1.0])
+    assert negative_cdf(np.array([1, 2, 3]), {2: 3}, 0.0) is None  # uniform: drawn directly
+
+
+def test_random_negatives_follow_the_cdf():
+    # all the mass on item 39 (the last id) and 25: only those can be random negatives
+    weights = np.zeros(len(ITEM_IDS))
+    weights[ITEM_IDS == 25] = 1.0
+    weights[ITEM_IDS == 39] = 3.0
+    cdf = np.cumsum(weights) / weights.sum()
+    rows = run(ranking=RankingConfig(negatives_per_positive=6, impression_negative_share=0.0),
+               cdf=cdf)
+    negatives = [r[1] for r in rows if r[0] == RANK_TRAIN and r[2] == 0.0]
+    assert len(negatives) == 6 and set(negatives) <= {25, 39}
 
 
 def test_time_split_and_determinism():

@@ -161,28 +161,49 @@ def _example(user: dict, event: dict, item: dict, history: list[int], watch_seco
     return tf.train.Example(features=tf.train.Features(feature=feats))
 
 
+def is_ranking_positive(event: dict, ranking: RankingConfig) -> bool:
+    """The ranker's label rule (``trainer.ranking.labels``) on a contract event: a watch of at
+    least ``ranking.min_watch_seconds`` and more than 0 seconds."""
+    seconds = event.get(c.WATCH_SECONDS) or 0.0
+    return (event[c.EVENT] == c.EVENT_WATCH and seconds >= ranking.min_watch_seconds
+            and seconds > 0)
+
+
+def negative_cdf(item_ids: np.ndarray, positives: dict[int, int],
+                 exponent: float) -> np.ndarray | None:
+    """Cumulative distribution ``[I]`` over ``item_ids`` for the random negatives:
+    P(item) proportional to (its train-period positives + 1) ** ``exponent``; None for exponent
+    0 (uniform, drawn directly)."""
+    if exponent == 0:
+        return None
+    w = (np.array([positives.get(int(i), 0) for i in item_ids.tolist()], np.float64) + 1.0)
+    cdf = np.cumsum(w ** exponent)
+    return cdf / cdf[-1]
+
+
 def user_examples(
     user: dict, events: list[dict], items: dict, item_ids: np.ndarray, cutoff: int,
-    data: DataConfig, ranking: RankingConfig,
+    data: DataConfig, ranking: RankingConfig, item_cdf: np.ndarray | None = None,
 ) -> Iterator[tuple[str, tf.train.Example]]:
     """All examples of one user, as (split, example).
 
     Retrieval (TRAIN / EVAL): one per positive watch (``watch_seconds >= data.min_watch_seconds``)
     with the user's earlier positives as ``history``.
 
-    Ranking (RANK_TRAIN / RANK_EVAL): every watch, labelled by its watch time (a watch past
-    two minutes is a positive; a shorter one is a real negative), plus, per positive,
+    Ranking (RANK_TRAIN / RANK_EVAL): every watch, labelled by its watch time (a watch of at
+    least ``ranking.min_watch_seconds``, by default two minutes, is a positive; a shorter one is
+    a real negative), plus, per positive,
     ``ranking.negatives_per_positive`` negatives: a ``impression_negative_share`` of them from
     items shown to the user that the user never watched past two minutes (each with its own
     logged time, device and position), the rest (and any shortfall) random catalogue items the
-    user never watched, available at the positive's time, at position 0 (unknown). Sampling is
-    seeded by (ranking.seed, user id), so the examples are reproducible.
+    user never watched, available at the positive's time, at position 0 (unknown): uniform, or
+    by ``item_cdf`` (:func:`negative_cdf`) when given. Sampling is seeded by (ranking.seed, user
+    id), so the examples are reproducible.
     """
     events = sorted((e for e in events if e[c.ITEM_ID] in items),
                     key=lambda e: (e[c.TIMESTAMP], e[c.ITEM_ID], e[c.EVENT]))
     watched = [e for e in events if e[c.EVENT] == c.EVENT_WATCH]
-    positives = {e[c.ITEM_ID] for e in watched
-                 if e[c.WATCH_SECONDS] >= c.WATCHED_THRESHOLD_SECONDS}
+    positives = {e[c.ITEM_ID] for e in watched if is_ranking_positive(e, ranking)}
     ever_watched = {e[c.ITEM_ID] for e in watched}
     pool: dict[int, dict] = {}
     for e in events:
@@ -218,7 +239,7 @@ def user_examples(
                 user, w, items[item], hist, w[c.WATCH_SECONDS], w.get(c.POSITION))
         yield split_of(ts, RANK_TRAIN, RANK_EVAL), _example(
             user, w, items[item], hist, w[c.WATCH_SECONDS], w.get(c.POSITION))
-        if w[c.WATCH_SECONDS] < c.WATCHED_THRESHOLD_SECONDS:
+        if not is_ranking_positive(w, ranking):
             continue
         n_random = ratio
         for _ in range(min(n_imp, len(pool_order))):
@@ -230,7 +251,9 @@ def user_examples(
         tries = 0
         while n_random > 0 and tries < 20 * ratio:
             tries += 1
-            cand = int(item_ids[rng.integers(len(item_ids))])
+            cand = int(item_ids[rng.integers(len(item_ids)) if item_cdf is None else
+                                min(int(np.searchsorted(item_cdf, rng.random(), side="right")),
+                                    len(item_ids) - 1)])
             if cand in ever_watched or items[cand].get(c.ADDED_AT, 0) > ts:
                 continue
             n_random -= 1
@@ -246,17 +269,21 @@ class UserExamples(beam.DoFn):
         self.cutoff, self.data, self.ranking = cutoff, data, ranking
         self._ids_for = None
         self._item_ids = None
+        self._cdf = None
 
-    def process(self, element, items: dict):
+    def process(self, element, items: dict, popularity: dict | None = None):
         _, grouped = element
         users = list(grouped["user"])
         if not users:  # interactions of an unknown user: already in the rejects file
             return
-        if self._ids_for is not id(items):  # the side input's id list, built once per worker
+        if self._ids_for is not id(items):  # the side inputs' arrays, built once per worker
             self._item_ids = np.array(sorted(items), np.int64)
+            self._cdf = negative_cdf(self._item_ids, popularity or {},
+                                     self.ranking.random_negative_popularity_exponent)
             self._ids_for = id(items)
         for split, example in user_examples(users[0], list(grouped["event"]), items,
-                                            self._item_ids, self.cutoff, self.data, self.ranking):
+                                            self._item_ids, self.cutoff, self.data, self.ranking,
+                                            self._cdf):
             yield beam.pvalue.TaggedOutput(split, example)
 
 
@@ -287,11 +314,20 @@ def build_examples(
         _read(p, data_dir, c.INTERACTIONS)
         | "KeyEvents" >> beam.Map(lambda e: (e[c.USER_ID], e))
     )
+    side = {"items": beam.pvalue.AsDict(items)}
+    if config.ranking.random_negative_popularity_exponent != 0:
+        # train-period ranking positives per item: the random negatives' sampling weights
+        side["popularity"] = beam.pvalue.AsDict(
+            events
+            | "TrainPositives" >> beam.FlatMap(
+                lambda kv, r=config.ranking: [(kv[1][c.ITEM_ID], 1)]
+                if kv[1][c.TIMESTAMP] < cutoff and is_ranking_positive(kv[1], r) else [])
+            | "CountPositives" >> beam.CombinePerKey(sum))
     per_split = (
         {"user": users, "event": events}
         | "GroupByUser" >> beam.CoGroupByKey()
         | "UserExamples" >> beam.ParDo(
-            UserExamples(cutoff, config.data, config.ranking), items=beam.pvalue.AsDict(items)
+            UserExamples(cutoff, config.data, config.ranking), **side
         ).with_outputs(*USER_SPLITS)
     )
     catalogue = items | "CatalogueExamples" >> beam.Map(lambda kv: catalogue_example(kv[1]))

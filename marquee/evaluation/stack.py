@@ -7,7 +7,8 @@
 3. Score, for every user, at the time of their first test positive:
    - ``retrieval``: query tower + the ScaNN index alone (also Recall@1000);
    - ``stack``: the thin client (retrieval -> ranker -> re-ranking), what the API serves, with
-     the ranker weight chosen on a validation split carved from train (``tune_blend``);
+     the ranker weight chosen on a validation split carved from train (``tune_blend``: the best
+     NDCG@20 among weights that keep the catalogue exposure bar, ``choose_weight``);
    - ``ranker``: the same candidates ordered by the ranker alone;
    - the peers (popularity, EASE, iALS, item-kNN), fitted on the same train part.
    Lists keep only protocol candidates (catalogue items the user has no train positive for).
@@ -141,13 +142,31 @@ class StackScores:
 
 BLEND_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 TUNING_METRIC = "ndcg@20"
+# The exposure bar a chosen weight must keep on validation (issue 7's catalogue-health bar): the
+# ranker leans to popular titles, and a more accurate blend that shows a narrower catalogue is
+# not the one to serve.
+EXPOSURE_K = 50
+MIN_COVERAGE = 0.6
+MAX_GINI = 0.75
+
+
+def choose_weight(results: dict[float, dict[str, float]]) -> tuple[float, bool]:
+    """The weight with the best ``TUNING_METRIC`` (ties: the smaller weight) among those whose
+    coverage@``EXPOSURE_K`` >= ``MIN_COVERAGE`` and gini@``EXPOSURE_K`` <= ``MAX_GINI``;
+    ``results`` maps a weight to its validation metrics. Returns (weight, whether it meets the
+    exposure bar): when no weight does, the best by the metric alone."""
+    ok = [w for w, m in results.items()
+          if m[f"coverage@{EXPOSURE_K}"] >= MIN_COVERAGE and m[f"gini@{EXPOSURE_K}"] <= MAX_GINI]
+    pool = ok or list(results)
+    return max(pool, key=lambda w: (results[w][TUNING_METRIC], -w)), bool(ok)
 
 
 def tune_blend(data_dir: Path, run_dir: Path, split: Split, config: Config,
-               progress: Callable[[str], None]) -> tuple[float, dict[float, float]]:
+               progress: Callable[[str], None]) -> tuple[float, str]:
     """Chooses the ranker weight on a validation split carved from train (the test split is
     never seen): the pipeline is trained on the validation-train part, every weight of
-    ``BLEND_GRID`` scored by NDCG@20 on the validation-test part."""
+    ``BLEND_GRID`` scored on the validation-test part and chosen by :func:`choose_weight`.
+    Returns (weight, a one-line account of the choice)."""
     from marquee.evaluation.protocol import validation_split
     from pipeline.local_runner import run_dirs, run_local
 
@@ -164,12 +183,18 @@ def tune_blend(data_dir: Path, run_dir: Path, split: Split, config: Config,
         progress("tuning the ranker weight: running the pipeline on the validation-train part")
         run_local(vdata, vdir, config, progress=progress)
     scores = StackScores(vdata, run_dirs(vdir)["serving"], vsplit, config)
-    results = {w: evaluate_rankings(vsplit, lambda u, w=w: scores.recommend(u, w),
-                                    DEFAULT_KS)[TUNING_METRIC] for w in BLEND_GRID}
-    best = max(BLEND_GRID, key=lambda w: (results[w], -w))
-    progress(f"ranker weight {best} (validation {TUNING_METRIC}: "
-             + ", ".join(f"{w}: {v:.4f}" for w, v in results.items()) + ")")
-    return best, results
+    results = {w: evaluate_rankings(vsplit, lambda u, w=w: scores.recommend(u, w), DEFAULT_KS)
+               for w in BLEND_GRID}
+    best, meets = choose_weight(results)
+    cov, gini = f"coverage@{EXPOSURE_K}", f"gini@{EXPOSURE_K}"
+    account = (f"ranker weight {best}, chosen on a validation split carved from train: the best "
+               f"{TUNING_METRIC} " + ("among weights with " if meets else "(no weight reaches ")
+               + f"{cov} >= {MIN_COVERAGE} and {gini} <= {MAX_GINI}" + ("" if meets else ")")
+               + "; validation " + ", ".join(
+                   f"{w}: {m[TUNING_METRIC]:.4f} ({cov} {m[cov]:.3f}, {gini} {m[gini]:.3f})"
+                   for w, m in results.items()))
+    progress(account)
+    return best, account
 
 
 def truth_recall(recommend: Callable[[np.ndarray], np.ndarray], truth: pd.DataFrame,
@@ -225,9 +250,8 @@ def evaluate(data_dir: Path, run_dir: Path, out_dir: Path, config: Config,
     weight = config.serving.ranker_weight
     notes: list[str] = []
     if tune:
-        weight, grid = tune_blend(data_dir, run_dir, split, config, progress)
-        notes.append(f"ranker weight {weight}, chosen on a validation split carved from train "
-                     f"by {TUNING_METRIC}: " + ", ".join(f"{w}: {v:.4f}" for w, v in grid.items()))
+        weight, account = tune_blend(data_dir, run_dir, split, config, progress)
+        notes.append(account)
     stack = StackScores(train_dir, serving, split, config)
     recommenders = {"retrieval": stack.retrieval,
                     "stack": lambda u: stack.recommend(u, weight)}
