@@ -94,7 +94,7 @@ class LiveIndex:
     def contains(self, item_ids) -> np.ndarray:
         """[N] bool: which ids either index holds."""
         ids = np.asarray(item_ids, np.int64)
-        return np.isin(ids, self.main.item_ids) | np.isin(ids, self.side_ids)
+        return self.main.contains(ids) | np.isin(ids, self.side_ids)
 
     def _split(self, item_ids) -> tuple[np.ndarray, np.ndarray]:
         ids = np.asarray(item_ids, np.int64)
@@ -196,7 +196,7 @@ class FreshItems:
         with self._lock:
             cached = self._live.get(version)
             fresh = np.asarray(self.item_ids, np.int64)
-            fresh = fresh[~np.isin(fresh, main.item_ids)].tolist()
+            fresh = fresh[~main.contains(fresh)].tolist()
             if cached is not None and cached[0] is main:
                 live = cached[1]
                 if len(live.side_ids) == len(fresh):

@@ -95,12 +95,23 @@ def _best(name: str, ids: np.ndarray, scores: np.ndarray, exclude: Iterable[int]
         ids, scores = ids[finite], scores[finite]
     m = k + len(exclude)  # enough to fill k unless repeated ids take places
     if len(ids) > 4 * m:  # a big list (content over a large catalogue): sort only its head
-        threshold = np.partition(scores, len(scores) - m)[len(scores) - m]
-        head = scores >= threshold  # ties at the threshold too: the full sort's order
+        head = _head(ids, scores, m)
         out = _take_best(name, ids[head], scores[head], exclude, k)
         if len(out) == k:
             return out
     return _take_best(name, ids, scores, exclude, k)
+
+
+def _head(ids: np.ndarray, scores: np.ndarray, m: int) -> np.ndarray:
+    """Positions of the first ``m`` of a full sort by (score desc, id asc), in O(N): every score
+    above the m-th largest, then the lowest ids among those equal to it."""
+    threshold = np.partition(scores, len(scores) - m)[len(scores) - m]
+    above = np.flatnonzero(scores > threshold)
+    tied = np.flatnonzero(scores == threshold)
+    need = m - len(above)
+    if len(tied) > need:
+        tied = tied[np.argpartition(ids[tied], need - 1)[:need]] if need > 0 else tied[:0]
+    return np.concatenate([above, tied])
 
 
 def _take_best(name: str, ids: np.ndarray, scores: np.ndarray, exclude: set[int],
@@ -146,7 +157,8 @@ class CollaborativeSource:
         n = min(k + len(request.profile.watched), len(self.catalogue.item_ids))
         ids, scores = self.search(np.asarray(request.query_embedding), n)
         ids, scores = np.asarray(ids, np.int64), np.asarray(scores, np.float64)
-        known = np.isin(ids, self.catalogue.item_ids)
+        row = self.catalogue.row
+        known = np.fromiter((int(i) in row for i in ids), bool, len(ids))
         return _best(self.name, ids[known], scores[known], request.profile.watched, k)
 
 
@@ -186,7 +198,7 @@ class ContentSource:
         if recent < 1:
             raise ValueError(f"recent must be >= 1, got {recent}")
         self.catalogue, self.recent, self.name = catalogue, recent, name
-        self.vectorizer = TfidfVectorizer(analyzer=_as_is, norm="l2")
+        self.vectorizer = TfidfVectorizer(analyzer=_as_is, norm="l2", dtype=np.float32)
         docs = [item_document(catalogue, r) for r in range(len(catalogue.item_ids))]
         self.matrix = self.vectorizer.fit_transform(docs).tocsr()
         # The same matrix by column: a request reads only its profile's tokens' columns.
@@ -212,13 +224,20 @@ class ContentSource:
                 if r is not None and r < matrix.shape[0]][: self.recent]
         if _check_k(k) == 0 or not rows:
             return []
-        profile = np.asarray(matrix[rows].mean(axis=0)).ravel()
-        profile /= max(np.linalg.norm(profile), 1e-12)
-        tokens = np.flatnonzero(profile)  # scores = matrix @ profile, reading only these columns
-        scores = np.asarray(columns[:, tokens] @ profile[tokens]).ravel()
-        hit = np.flatnonzero(scores > 0)
-        return _best(self.name, self.catalogue.item_ids[hit], scores[hit],
-                     request.profile.watched, k)
+        # The profile (mean of the rows, L2-normalised) over the tokens it has, then
+        # scores = matrix @ profile reading only those tokens' columns.
+        watched = matrix[rows].tocoo()
+        tokens, at = np.unique(watched.col, return_inverse=True)
+        weights = np.bincount(at, weights=watched.data, minlength=len(tokens))
+        weights /= max(np.linalg.norm(weights), 1e-12)
+        scores = np.asarray(columns[:, tokens] @ weights).ravel()
+        ids = self.catalogue.item_ids[:len(scores)]
+        m = k + len(request.profile.watched)
+        if len(scores) > 4 * m:  # keep the best m (by score, then id) before dropping zeros
+            head = _head(ids, scores, m)
+            ids, scores = ids[head], scores[head]
+        hit = scores > 0
+        return _best(self.name, ids[hit], scores[hit], request.profile.watched, k)
 
 
 # ---------------------------------------------------------------------------- trending

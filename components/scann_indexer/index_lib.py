@@ -418,6 +418,14 @@ class RetrievalIndex:
     def num_items(self) -> int:
         return len(self.item_ids)
 
+    def contains(self, item_ids) -> np.ndarray:
+        """``item_ids [N]`` -> [N] bool: which the index holds (a binary search each)."""
+        ids = np.asarray(item_ids, np.int64).reshape(-1)
+        if not len(self._sorted_ids):
+            return np.zeros(len(ids), bool)
+        at = np.minimum(np.searchsorted(self._sorted_ids, ids), len(self._sorted_ids) - 1)
+        return self._sorted_ids[at] == ids
+
     def rows(self, item_ids) -> np.ndarray:
         """``item_ids [N]`` -> their rows [N]; ids not in the index raise KeyError naming them."""
         ids = np.asarray(item_ids, np.int64).reshape(-1)
