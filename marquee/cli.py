@@ -154,8 +154,9 @@ def pipeline_compile(out: str, image: str | None, pipeline_root: str | None,
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--no-peers", is_flag=True, help="Skip popularity, EASE, iALS and item-kNN.")
 @click.option("--tune-blend/--no-tune-blend", default=True, show_default=True,
-              help="Choose the ranker weight on a validation split carved from train (one "
-                   "more pipeline run); otherwise use serving.ranker_weight from the config.")
+              help="Choose the blend (serving.ranker_weight, item_to_item_weight, "
+                   "popularity_weight) on a validation split carved from train (one more "
+                   "pipeline run); otherwise use the config's.")
 def evaluate_cmd(data_dir: str, run_dir: str, out_dir: str, config_file: str | None,
                  no_peers: bool, tune_blend: bool) -> None:
     """Offline evaluation: the served stack, its stages and the peers, one protocol."""

@@ -176,6 +176,12 @@ class ServingConfig:
     # Weight of the ranker in the final score against the retrieval score (see
     # serving.homepage.blend); `marquee evaluate --tune-blend` chooses it on a validation split.
     ranker_weight: float = 1.0
+    # Two more signals of the final score (serving.homepage.blend), chosen with the ranker weight
+    # on a validation split by `marquee evaluate`: every candidate's item-to-item score (co-watch
+    # similarity to the last watches) is added with this weight, and its log popularity (train
+    # positives) subtracted with the next one, which keeps the catalogue exposure wide. 0 = off.
+    item_to_item_weight: float = 0.0
+    popularity_weight: float = 0.0
     # Consecutive failures that open a model's circuit breaker, and seconds before a probe.
     breaker_failures: int = 5
     breaker_reset_seconds: float = 10.0

@@ -63,6 +63,7 @@ from trainer.ranking import P_WATCH, RETRIEVAL_SCORE, WATCH_TIME_SECONDS
 log = logging.getLogger(__name__)
 
 COLLABORATIVE = "collaborative"
+ITEM_TO_ITEM, POPULARITY = "item_to_item", "popularity"  # the blend's optional signals
 # Positive watches accepted while serving that trending's refresh keeps (the oldest drop out).
 LIVE_WATCHES = 1_000_000
 # Most new titles one request's exploration step draws from (a seeded sample of them).
@@ -78,13 +79,27 @@ def _standardise(x: np.ndarray) -> np.ndarray:
     return (x - float(np.mean(x))) / sd if sd > 0 else np.zeros_like(x)
 
 
-def blend(retrieval: np.ndarray, p_watch: np.ndarray, ranker_weight: float) -> np.ndarray:
-    """Final score of N candidates [N]: ``(1 - w) * z(retrieval score) + w * z(logit(p_watch))``,
-    each standardised over this request's candidates (the two scales are not comparable).
-    ``w = 1`` ranks by the ranker alone, ``w = 0`` keeps the retrieval order."""
-    p = np.clip(p_watch.astype(np.float64), 1e-7, 1 - 1e-7)
-    return ((1 - ranker_weight) * _standardise(retrieval.astype(np.float64))
-            + ranker_weight * _standardise(np.log(p / (1 - p))))
+def blend(retrieval: np.ndarray, p_watch: np.ndarray | None, ranker_weight: float,
+          item_to_item: np.ndarray | None = None, item_to_item_weight: float = 0.0,
+          popularity: np.ndarray | None = None, popularity_weight: float = 0.0) -> np.ndarray:
+    """Final score of N candidates [N]::
+
+        (1 - w) * z(retrieval score) + w * z(logit(p_watch))
+          + w_i2i * z(item-to-item score) - w_pop * z(log(1 + popularity))
+
+    each signal standardised over this request's candidates (their scales are not comparable).
+    ``w = 1`` ranks by the ranker alone, ``w = 0`` keeps the retrieval order; without a ranker
+    (``p_watch`` None) the first two terms are z(retrieval score). A signal with weight 0 (or
+    None) does not count."""
+    final = _standardise(retrieval.astype(np.float64))
+    if p_watch is not None:
+        p = np.clip(p_watch.astype(np.float64), 1e-7, 1 - 1e-7)
+        final = (1 - ranker_weight) * final + ranker_weight * _standardise(np.log(p / (1 - p)))
+    if item_to_item is not None and item_to_item_weight:
+        final = final + item_to_item_weight * _standardise(item_to_item.astype(np.float64))
+    if popularity is not None and popularity_weight:
+        final = final - popularity_weight * _standardise(np.log1p(np.maximum(popularity, 0.0)))
+    return final
 
 
 class DeadlineExceeded(TimeoutError):
@@ -107,6 +122,8 @@ class Pick:
     retrieval_score: float | None = None
     p_watch: float | None = None
     watch_time_seconds: float | None = None
+    item_to_item: float | None = None  # the blend's item-to-item signal (when weighted)
+    popularity: float | None = None  # train positives (when the blend weighs popularity)
     sources: dict[str, float] = dataclasses.field(default_factory=dict)
     explore: bool = False
 
@@ -195,6 +212,8 @@ class HomepageService:
         need = sorted(names & {"trending", "item_to_item"})
         if config.because_you_watched > 0:
             need.append("because_you_watched rows")
+        if config.item_to_item_weight:
+            need.append("serving.item_to_item_weight")
         if need and interactions is None:
             raise ValueError(f"{', '.join(need)} need the interactions frame: pass interactions="
                              "(serving.catalogue.load_frames), or drop them from serving.sources "
@@ -215,8 +234,10 @@ class HomepageService:
             self.sources["trending"] = TrendingSource.from_interactions(
                 self._trending_base, catalogue, latest, config.trending_half_life_days)
         item_to_item = None
-        if "item_to_item" in names or config.because_you_watched > 0:
+        if ("item_to_item" in names or config.because_you_watched > 0
+                or config.item_to_item_weight):
             item_to_item = ItemToItemSource.from_interactions(interactions, catalogue)
+        self.item_to_item = item_to_item
         if "item_to_item" in names:
             self.sources["item_to_item"] = item_to_item
         self.because_you_watched = (
@@ -310,24 +331,41 @@ class HomepageService:
         return (np.asarray(emb)[0], version,
                 self.fresh.live_index(version, self.indexes.get(version)))
 
-    def _final_scores(self, page: Homepage, ids: list[int], query, emb, index: LiveIndex,
-                      start: float,
+    def _signals(self, profile: UserProfile, ids: list[int]) -> dict[str, np.ndarray]:
+        """The blend's optional signals of each candidate: item-to-item score and popularity,
+        each only when weighted."""
+        cfg, out = self.config, {}
+        if cfg.item_to_item_weight and self.item_to_item is not None:
+            out[ITEM_TO_ITEM] = self.item_to_item.score(profile.history, ids)
+        if cfg.popularity_weight:
+            out[POPULARITY] = np.array([self.fallback.score(i) for i in ids], np.float64)
+        return out
+
+    def _blend(self, retrieval: np.ndarray, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        cfg = self.config
+        return blend(retrieval, outputs.get(P_WATCH), cfg.ranker_weight,
+                     outputs.get(ITEM_TO_ITEM), cfg.item_to_item_weight,
+                     outputs.get(POPULARITY), cfg.popularity_weight)
+
+    def _final_scores(self, page: Homepage, profile: UserProfile, ids: list[int], query, emb,
+                      index: LiveIndex, start: float,
                       timings: dict) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Final scores ``[N]`` of the merged candidates and the model outputs per candidate.
 
         With a query embedding: every candidate's exact retrieval score (a title newer than the
-        index gets the request's lowest), blended with the ranker's p_watch when one is pushed,
-        else z(retrieval). Without: the merged order as a z-score. Always z-scores, so additive
-        re-rank boosts mean the same on every path."""
+        index gets the request's lowest), blended (:func:`blend`) with the ranker's p_watch when
+        one is pushed and the weighted item-to-item and popularity signals. Without: the merged
+        order as a z-score. Always z-scores, so additive re-rank boosts mean the same on every
+        path."""
         if emb is None:
             return _standardise(-np.arange(len(ids), dtype=np.float64)), {}
         known = index.contains(ids)
         retrieval = np.zeros(len(ids), np.float32)
         retrieval[known] = index.score(emb, np.asarray(ids)[known])
         retrieval[~known] = retrieval[known].min() if known.any() else 0.0
-        outputs = {RETRIEVAL_SCORE: retrieval}
+        outputs = {RETRIEVAL_SCORE: retrieval, **self._signals(profile, ids)}
         if not self.backend.has_ranker():
-            return _standardise(retrieval), outputs
+            return self._blend(retrieval, outputs), outputs
         t = self._clock()
         try:
             inputs = {key: np.repeat(v, len(ids), axis=0) for key, v in query.items()}
@@ -338,11 +376,10 @@ class HomepageService:
             self._check(start, "ranker", t, self.config.rank_deadline_ms)
             outputs.update({P_WATCH: np.asarray(out[P_WATCH]),
                             WATCH_TIME_SECONDS: np.asarray(out[WATCH_TIME_SECONDS])})
-            final = blend(retrieval, outputs[P_WATCH], self.config.ranker_weight)
         except Exception as e:  # the ranker is optional: degrade to the retrieval order
             log.warning("ranker failed, serving the retrieval order: %s", e)
             _degrade(page, f"ranker: {type(e).__name__}: {e}")
-            final = _standardise(retrieval)
+        final = self._blend(retrieval, outputs)
         timings["ranker"] = (self._clock() - t) * 1000
         return final, outputs
 
@@ -404,7 +441,8 @@ class HomepageService:
             _degrade(page, f"query tower: {type(tower_error).__name__}: {tower_error}")
 
         ids = [m.item_id for m in merged]
-        final, outputs = self._final_scores(page, ids, query, emb, index, start, timings)
+        final, outputs = self._final_scores(page, profile, ids, query, emb, index, start,
+                                            timings)
         t = self._clock()
         order = np.lexsort((np.array(ids), -final)).tolist()  # best first, ties by item id
         embeddings = None if index is None else index.embeddings_of([ids[r] for r in order])
@@ -419,7 +457,9 @@ class HomepageService:
                 x.item_id, self.catalogue.titles[self.catalogue.row[x.item_id]], float(x.score),
                 **{field: None if r is None or key not in outputs else float(outputs[key][r])
                    for field, key in (("retrieval_score", RETRIEVAL_SCORE), ("p_watch", P_WATCH),
-                                      ("watch_time_seconds", WATCH_TIME_SECONDS))},
+                                      ("watch_time_seconds", WATCH_TIME_SECONDS),
+                                      ("item_to_item", ITEM_TO_ITEM),
+                                      ("popularity", POPULARITY))},
                 sources={} if r is None else dict(merged[r].scores), explore=x.explore))
         timings["rerank"] = (self._clock() - t) * 1000
 

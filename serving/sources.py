@@ -369,16 +369,34 @@ class ItemToItemSource:
                 out.append(Candidate(int(self.catalogue.item_ids[r]), self.name, float(s)))
         return out
 
+    def _seed_scores(self, history: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(catalogue rows, summed similarity) of the neighbours of the last ``recent`` distinct
+        watches in ``history`` (most recent first)."""
+        seeds = [self.catalogue.row[i] for i in dict.fromkeys(history)
+                 if i in self.catalogue.row and self.catalogue.row[i] < len(self.neighbour_rows)
+                 ][: self.recent]
+        if not seeds:
+            return np.zeros(0, np.int64), np.zeros(0)
+        rows = self.neighbour_rows[seeds].ravel()
+        sims = self.neighbour_sims[seeds].ravel().astype(np.float64)
+        valid = rows >= 0
+        unique, at = np.unique(rows[valid], return_inverse=True)
+        return unique, np.bincount(at, weights=sims[valid], minlength=len(unique))
+
     def candidates(self, request: SourceRequest, k: int) -> list[Candidate]:
-        seeds = [self.catalogue.row[i] for i in dict.fromkeys(request.profile.history)
-                 if i in self.catalogue.row][: self.recent]
-        scores = np.zeros(len(self.catalogue.item_ids))
-        for r in seeds:
-            valid = self.neighbour_rows[r] >= 0
-            np.add.at(scores, self.neighbour_rows[r][valid], self.neighbour_sims[r][valid])
-        hit = np.flatnonzero(scores > 0)
-        return _best(self.name, self.catalogue.item_ids[hit], scores[hit],
+        rows, scores = self._seed_scores(request.profile.history)
+        hit = scores > 0
+        return _best(self.name, self.catalogue.item_ids[rows[hit]], scores[hit],
                      request.profile.watched, _check_k(k))
+
+    def score(self, history: Sequence[int], item_ids: Sequence[int]) -> np.ndarray:
+        """``[N]`` the score :meth:`candidates` gives each of ``item_ids`` for a user with
+        ``history`` (0 for a title that is no recent watch's neighbour): a ranking signal for
+        candidates of every source (``ServingConfig.item_to_item_weight``)."""
+        rows, scores = self._seed_scores(history)
+        by_row = dict(zip(rows.tolist(), scores.tolist(), strict=True))
+        row = self.catalogue.row
+        return np.array([by_row.get(row.get(int(i), -1), 0.0) for i in item_ids], np.float64)
 
 
 # ---------------------------------------------------------------------------- merge

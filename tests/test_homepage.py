@@ -216,3 +216,33 @@ def test_serving_config_reads_sources_and_rerank_from_yaml_dicts():
         from_dict({"serving": {"sources": [{"name": "trending", "quota_": 5}]}})
     with pytest.raises(ConfigError, match=r"serving.rerank\[0\]: expected a mapping"):
         from_dict({"serving": {"rerank": ["mmr"]}})
+
+
+def test_blend_adds_item_to_item_and_subtracts_popularity_hand_checked():
+    r = np.array([1.0, 0.0, -1.0])  # z = (1.2247, 0, -1.2247)
+    p = np.array([0.5, 0.5, 0.5])  # constant: its z-score is 0
+    i2i = np.array([0.0, 2.0, 4.0])  # z = (-1.2247, 0, 1.2247)
+    pop = np.expm1(np.array([3.0, 2.0, 1.0]))  # log1p -> (3, 2, 1): z = (1.2247, 0, -1.2247)
+    z = np.sqrt(1.5)
+    np.testing.assert_allclose(blend(r, p, 0.5), [0.5 * z, 0, -0.5 * z])
+    np.testing.assert_allclose(blend(r, None, 0.5, i2i, 1.0), [0, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(blend(r, p, 0.0, i2i, 0.5, pop, 0.5),
+                               [z - 0.5 * z - 0.5 * z, 0, -z + 0.5 * z + 0.5 * z], atol=1e-12)
+    np.testing.assert_allclose(blend(r, p, 0.0, i2i, 0.0, pop, 0.0), [z, 0, -z])
+
+
+def test_the_served_blend_uses_item_to_item_and_popularity(model_base):
+    svc = make(model_base, rerank=(), ranker_weight=0.5, because_you_watched=0,
+               item_to_item_weight=0.7, popularity_weight=0.4)
+    page = svc.homepage(FULL, k=7)
+    ids = [p.item_id for p in page.items]
+    i2i = svc.item_to_item.score(svc.profile(FULL)[0].history, ids)
+    assert [p.item_to_item for p in page.items] == pytest.approx(i2i.tolist())
+    assert any(x > 0 for x in i2i)  # co-watched with the user's history
+    pop = np.array([svc.fallback.score(i) for i in ids])
+    assert [p.popularity for p in page.items] == pytest.approx(pop.tolist())
+    ids_a = np.array(ids)
+    final = blend(ITEMS[ids_a - 1] @ QUERY, 1 / (1 + np.exp(-(ids_a - 6.0))), 0.5, i2i, 0.7,
+                  pop, 0.4)
+    np.testing.assert_allclose([p.score for p in page.items], final, rtol=1e-5, atol=1e-6)
+    assert list(final) == sorted(final, reverse=True)

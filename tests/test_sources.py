@@ -361,3 +361,13 @@ def test_item_to_item_matches_a_dense_numpy_reference(neighbours):
     val = np.take_along_axis(sim, top, axis=1)
     np.testing.assert_array_equal(s.neighbour_rows, np.where(val > 0, top, -1))
     np.testing.assert_allclose(s.neighbour_sims, np.where(val > 0, val, 0.0), rtol=1e-6)
+
+
+def test_item_to_item_score_matches_its_candidates():
+    s = ItemToItemSource.from_interactions(co_watches(), CATALOGUE, shrink=1.0)
+    profile = UserProfile(1, history=(2, 1), watched=frozenset({1, 2}))
+    found = s.candidates(SourceRequest.from_profile(profile, NOW), 10)
+    assert found  # items co-watched with 1 or 2
+    ids = [x.item_id for x in found] + [5]  # 5 is nobody's co-watch of 1 or 2
+    np.testing.assert_allclose(s.score(profile.history, ids),
+                               [x.score for x in found] + [0.0])

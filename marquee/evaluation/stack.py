@@ -6,9 +6,12 @@
    pipeline never sees the test split. An existing run folder with a push is reused.
 3. Score, for every user, at the time of their first test positive:
    - ``retrieval``: query tower + the ScaNN index alone (also Recall@1000);
-   - ``stack``: the thin client (retrieval -> ranker -> re-ranking), what the API serves, with
-     the ranker weight chosen on a validation split carved from train (``tune_blend``: the best
-     NDCG@20 among weights that keep the catalogue exposure bar, ``choose_weight``);
+   - ``stack``: the thin client's ranked list, what the API serves before its re-rank steps:
+     the retrieval candidates scored by ``serving.homepage.blend`` of the retrieval score, the
+     ranker's p_watch, the item-to-item score and popularity, with the :class:`Blend` chosen on
+     a validation split carved from train (``tune_blend``: the best NDCG@20 among blends that
+     keep the catalogue exposure bar, ``choose_weight``). ``bench/bench_rerank.py`` measures
+     what the re-rank steps change;
    - ``ranker``: the same candidates ordered by the ranker alone;
    - the peers (popularity, EASE, iALS, item-kNN), fitted on the same train part.
    Lists keep only protocol candidates (catalogue items the user has no train positive for).
@@ -18,6 +21,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -69,18 +73,37 @@ def _rows(lists: list[list[int]], k: int) -> np.ndarray:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Blend:
+    """The final score's weights (``serving.homepage.blend``; ServingConfig's ``ranker_weight``,
+    ``item_to_item_weight`` and ``popularity_weight``)."""
+
+    ranker: float
+    item_to_item: float = 0.0
+    popularity: float = 0.0
+
+    def __str__(self) -> str:
+        return (f"ranker_weight {self.ranker:g}, item_to_item_weight {self.item_to_item:g}, "
+                f"popularity_weight {self.popularity:g}")
+
+    @property
+    def total(self) -> float:
+        return self.ranker + self.item_to_item + self.popularity
+
+
 class StackScores:
-    """Per user, the served stack's candidates with both scores, computed once and cached:
-    ``ids`` [n], ``retrieval`` [n] and ``p_watch`` [n] (None without a pushed ranker). Blending
-    them for any ranker weight is then numpy (``serving.homepage.blend``)."""
+    """Per user, the served stack's candidates with every signal of the final score, computed
+    once and cached: ``ids`` [n], ``retrieval`` [n], ``p_watch`` [n] (None without a pushed
+    ranker), ``item_to_item`` [n] and ``popularity`` [n]. Scoring any :class:`Blend` of them is
+    then numpy (``serving.homepage.blend``, the function the API ranks with)."""
 
     def __init__(self, train_dir: Path, serving_dir: Path, split: Split, config: Config):
         from marquee.config import ServingConfig, SourceConfig
         from serving.backends import IndexStore, InProcessBackend
-        from serving.catalogue import load
+        from serving.catalogue import load_frames
         from serving.homepage import HomepageService
 
-        catalogue, self.users = load(train_dir)
+        catalogue, self.users, interactions = load_frames(train_dir)
         self.backend = InProcessBackend(serving_dir)
         indexes = IndexStore(serving_dir)
         self.index = indexes.get(self.backend.query_version)
@@ -89,12 +112,15 @@ class StackScores:
         self.service = HomepageService(
             self.backend, indexes, catalogue, self.users,
             # The two-tower stack alone, for every user: only the collaborative source (in
-            # every cold-start stage), no re-rank steps, no rows.
+            # every cold-start stage), no re-rank steps, no rows; every blend signal computed
+            # (weights 1: the order is re-blended from the signals per Blend).
             ServingConfig(k=RETRIEVAL_K, candidates=RETRIEVAL_K, deadline_ms=1e9,
                           query_deadline_ms=1e9, rank_deadline_ms=1e9,
                           history_length=config.data.history_length,
                           sources=(SourceConfig("collaborative", RETRIEVAL_K, deadline_ms=1e9),),
-                          rerank=(), because_you_watched=0))
+                          rerank=(), because_you_watched=0, item_to_item_weight=1.0,
+                          popularity_weight=1.0, cache_ttl_seconds=0),
+            interactions=interactions)
         self._cache: dict[int, tuple] = {}
 
     def _candidates(self, user: int, ids) -> list[int]:
@@ -122,51 +148,57 @@ class StackScores:
             p_watch = (np.array([p.p_watch for p in picks]) if picks and
                        picks[0].p_watch is not None else None)
             self._cache[user] = (np.array([p.item_id for p in picks], np.int64),
-                                 np.array([p.retrieval_score for p in picks]), p_watch)
+                                 np.array([p.retrieval_score for p in picks]), p_watch,
+                                 np.array([p.item_to_item for p in picks], np.float64),
+                                 np.array([p.popularity for p in picks], np.float64))
         return self._cache[user]
 
-    def recommend(self, user_ids: np.ndarray, ranker_weight: float) -> np.ndarray:
-        """The stack's lists [B, 100] for a ranker weight (1 = ranker alone)."""
+    def recommend(self, user_ids: np.ndarray, weights: Blend) -> np.ndarray:
+        """The stack's lists [B, 100] for a blend (``Blend(1.0)``: the ranker alone)."""
         from serving.homepage import blend
 
         out = []
         for u in user_ids.tolist():
-            ids, retrieval, p_watch = self.scores(u)
-            if p_watch is None or len(ids) == 0:
-                out.append(ids.tolist())
+            ids, retrieval, p_watch, i2i, pop = self.scores(u)
+            if len(ids) == 0:
+                out.append([])
                 continue
-            final = blend(retrieval, p_watch, ranker_weight)
+            final = blend(retrieval, p_watch, weights.ranker, i2i, weights.item_to_item, pop,
+                          weights.popularity)
             out.append(ids[np.lexsort((ids, -final))].tolist())
         return _rows(out, max(DEFAULT_KS))
 
 
-BLEND_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+# Blends tried on the validation split: ranker x item-to-item x popularity weights.
+BLEND_GRID = tuple(Blend(r, i, p) for r in (0.0, 0.2, 0.4) for i in (0.0, 0.15, 0.3, 0.45)
+                   for p in (0.0, 0.25, 0.5, 0.75))
 TUNING_METRIC = "ndcg@20"
-# The exposure bar a chosen weight must keep on validation (issue 7's catalogue-health bar): the
-# ranker leans to popular titles, and a more accurate blend that shows a narrower catalogue is
-# not the one to serve.
+# The exposure bar a chosen blend must keep on validation (issue 7's catalogue-health bar): the
+# ranker and the item-to-item score lean to popular titles, and a more accurate blend that shows
+# a narrower catalogue is not the one to serve.
 EXPOSURE_K = 50
 MIN_COVERAGE = 0.6
 MAX_GINI = 0.75
 
 
-def choose_weight(results: dict[float, dict[str, float]]) -> tuple[float, bool]:
-    """The weight with the best ``TUNING_METRIC`` (ties: the smaller weight) among those whose
-    coverage@``EXPOSURE_K`` >= ``MIN_COVERAGE`` and gini@``EXPOSURE_K`` <= ``MAX_GINI``;
-    ``results`` maps a weight to its validation metrics. Returns (weight, whether it meets the
-    exposure bar): when no weight does, the best by the metric alone."""
+def choose_weight(results: dict) -> tuple:
+    """The key (a ranker weight or a :class:`Blend`) with the best ``TUNING_METRIC`` (ties: the
+    smaller total weight) among those whose coverage@``EXPOSURE_K`` >= ``MIN_COVERAGE`` and
+    gini@``EXPOSURE_K`` <= ``MAX_GINI``; ``results`` maps a key to its validation metrics.
+    Returns (key, whether it meets the exposure bar): when none does, the best by the metric."""
     ok = [w for w, m in results.items()
           if m[f"coverage@{EXPOSURE_K}"] >= MIN_COVERAGE and m[f"gini@{EXPOSURE_K}"] <= MAX_GINI]
     pool = ok or list(results)
-    return max(pool, key=lambda w: (results[w][TUNING_METRIC], -w)), bool(ok)
+    total = lambda w: w.total if isinstance(w, Blend) else float(w)  # noqa: E731
+    return max(pool, key=lambda w: (results[w][TUNING_METRIC], -total(w))), bool(ok)
 
 
 def tune_blend(data_dir: Path, run_dir: Path, split: Split, config: Config,
-               progress: Callable[[str], None]) -> tuple[float, str]:
-    """Chooses the ranker weight on a validation split carved from train (the test split is
-    never seen): the pipeline is trained on the validation-train part, every weight of
-    ``BLEND_GRID`` scored on the validation-test part and chosen by :func:`choose_weight`.
-    Returns (weight, a one-line account of the choice)."""
+               progress: Callable[[str], None]) -> tuple[Blend, str]:
+    """Chooses the blend on a validation split carved from train (the test split is never
+    seen): the pipeline is trained on the validation-train part, every blend of ``BLEND_GRID``
+    scored on the validation-test part and chosen by :func:`choose_weight`. Returns (blend, a
+    one-line account of the choice)."""
     from marquee.evaluation.protocol import validation_split
     from pipeline.local_runner import run_dirs, run_local
 
@@ -180,19 +212,26 @@ def tune_blend(data_dir: Path, run_dir: Path, split: Split, config: Config,
         c.write_table(vdata, c.USERS, ds.users)
         c.write_table(vdata, c.ITEMS, ds.items)
         c.write_table(vdata, c.INTERACTIONS, inter)
-        progress("tuning the ranker weight: running the pipeline on the validation-train part")
+        progress("tuning the blend: running the pipeline on the validation-train part")
         run_local(vdata, vdir, config, progress=progress)
     scores = StackScores(vdata, run_dirs(vdir)["serving"], vsplit, config)
-    results = {w: evaluate_rankings(vsplit, lambda u, w=w: scores.recommend(u, w), DEFAULT_KS)
-               for w in BLEND_GRID}
+    grid = BLEND_GRID if scores.backend.has_ranker() else tuple(
+        dict.fromkeys(dataclasses.replace(b, ranker=0.0) for b in BLEND_GRID))
+    progress(f"tuning the blend: {len(grid)} blends on the validation split")
+    results = {b: evaluate_rankings(vsplit, lambda u, b=b: scores.recommend(u, b), DEFAULT_KS)
+               for b in grid}
     best, meets = choose_weight(results)
     cov, gini = f"coverage@{EXPOSURE_K}", f"gini@{EXPOSURE_K}"
-    account = (f"ranker weight {best}, chosen on a validation split carved from train: the best "
-               f"{TUNING_METRIC} " + ("among weights with " if meets else "(no weight reaches ")
+    top = sorted(results, key=lambda b: -results[b][TUNING_METRIC])[:5]
+    account = (f"blend {best}, chosen on a validation split carved from train: the best "
+               f"{TUNING_METRIC} " + ("among blends with " if meets else "(no blend reaches ")
                + f"{cov} >= {MIN_COVERAGE} and {gini} <= {MAX_GINI}" + ("" if meets else ")")
-               + "; validation " + ", ".join(
-                   f"{w}: {m[TUNING_METRIC]:.4f} ({cov} {m[cov]:.3f}, {gini} {m[gini]:.3f})"
-                   for w, m in results.items()))
+               + f"; validation {TUNING_METRIC} of the chosen "
+               + f"{results[best][TUNING_METRIC]:.4f} ({cov} {results[best][cov]:.3f}, {gini} "
+               + f"{results[best][gini]:.3f}), of retrieval alone "
+               + f"{results[Blend(0.0)][TUNING_METRIC]:.4f}; the 5 most accurate: " + "; ".join(
+                   f"[{b}] {results[b][TUNING_METRIC]:.4f} ({cov} {results[b][cov]:.3f}, "
+                   f"{gini} {results[b][gini]:.3f})" for b in top))
     progress(account)
     return best, account
 
@@ -247,16 +286,19 @@ def evaluate(data_dir: Path, run_dir: Path, out_dir: Path, config: Config,
         progress("running the pipeline on the train part only")
         run_local(train_dir, run_dir, config, progress=progress)
     metrics: dict[str, float] = {}
-    weight = config.serving.ranker_weight
+    sc = config.serving
+    weights = Blend(sc.ranker_weight, sc.item_to_item_weight, sc.popularity_weight)
     notes: list[str] = []
     if tune:
-        weight, account = tune_blend(data_dir, run_dir, split, config, progress)
+        weights, account = tune_blend(data_dir, run_dir, split, config, progress)
         notes.append(account)
+    else:
+        notes.append(f"blend {weights} (the config's serving section)")
     stack = StackScores(train_dir, serving, split, config)
     recommenders = {"retrieval": stack.retrieval,
-                    "stack": lambda u: stack.recommend(u, weight)}
+                    "stack": lambda u: stack.recommend(u, weights)}
     if stack.backend.has_ranker():
-        recommenders["ranker"] = lambda u: stack.recommend(u, 1.0)
+        recommenders["ranker"] = lambda u: stack.recommend(u, Blend(1.0))
     else:
         notes.append("no ranker was pushed (the RankingEvaluator did not bless it): the stack "
                      "serves the retrieval order, and there is no 'ranker' row")
