@@ -211,20 +211,27 @@ def model_server(model_base: str | None, model_config_file: str | None, port: in
               "is down. Without it: the embedded store only.")
 @click.option("--event-log", type=click.Path(file_okay=False),
               help="Dataset folder whose interactions/ accepted events are appended to as "
-                   "Parquet part files; without it POST /v1/events answers 503.")
+                   "Parquet part files (and items/, onboarding.jsonl); without it the POST "
+                   "routes answer 503.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="The pipeline's config: its serving section, and data.min_watch_seconds "
+                   "(what a positive watch is in the histories).")
 def serve_api(data_dir: str, model_base: str, tf_serving: str | None, port: int,
-              host: str, redis_url: str | None, event_log: str | None) -> None:
+              host: str, redis_url: str | None, event_log: str | None,
+              config_file: str | None) -> None:
     """The homepage HTTP API: GET /v1/users/{id}/homepage, POST /v1/events, /healthz,
     /metrics."""
     import logging
 
+    from marquee.config import ConfigError, load_config
     from serving.app import serve
     from serving.feature_store import StoreUnavailable
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        serve(data_dir, model_base, tf_serving, port, host, redis_url, event_log)
-    except (StoreUnavailable, ContractError) as e:  # start-up: Redis down, event log folder
+        serve(data_dir, model_base, tf_serving, port, host, redis_url, event_log,
+              load_config(config_file))
+    except (StoreUnavailable, ContractError, ConfigError) as e:  # start-up: Redis, log, config
         raise click.ClickException(str(e)) from e
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from marquee.config import ServingConfig
+from marquee.config import Config, ServingConfig
+from marquee.data import contract as c
 from serving.backends import GrpcBackend, IndexStore, InProcessBackend
 from serving.catalogue import load_frames
 from serving.feature_store import EmbeddedStore, FeatureStore, RedisStore
@@ -49,8 +50,11 @@ def make_store(redis_url: str | None, config: ServingConfig = ServingConfig()) -
 
 def build_service(data_dir: str | Path, model_base: str | Path, tf_serving: str | None = None,
                   config: ServingConfig = ServingConfig(),
-                  store: FeatureStore | None = None) -> HomepageService:
-    catalogue, users, interactions = load_frames(data_dir)
+                  store: FeatureStore | None = None,
+                  min_watch_seconds: float = c.WATCHED_THRESHOLD_SECONDS) -> HomepageService:
+    """``min_watch_seconds``: the pipeline's ``data.min_watch_seconds`` (what a positive watch
+    is in the users' histories and the co-watch sources)."""
+    catalogue, users, interactions = load_frames(data_dir, min_watch_seconds)
     indexes = IndexStore(model_base)
     if tf_serving:
         backend = GrpcBackend(tf_serving, model_base)
@@ -62,7 +66,8 @@ def build_service(data_dir: str | Path, model_base: str | Path, tf_serving: str 
             backend = UnavailableBackend(f"no model loaded from {model_base}: {e}")
     popularity = indexes.popularity() or users.popularity()
     service = HomepageService(backend, indexes, catalogue, users, config, popularity=popularity,
-                              interactions=interactions, store=store)
+                              interactions=interactions, store=store,
+                              min_watch_seconds=min_watch_seconds)
     try:
         service.warm_up()
     except Exception as e:  # a backend that is down now may be up later: the breaker handles it
@@ -100,10 +105,12 @@ def attach_logs(service: HomepageService, event_log: str | Path) -> tuple:
 
 def serve(data_dir: str | Path, model_base: str | Path, tf_serving: str | None, port: int,
           host: str = "0.0.0.0", redis_url: str | None = None,
-          event_log: str | Path | None = None) -> None:
+          event_log: str | Path | None = None, config: Config = Config()) -> None:
     from serving.api import ApiServer
 
-    service = build_service(data_dir, model_base, tf_serving, store=make_store(redis_url))
+    service = build_service(data_dir, model_base, tf_serving, config.serving,
+                            make_store(redis_url, config.serving),
+                            config.data.min_watch_seconds)
     ingest, onboarding, logs = attach_logs(service, event_log) if event_log else (None, None, [])
     service.start_refresh()
     server = ApiServer(service, port, host, ingest=ingest, onboarding=onboarding)

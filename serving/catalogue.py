@@ -175,16 +175,21 @@ class UserStore:
         return sorted(self._profiles)
 
 
-def load_frames(data_dir: str | Path) -> tuple[Catalogue, UserStore, pd.DataFrame]:
-    """:func:`load` plus the validated interactions frame (trending and item-to-item sources)."""
+def load_frames(data_dir: str | Path,
+                min_watch_seconds: float = c.WATCHED_THRESHOLD_SECONDS
+                ) -> tuple[Catalogue, UserStore, pd.DataFrame]:
+    """:func:`load` plus the validated interactions frame (trending and item-to-item sources).
+    ``min_watch_seconds``: a watch this long is a positive of the users' histories; pass the
+    pipeline's ``data.min_watch_seconds`` (MovieLens: 0), so the query tower sees the history it
+    was trained with."""
     from marquee.data.validate import load_dataset
 
     # The dataset may be mounted read-only in production: rejected rows go to a temp file;
     # over the limit, start-up fails with the validator's summary.
     rejects = Path(tempfile.gettempdir()) / f"marquee-serving-rejects-{os.getpid()}.csv"
     ds = load_dataset(data_dir, rejects_path=rejects)
-    return (Catalogue.from_frame(ds.items), UserStore.from_frames(ds.users, ds.interactions),
-            ds.interactions)
+    return (Catalogue.from_frame(ds.items),
+            UserStore.from_frames(ds.users, ds.interactions, min_watch_seconds), ds.interactions)
 
 
 def load(data_dir: str | Path) -> tuple[Catalogue, UserStore]:

@@ -186,15 +186,17 @@ class HomepageService:
     """``interactions`` (the validated interactions frame, :func:`serving.catalogue.load_frames`)
     is needed by the trending and item-to-item sources and the "Because you watched" rows; a
     config using them without it fails here, at start-up, as does any bad source or re-rank
-    config. Trending is computed as of the last interaction (``TrendingSource.refresh`` renews
-    it)."""
+    config. ``min_watch_seconds``: a watch this long is a positive for those sources (pass the
+    pipeline's ``data.min_watch_seconds``, as to :func:`serving.catalogue.load_frames`).
+    Trending is computed as of the last interaction (``refresh_trending`` renews it)."""
 
     def __init__(self, backend: ModelBackend, indexes: IndexStore, catalogue: Catalogue,
                  users: UserStore, config: ServingConfig = ServingConfig(),
                  popularity: dict[int, float] | None = None,
                  clock: Callable[[], float] = time.perf_counter,
                  now: Callable[[], float] = time.time,
-                 interactions: pd.DataFrame | None = None, store: FeatureStore | None = None):
+                 interactions: pd.DataFrame | None = None, store: FeatureStore | None = None,
+                 min_watch_seconds: float = c.WATCHED_THRESHOLD_SECONDS):
         self.backend, self.indexes, self.catalogue, self.users = backend, indexes, catalogue, users
         self.config = config
         # Online features and the page cache; it must answer when its backend is down
@@ -204,6 +206,7 @@ class HomepageService:
         self.query_breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_seconds)
         self.rank_breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_seconds)
         self._clock, self._now = clock, now
+        self.min_watch_seconds = min_watch_seconds
         self.thresholds = ColdStartThresholds(config.light_from, config.full_from)
         self.rerank = _rerank_pipeline(config)
         self.filters = RerankPipeline(tuple(s for s in self.rerank.steps if s.is_filter))
@@ -232,11 +235,13 @@ class HomepageService:
             watches = interactions[interactions[c.EVENT] == c.EVENT_WATCH]
             self._trending_base = watches[watches[c.TIMESTAMP] >= latest - window]
             self.sources["trending"] = TrendingSource.from_interactions(
-                self._trending_base, catalogue, latest, config.trending_half_life_days)
+                self._trending_base, catalogue, latest, config.trending_half_life_days,
+                min_watch_seconds=min_watch_seconds)
         item_to_item = None
         if ("item_to_item" in names or config.because_you_watched > 0
                 or config.item_to_item_weight):
-            item_to_item = ItemToItemSource.from_interactions(interactions, catalogue)
+            item_to_item = ItemToItemSource.from_interactions(
+                interactions, catalogue, min_watch_seconds=min_watch_seconds)
         self.item_to_item = item_to_item
         if "item_to_item" in names:
             self.sources["item_to_item"] = item_to_item
@@ -276,7 +281,7 @@ class HomepageService:
     def observe(self, event: Event) -> None:
         """An accepted event (``EventIngest``'s ``on_accept``): positive watches feed trending's
         next refresh."""
-        if event.is_positive:
+        if event.is_watch and event.watch_seconds >= self.min_watch_seconds:
             self._live_watches.append(event)
 
     def refresh_trending(self, now: int | None = None) -> None:

@@ -103,7 +103,8 @@ class StackScores:
         from serving.catalogue import load_frames
         from serving.homepage import HomepageService
 
-        catalogue, self.users, interactions = load_frames(train_dir)
+        catalogue, self.users, interactions = load_frames(train_dir,
+                                                          config.data.min_watch_seconds)
         self.backend = InProcessBackend(serving_dir)
         indexes = IndexStore(serving_dir)
         self.index = indexes.get(self.backend.query_version)
@@ -120,7 +121,7 @@ class StackScores:
                           sources=(SourceConfig("collaborative", RETRIEVAL_K, deadline_ms=1e9),),
                           rerank=(), because_you_watched=0, item_to_item_weight=1.0,
                           popularity_weight=1.0, cache_ttl_seconds=0),
-            interactions=interactions)
+            interactions=interactions, min_watch_seconds=config.data.min_watch_seconds)
         self._cache: dict[int, tuple] = {}
 
     def _candidates(self, user: int, ids) -> list[int]:
