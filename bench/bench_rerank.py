@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 import marquee  # noqa: F401
-from marquee.config import ServingConfig, load_config
+from marquee.config import load_config
 from marquee.data import contract as c
 from marquee.data.validate import load_dataset
 from marquee.evaluation.protocol import NO_ITEM, evaluate_rankings, leave_last_out
@@ -66,9 +66,10 @@ def main() -> None:
     ap.add_argument("--config", help="the config the run used (for its serving section)")
     args = ap.parse_args()
     run = Path(args.run)
-    config = load_config(args.config).serving if args.config else ServingConfig()
+    full = load_config(args.config)  # the defaults without --config
+    config, min_watch = full.serving, full.data.min_watch_seconds
     split = leave_last_out(load_dataset(args.data).interactions)
-    catalogue, users, interactions = load_frames(run / "train-data")
+    catalogue, users, interactions = load_frames(run / "train-data", min_watch)
     first = split.test.groupby(c.USER_ID)[c.TIMESTAMP].min().to_dict()
     allowed = set(split.catalogue.tolist())
     filters = tuple(s for s in config.rerank if s["step"] in ("exclude_watched", "maturity"))
@@ -80,7 +81,7 @@ def main() -> None:
                                                 for s in cfg.sources), **GENEROUS)
         base = run / "serving"
         svc = HomepageService(InProcessBackend(base), IndexStore(base), catalogue, users, cfg,
-                              interactions=interactions)
+                              interactions=interactions, min_watch_seconds=min_watch)
         t = time.perf_counter()
         pages: dict[int, list[int]] = {}
 
