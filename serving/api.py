@@ -178,7 +178,10 @@ def make_handler(service: HomepageService, metrics: Metrics, ingest: EventIngest
             else:
                 return self._send(404, {"error": f"no route POST {self.path}; try {EVENTS}, "
                                                  f"{ITEMS} or /v1/users/{{user_id}}/onboarding"})
-            if ingest is None:
+            logged = {"events": ingest is not None, "items": service.fresh.items_log is not None,
+                      "onboarding": onboarding_ingest is not None
+                      and onboarding_ingest.log is not None}
+            if not logged[route]:  # what is accepted must also be kept for the next run
                 metrics.count_event("unavailable", route)
                 return self._send(503, {"error": f"this server does not accept {route}: start "
                                                  "`marquee serve` with --event-log DIR"})

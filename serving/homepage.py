@@ -323,6 +323,14 @@ class HomepageService:
         content = self.sources.get("content")
         if isinstance(content, ContentSource):
             content.add_rows(rows)
+        # Embed them now for the pushed version, so no request waits for it (a version that
+        # this backend cannot embed yet is done by the first request that uses it).
+        version = getattr(self.backend, "query_version", None) or self.indexes.latest_version()
+        if version is not None:
+            try:
+                self.fresh.live_index(version, self.indexes.get(version))
+            except Exception as e:  # serving goes on; the next request tries again
+                log.warning("new titles not embedded yet for version %s: %s", version, e)
 
     def _query_tower(self, query: dict, start: float, timings: dict):
         """-> (embedding [dim], model version, LiveIndex of that version: the pushed index plus

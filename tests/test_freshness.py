@@ -283,6 +283,8 @@ def test_titles_and_quiz_answers_over_http(model_base, tmp_path):
         assert 'marquee_onboarding_total{outcome="accepted"} 1' in metrics
     for log in logs:
         log.close()
-    with ApiServer(svc, 0, "127.0.0.1") as api:  # no --event-log: nothing can be kept
-        status, body = post(api.port, "/v1/items", title(101))
-        assert status == 503 and "--event-log" in body["error"]
+    with ApiServer(make(model_base, FreshBackend()), 0, "127.0.0.1") as api:  # no --event-log
+        for path, body in (("/v1/items", title(101)), ("/v1/events", {}),
+                           ("/v1/users/5/onboarding", {"genres": ["drama", "scifi", "comedy"]})):
+            status, answer = post(api.port, path, body)
+            assert status == 503 and "--event-log" in answer["error"], path
