@@ -9,12 +9,28 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
+from components.model_pusher import push_lib
 from components.model_pusher.push_lib import CANDIDATE_TOWER, QUERY_TOWER, RETRIEVAL_INDEX
+from components.ranking_evaluator.executor import evaluate
 from marquee.config import EvaluatorConfig
 from marquee.data import contract as c
 from serving.backends import IndexStore, InProcessBackend
 from serving.retrieval import ModelMismatch, QueryFeatures, query_inputs
 from trainer import features as f
+from trainer.ranking import (
+    LOG_WATCH_TIME,
+    P_WATCH,
+    RAW_KEYS,
+    RETRIEVAL_SCORE,
+    WATCHED_LOGIT,
+    add_retrieval_negatives,
+    export_ranker,
+    labels,
+    load_catalogue,
+    load_split,
+    retrieval_scores,
+    train_ranker,
+)
 from trainer.retrieval import LIST_PAD
 
 from .conftest import E2E_CONFIG as CONFIG
@@ -105,7 +121,6 @@ def test_feature_keys_cover_the_signatures():
 
 
 def _ranking_inputs(tmp):
-    from trainer.ranking import load_split
 
     examples = next((tmp / "run" / "tfx" / "ContractExampleGen" / "examples").glob("*"))
     retrieval = next((tmp / "run" / "tfx" / "Trainer" / "model").glob("*/Format-Serving"))
@@ -115,15 +130,6 @@ def _ranking_inputs(tmp):
 
 
 def test_ranker_losses_and_position_tower_dropped_at_serving(run, tmp_path):
-    from trainer.ranking import (
-        LOG_WATCH_TIME,
-        P_WATCH,
-        RAW_KEYS,
-        RETRIEVAL_SCORE,
-        WATCHED_LOGIT,
-        export_ranker,
-        train_ranker,
-    )
 
     tmp, _ = run
     _, _, transform, train = _ranking_inputs(tmp)
@@ -151,9 +157,6 @@ def test_ranker_losses_and_position_tower_dropped_at_serving(run, tmp_path):
 
 
 def test_one_step_ranker_is_neither_blessed_nor_pushed(run, tmp_path):
-    from components.model_pusher import push_lib
-    from components.ranking_evaluator.executor import evaluate
-    from trainer.ranking import export_ranker, train_ranker
 
     tmp, _ = run
     examples, retrieval, transform, train = _ranking_inputs(tmp)
@@ -170,13 +173,6 @@ def test_one_step_ranker_is_neither_blessed_nor_pushed(run, tmp_path):
 
 
 def test_retrieval_negatives_on_the_real_towers(run):
-    from trainer.ranking import (
-        RETRIEVAL_SCORE,
-        add_retrieval_negatives,
-        labels,
-        load_catalogue,
-        retrieval_scores,
-    )
 
     tmp, _ = run
     examples, retrieval, _, train = _ranking_inputs(tmp)
