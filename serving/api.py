@@ -10,11 +10,17 @@
     POST /v1/items                            -> a new title (an items row, docs/data.md;
                                                  added_at defaults to now): 200 logged, in the
                                                  catalogue and retrievable; 409 id taken
+    POST /v1/users                            -> a signup (a users row, docs/data.md; signup_at
+                                                 defaults to now): 200 logged and known, so its
+                                                 events are accepted and its profile served;
+                                                 409 id taken
     The POST routes need ``marquee serve --event-log DIR`` (else 503): what they accept is
-    appended to DIR (interactions/, items/, onboarding.jsonl) for the next pipeline run.
+    appended to DIR (interactions/, items/, users/, onboarding.jsonl) for the next pipeline run;
+    a title or user that could not be logged is a 503 and is not added.
     GET /healthz                              -> backend, breakers, model version
     GET /metrics                              -> Prometheus text: requests, fallbacks, latency,
-                                                 cache hits, events, feature store
+                                                 cache hits, events and writes (by outcome),
+                                                 feature store
 
 Bad input (a non-integer user id or k) is a 400 that says what was expected and what arrived.
 """
@@ -33,14 +39,16 @@ import numpy as np
 from serving.cold_start import OnboardingIngest
 from serving.events import EventIngest, EventLogError, InvalidEvent
 from serving.feature_store import FeatureStore, StoreUnavailable
-from serving.freshness import InvalidItem
 from serving.homepage import HomepageService
+from serving.signup import SignupIngest
 
 log = logging.getLogger(__name__)
 HOMEPAGE = re.compile(r"^/v1/users/([^/]+)/homepage/?$")
 ONBOARDING = re.compile(r"^/v1/users/([^/]+)/onboarding/?$")
 EVENTS = "/v1/events"
 ITEMS = "/v1/items"
+USERS = "/v1/users"
+WRITE_ROUTES = ("onboarding", "items", "users")  # counted as marquee_<route>_total
 MAX_EVENT_BYTES = 64 * 1024
 
 
@@ -52,7 +60,7 @@ class Metrics:
         self.store = store
         self.cache_hits = 0
         self.events = {"accepted": 0, "invalid": 0, "unavailable": 0}
-        self.writes = {(route, outcome): 0 for route in ("onboarding", "items")
+        self.writes = {(route, outcome): 0 for route in WRITE_ROUTES
                        for outcome in ("accepted", "invalid", "unavailable")}
         self.requests = 0
         self.fallbacks: dict[str, int] = {}
@@ -97,7 +105,7 @@ class Metrics:
                       "# TYPE marquee_events_total counter"]
             lines += [f'marquee_events_total{{outcome="{k}"}} {v}'
                       for k, v in sorted(self.events.items())]
-            for route in ("onboarding", "items"):
+            for route in WRITE_ROUTES:
                 lines.append(f"# TYPE marquee_{route}_total counter")
                 lines += [f'marquee_{route}_total{{outcome="{o}"}} {v}'
                           for (r, o), v in sorted(self.writes.items()) if r == route]
@@ -111,7 +119,8 @@ class Metrics:
 
 
 def make_handler(service: HomepageService, metrics: Metrics, ingest: EventIngest | None = None,
-                 onboarding_ingest: OnboardingIngest | None = None):
+                 onboarding_ingest: OnboardingIngest | None = None,
+                 signup: SignupIngest | None = None):
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, fmt, *args):  # access log through logging, not stderr spam
             log.debug("%s " + fmt, self.address_string(), *args)
@@ -171,14 +180,18 @@ def make_handler(service: HomepageService, metrics: Metrics, ingest: EventIngest
                 route = "events"
             elif path == ITEMS:
                 route = "items"
+            elif path == USERS:
+                route = "users"
             elif onboarding:
                 route = "onboarding"
                 if not re.fullmatch(r"-?\d+", onboarding.group(1)):
                     return self._bad(f"user id must be an integer, got {onboarding.group(1)!r}")
             else:
                 return self._send(404, {"error": f"no route POST {self.path}; try {EVENTS}, "
-                                                 f"{ITEMS} or /v1/users/{{user_id}}/onboarding"})
+                                                 f"{ITEMS}, {USERS} or "
+                                                 "/v1/users/{user_id}/onboarding"})
             logged = {"events": ingest is not None, "items": service.fresh.items_log is not None,
+                      "users": signup is not None and signup.log is not None,
                       "onboarding": onboarding_ingest is not None
                       and onboarding_ingest.log is not None}
             if not logged[route]:  # what is accepted must also be kept for the next run
@@ -196,12 +209,14 @@ def make_handler(service: HomepageService, metrics: Metrics, ingest: EventIngest
                 elif route == "items":
                     row = service.fresh.add(body).iloc[0]
                     accepted = {"item": json.loads(row.to_json())}
+                elif route == "users":
+                    accepted = {"user": signup.accept(body)}
                 else:
                     accepted = {"onboarding": onboarding_ingest.accept(
                         int(onboarding.group(1)), body).to_json()}
             except InvalidEvent as e:
                 metrics.count_event("invalid", route)
-                status = 409 if isinstance(e, InvalidItem) and e.duplicate else 400
+                status = 409 if e.duplicate else 400
                 return self._send(status, {"error": str(e), "problems": e.problems})
             except (StoreUnavailable, EventLogError) as e:
                 log.error("%s not recorded: %s", route, e)
@@ -217,14 +232,16 @@ class ApiServer:
     """The HTTP server on a port (0 = any free one), started in a background thread."""
 
     def __init__(self, service: HomepageService, port: int = 8080, host: str = "0.0.0.0",
-                 ingest: EventIngest | None = None, onboarding: OnboardingIngest | None = None):
-        """``ingest``: the events path; without it every POST route answers 503. Onboarding
-        answers go through ``onboarding`` (default: to the store, not logged)."""
+                 ingest: EventIngest | None = None, onboarding: OnboardingIngest | None = None,
+                 signup: SignupIngest | None = None):
+        """``ingest``, ``signup``: the events and signup paths (``serving.app.attach_logs``);
+        without one its route answers 503, as do titles without an items log. Onboarding
+        answers go through ``onboarding`` (default: to the store, not logged, so 503)."""
         self.metrics = Metrics(store=service.store)
         onboarding = onboarding or OnboardingIngest(service.store, service.catalogue,
                                                     service.config.onboarding_genres)
         self.httpd = ThreadingHTTPServer(
-            (host, port), make_handler(service, self.metrics, ingest, onboarding))
+            (host, port), make_handler(service, self.metrics, ingest, onboarding, signup))
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self._thread: threading.Thread | None = None

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import NamedTuple
+
+import pandas as pd
 
 from marquee.config import Config, ServingConfig
 from marquee.data import contract as c
 from serving.backends import GrpcBackend, IndexStore, InProcessBackend
 from serving.catalogue import load_frames
+from serving.cold_start import OnboardingIngest, OnboardingLog
+from serving.events import EventIngest, EventLog, EventValidator
 from serving.feature_store import EmbeddedStore, FeatureStore, RedisStore
 from serving.homepage import HomepageService
 from serving.resilient_store import ResilientStore
+from serving.signup import SignupIngest
 
 log = logging.getLogger(__name__)
 
@@ -75,24 +81,40 @@ def build_service(data_dir: str | Path, model_base: str | Path, tf_serving: str 
     return service
 
 
-def attach_logs(service: HomepageService, event_log: str | Path) -> tuple:
+class WritePaths(NamedTuple):
+    """What ``marquee serve --event-log DIR`` accepts through (None: the route answers 503),
+    and the logs to close on exit."""
+
+    ingest: EventIngest | None
+    onboarding: OnboardingIngest | None
+    signup: SignupIngest | None
+    logs: list[EventLog]
+
+
+def _logged(folder: Path) -> pd.DataFrame | None:
+    files = sorted(folder.glob("*.parquet"))
+    return pd.concat([pd.read_parquet(f) for f in files]) if files else None
+
+
+def attach_logs(service: HomepageService, event_log: str | Path) -> WritePaths:
     """The write paths of ``marquee serve --event-log DIR``: events to ``DIR/interactions/``,
-    titles to ``DIR/items/`` (one part file each: durable at once), quiz answers to
-    ``DIR/onboarding.jsonl``. Titles and answers logged by an earlier run are put back first.
-    Returns (EventIngest, OnboardingIngest, [logs to close])."""
-    import pandas as pd
-
-    from marquee.data import contract as c
-    from serving.cold_start import OnboardingIngest, OnboardingLog
-    from serving.events import EventIngest, EventLog, EventValidator
-
+    titles to ``DIR/items/`` and signups to ``DIR/users/`` (one part file each: durable at
+    once), quiz answers to ``DIR/onboarding.jsonl``. Titles, users and answers logged by an
+    earlier run are put back first."""
+    event_log = Path(event_log)
     events = EventLog(event_log)
     items = EventLog(event_log, flush_rows=1, rows_per_file=1, table=c.ITEMS)
-    logged = sorted((Path(event_log) / c.ITEMS).glob("*.parquet"))
-    if logged:
-        n = service.fresh.replay(pd.concat([pd.read_parquet(f) for f in logged]))
-        log.info("put back %d title(s) added by earlier runs (%s)", n, Path(event_log) / c.ITEMS)
+    logged = _logged(event_log / c.ITEMS)
+    if logged is not None:
+        n = service.fresh.replay(logged)
+        log.info("put back %d title(s) added by earlier runs (%s)", n, items.folder)
     service.fresh.items_log = items
+    users = EventLog(event_log, flush_rows=1, rows_per_file=1, table=c.USERS)
+    signup = SignupIngest(service.users, service.store, service.catalogue, users)
+    logged = _logged(users.folder)
+    if logged is not None:
+        n = signup.replay(logged)
+        log.info("put back %d user(s) signed up in earlier runs (%s)", n, users.folder)
     onboarding = OnboardingIngest(service.store, service.catalogue,
                                   service.config.onboarding_genres, OnboardingLog(event_log))
     n = onboarding.replay()
@@ -100,7 +122,7 @@ def attach_logs(service: HomepageService, event_log: str | Path) -> tuple:
         log.info("put back %d onboarding answer(s) from %s", n, onboarding.log.path)
     ingest = EventIngest(EventValidator(service.users, service.catalogue.row), service.store,
                          events, on_accept=service.observe)
-    return ingest, onboarding, [events, items]
+    return WritePaths(ingest, onboarding, signup, [events, items, users])
 
 
 def serve(data_dir: str | Path, model_base: str | Path, tf_serving: str | None, port: int,
@@ -111,9 +133,10 @@ def serve(data_dir: str | Path, model_base: str | Path, tf_serving: str | None, 
     service = build_service(data_dir, model_base, tf_serving, config.serving,
                             make_store(redis_url, config.serving),
                             config.data.min_watch_seconds)
-    ingest, onboarding, logs = attach_logs(service, event_log) if event_log else (None, None, [])
+    writes = attach_logs(service, event_log) if event_log else WritePaths(None, None, None, [])
     service.start_refresh()
-    server = ApiServer(service, port, host, ingest=ingest, onboarding=onboarding)
+    server = ApiServer(service, port, host, ingest=writes.ingest, onboarding=writes.onboarding,
+                       signup=writes.signup)
     log.info("homepage API on %s:%d (backend %s, features %s, events %s)", host, server.port,
              service.backend.name, redis_url or "embedded", event_log or "not accepted")
     try:
@@ -123,6 +146,6 @@ def serve(data_dir: str | Path, model_base: str | Path, tf_serving: str | None, 
     finally:
         server.httpd.server_close()
         service.stop()
-        for x in logs:
+        for x in writes.logs:
             x.close()
         service.store.close()

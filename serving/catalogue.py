@@ -128,12 +128,18 @@ class UserProfile:
 
 
 class UserStore:
-    """In-process profiles and watch histories (the embedded default feature store)."""
+    """In-process profiles and watch histories (the embedded default feature store).
+
+    ``add`` (a signup while serving, ``serving/signup.py``) may run while requests read: readers
+    take no lock. A profile is immutable, is stored under its id by one dict assignment (atomic
+    in CPython) and is never replaced or removed, so ``in`` and ``get`` see a user either not at
+    all or whole. Writers serialise on a lock, and ``user_ids`` copies the ids under it."""
 
     def __init__(self, profiles: dict[int, UserProfile],
                  popularity: dict[int, float] | None = None):
         self._profiles = profiles
         self._popularity = popularity or {}
+        self._lock = threading.Lock()
 
     def popularity(self) -> dict[int, float]:
         """Positive watches per item in the loaded data (the fallback's last resort)."""
@@ -148,21 +154,24 @@ class UserStore:
         hist = positives.groupby(c.USER_ID)[c.ITEM_ID].apply(list).to_dict()
         seen = watches.groupby(c.USER_ID)[c.ITEM_ID].apply(frozenset).to_dict()
         device = watches.groupby(c.USER_ID)[c.DEVICE].first().to_dict()
-        profiles = {}
-        for u in users.itertuples(index=False):
-            uid = int(getattr(u, c.USER_ID))
-            age = getattr(u, c.AGE_BUCKET)
-            onboarding = getattr(u, c.ONBOARDING_GENRES)
-            profiles[uid] = UserProfile(
-                user_id=uid, country=str(getattr(u, c.COUNTRY)),
-                subscription_tier=str(getattr(u, c.SUBSCRIPTION_TIER)),
-                age_bucket="" if age is None or pd.isna(age) else str(age),
-                device=str(device.get(uid, "unknown")),
-                onboarding_genres=tuple(onboarding) if onboarding is not None else (),
-                history=tuple(int(i) for i in hist.get(uid, [])),
-                watched=seen.get(uid, frozenset()))
+        profiles = _profiles(users, hist, seen, device)
         counts = positives.groupby(c.ITEM_ID).size()
         return cls(profiles, {int(k): float(v) for k, v in counts.items()})
+
+    def add(self, users: pd.DataFrame) -> list[int]:
+        """Adds users (validated contract ``users`` rows whose ids the store does not hold;
+        ValueError names any it does, or any repeated in ``users``) without history; returns
+        their ids in row order."""
+        ids = [int(u) for u in users[c.USER_ID]]
+        profiles = _profiles(users)
+        with self._lock:
+            taken = sorted({u for u in ids if u in self._profiles or ids.count(u) > 1})
+            if taken:
+                raise ValueError(f"user id(s) {taken[:5]} are already known or repeated; a user "
+                                 "is added once (changing one needs a new pipeline run)")
+            for uid in ids:
+                self._profiles[uid] = profiles[uid]
+        return ids
 
     def get(self, user_id: int) -> UserProfile:
         """The user's profile; an unknown user gets an empty profile (the cold-start path)."""
@@ -172,7 +181,30 @@ class UserStore:
         return int(user_id) in self._profiles
 
     def user_ids(self) -> list[int]:
-        return sorted(self._profiles)
+        with self._lock:
+            ids = list(self._profiles)
+        return sorted(ids)
+
+
+def _profiles(users: pd.DataFrame, hist: dict | None = None, seen: dict | None = None,
+              device: dict | None = None) -> dict[int, UserProfile]:
+    """Profiles of contract ``users`` rows; ``hist``, ``seen``, ``device``: per user id, the
+    positive watches (most recent first), every watched item and the latest device."""
+    hist, seen, device = hist or {}, seen or {}, device or {}
+    profiles = {}
+    for u in users.itertuples(index=False):
+        uid = int(getattr(u, c.USER_ID))
+        age = getattr(u, c.AGE_BUCKET)
+        onboarding = getattr(u, c.ONBOARDING_GENRES)
+        profiles[uid] = UserProfile(
+            user_id=uid, country=str(getattr(u, c.COUNTRY)),
+            subscription_tier=str(getattr(u, c.SUBSCRIPTION_TIER)),
+            age_bucket="" if age is None or pd.isna(age) else str(age),
+            device=str(device.get(uid, "unknown")),
+            onboarding_genres=tuple(onboarding) if onboarding is not None else (),
+            history=tuple(int(i) for i in hist.get(uid, [])),
+            watched=seen.get(uid, frozenset()))
+    return profiles
 
 
 def load_frames(data_dir: str | Path,

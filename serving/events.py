@@ -18,6 +18,7 @@ log appends to is read by the next pipeline run as it is.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import threading
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
+import pyarrow as pa
 
 from marquee.data import contract as c
 from marquee.data.validate import check_frame
@@ -80,10 +82,11 @@ class Onboarding:
 
 
 class InvalidEvent(ValueError):
-    """An event that breaks the contract; ``problems`` holds one message per problem."""
+    """An event that breaks the contract; ``problems`` holds one message per problem.
+    ``duplicate``: the only problem is an id already taken (a title, a user: HTTP 409)."""
 
-    def __init__(self, problems: list[str], what: str = "event"):
-        self.problems = problems
+    def __init__(self, problems: list[str], what: str = "event", duplicate: bool = False):
+        self.problems, self.duplicate = problems, duplicate
         super().__init__(f"invalid {what} ({len(problems)} problem(s)): " + "; ".join(problems))
 
 
@@ -97,6 +100,10 @@ CLEAN_ROWS: dict[str, dict[str, object]] = {
         c.ITEM_ID: 0, c.TITLE: "t", c.GENRES: [], c.CAST: [], c.DIRECTOR: None,
         c.RELEASE_YEAR: None, c.DURATION_SECONDS: None, c.ADDED_AT: c.MIN_TIMESTAMP,
         c.MATURITY_RATING: c.MATURITY_RATINGS[0], c.KEYWORDS: None},
+    c.USERS: {
+        c.USER_ID: 0, c.SIGNUP_AT: c.MIN_TIMESTAMP, c.COUNTRY: "unknown",
+        c.SUBSCRIPTION_TIER: c.SUBSCRIPTION_TIERS[-1], c.AGE_BUCKET: None,
+        c.ONBOARDING_GENRES: None},
 }
 
 
@@ -119,10 +126,12 @@ def check_row(table: str, raw: object, what: str,
     problems += [f"{name}: missing; expected {col.doc}" for name, col in columns.items()
                  if not col.nullable and name not in raw]
     probes = []
-    for name in columns:
+    for name, col in columns.items():
         row = dict(CLEAN_ROWS[table])
         if name in raw:
             row[name] = raw[name]
+            if isinstance(raw[name], bool) and not pa.types.is_string(col.type):
+                row[name] = json.dumps(raw[name])  # JSON true is no number: reported as text
         if name == c.WATCH_SECONDS and raw.get(c.EVENT) in c.EVENTS:
             row[c.EVENT] = raw[c.EVENT]  # the impression-has-no-watch-time rule needs both
         probes.append(row)
@@ -178,7 +187,8 @@ class EventLogError(RuntimeError):
 
 class EventLog:
     """Appends rows of a contract table to ``DIR/<table>/part-<unix seconds>-<n>.parquet``: events
-    (``Event``, the default ``interactions`` table) or titles (``items``, row dicts).
+    (``Event``, the default ``interactions`` table), titles (``items``) or signups (``users``),
+    the last two as row dicts.
 
     Rows are buffered and written ``flush_rows`` at a time (and on ``flush``/``close``) as row
     groups of the open part file. A part file holds at most ``rows_per_file`` rows; while open it

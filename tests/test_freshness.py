@@ -179,7 +179,7 @@ def test_a_failed_embedding_keeps_serving_and_is_retried(model_base):
 
 def test_added_titles_are_logged_in_the_contract_and_put_back_on_restart(model_base, tmp_path):
     svc = make(model_base, FreshBackend())
-    _, _, logs = attach_logs(svc, tmp_path)
+    logs = attach_logs(svc, tmp_path).logs
     svc.fresh.add(title(), now=NOW)
     svc.fresh.add(title(100, title="Another"), now=NOW)
     files = sorted((tmp_path / c.ITEMS).glob("*.parquet"))
@@ -259,7 +259,7 @@ def test_trending_refreshes_from_live_watches_without_retraining(model_base):
 
 def test_titles_and_quiz_answers_over_http(model_base, tmp_path):
     svc = make(model_base, FreshBackend(), because_you_watched=0)
-    ingest, onboarding, logs = attach_logs(svc, tmp_path)
+    ingest, onboarding, _, logs = attach_logs(svc, tmp_path)
     with ApiServer(svc, 0, "127.0.0.1", ingest=ingest, onboarding=onboarding) as api:
         status, body = post(api.port, "/v1/items", title())
         assert status == 200 and body["item"][c.ITEM_ID] == NEW_ITEM, body
