@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import glob
 import os
 
+import tensorflow as tf
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
@@ -17,12 +17,14 @@ class AnomaliesFound(RuntimeError):
 
 
 def describe_anomalies(anomalies_uri: str) -> list[str]:
-    """One line per anomalous feature per split: 'split: feature: what was wrong'."""
+    """One line per anomalous feature per split: 'split: feature: what was wrong'.
+
+    ``anomalies_uri`` may be local or a URI (read through tf.io.gfile)."""
     lines = []
-    for path in sorted(glob.glob(os.path.join(anomalies_uri, "Split-*", ANOMALIES_FILE))):
+    for path in sorted(tf.io.gfile.glob(os.path.join(anomalies_uri, "Split-*", ANOMALIES_FILE))):
         split = os.path.basename(os.path.dirname(path)).removeprefix("Split-")
         proto = anomalies_pb2.Anomalies()
-        with open(path, "rb") as fh:
+        with tf.io.gfile.GFile(path, "rb") as fh:
             proto.ParseFromString(fh.read())
         for feature, info in sorted(proto.anomaly_info.items()):
             what = "; ".join(r.description for r in info.reason) or info.description
@@ -38,8 +40,10 @@ def check_anomalies(anomalies_uri: str) -> None:
     if lines:
         raise AnomaliesFound(
             "ExampleValidator found anomalies against pipeline/schema/schema.pbtxt; the run "
-            "stops before training:\n  " + "\n  ".join(lines) + "\nFix the data (see "
-            "`marquee data validate`) or, if the change is intended, update the schema."
+            "stops before training:\n  " + "\n  ".join(lines) + "\nThese rows passed the "
+            "data contract (marquee/data/contract.py), so the contract and the schema disagree: "
+            "if the new values are intended, add them to pipeline/schema/schema.pbtxt; "
+            "otherwise tighten the contract so `marquee data validate` rejects them."
         )
 
 

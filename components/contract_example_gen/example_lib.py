@@ -27,7 +27,6 @@ from pathlib import Path
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import tensorflow as tf
 
 from marquee.config import Config, DataConfig, RankingConfig
@@ -47,18 +46,19 @@ SPLITS = (TRAIN, EVAL, CATALOGUE, RANK_TRAIN, RANK_EVAL)
 def time_cutoff(data_dir: str | Path, config: DataConfig) -> int:
     """The eval cutoff in UTC seconds: fixed in config, or the last ``eval_fraction`` of the span.
 
-    Reads only the Parquet footers' min/max statistics, not the data.
+    Reads only the Parquet footers' min/max statistics, not the data. ``data_dir`` may be a URI.
     """
     if config.eval_cutoff is not None:
         return int(config.eval_cutoff)
     lo, hi = None, None
     for path in c.table_files(data_dir, c.INTERACTIONS):
-        meta = pq.ParquetFile(path).metadata
+        pf = c.open_parquet(path)
+        meta = pf.metadata
         col = meta.schema.names.index(c.TIMESTAMP)
         for rg in range(meta.num_row_groups):
             stats = meta.row_group(rg).column(col).statistics
             if stats is None or not stats.has_min_max:
-                table = pq.read_table(path, columns=[c.TIMESTAMP])
+                table = pf.read(columns=[c.TIMESTAMP])
                 values = table.column(0).to_numpy()
                 mn, mx = int(np.nanmin(values)), int(np.nanmax(values))
             else:
@@ -287,7 +287,7 @@ class UserExamples(beam.DoFn):
             yield beam.pvalue.TaggedOutput(split, example)
 
 
-def _read(p: beam.Pipeline, data_dir: Path, table: str) -> beam.PCollection:
+def _read(p: beam.Pipeline, data_dir: str | Path, table: str) -> beam.PCollection:
     pattern = [str(x) for x in c.table_files(data_dir, table)]
     return (
         p
@@ -298,7 +298,7 @@ def _read(p: beam.Pipeline, data_dir: Path, table: str) -> beam.PCollection:
 
 
 def _read_file(path: str, batch_size: int = 65_536) -> Iterator[pa.Table]:
-    pf = pq.ParquetFile(path)
+    pf = c.open_parquet(path)
     for batch in pf.iter_batches(batch_size=batch_size):
         yield pa.Table.from_batches([batch])
 
@@ -306,8 +306,7 @@ def _read_file(path: str, batch_size: int = 65_536) -> Iterator[pa.Table]:
 def build_examples(
     p: beam.Pipeline, data_dir: str | Path, config: Config, cutoff: int
 ) -> dict[str, beam.PCollection]:
-    """Beam graph from the dataset folder to serialized tf.Examples per split."""
-    data_dir = Path(data_dir)
+    """Beam graph from the dataset folder (local or a URI) to serialized tf.Examples per split."""
     users = _read(p, data_dir, c.USERS) | "KeyUsers" >> beam.Map(lambda u: (u[c.USER_ID], u))
     items = _read(p, data_dir, c.ITEMS) | "KeyItems" >> beam.Map(lambda i: (i[c.ITEM_ID], i))
     events = (

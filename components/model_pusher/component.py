@@ -1,5 +1,5 @@
 """ModelPusher: pushes towers + index, and the ranker, into the versioned serving layout, each
-only when blessed."""
+only when blessed. Artifact URIs and ``serving_dir`` may be local or remote (``gs://...``)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from tfx.utils import path_utils
 from components.model_pusher import push_lib
 from components.scann_indexer.component import ScannIndex
 from components.scann_indexer.executor import BLESSED
+from marquee import io
 from trainer.retrieval import METADATA_FILE
 
 
@@ -24,8 +25,7 @@ class Executor(base_executor.BaseExecutor):
         index = artifact_utils.get_single_instance(input_dict["index"])
         pushed = artifact_utils.get_single_instance(output_dict["pushed_model"])
         serving_dir = path_utils.serving_model_path(model.uri)
-        with open(os.path.join(serving_dir, METADATA_FILE)) as fh:
-            run = json.load(fh)["training_run"]
+        run = json.loads(io.read_text(os.path.join(serving_dir, METADATA_FILE)))["training_run"]
         ranker_dir, ranker_blessed = None, False
         if input_dict.get("ranking_model"):
             ranking = artifact_utils.get_single_instance(input_dict["ranking_model"])
@@ -39,9 +39,8 @@ class Executor(base_executor.BaseExecutor):
         pushed.set_int_custom_property("pushed", int(result.pushed))
         if result.version is not None:
             pushed.set_int_custom_property("pushed_version", result.version)
-        os.makedirs(pushed.uri, exist_ok=True)
-        with open(os.path.join(pushed.uri, "push.json"), "w") as fh:
-            json.dump({**vars(result), "training_run": run}, fh, indent=2)
+        io.write_text(os.path.join(pushed.uri, "push.json"),
+                      json.dumps({**vars(result), "training_run": run}, indent=2))
         print(f"ModelPusher: {result.reason}")
 
 

@@ -9,18 +9,29 @@
 
 The towers and the index are pushed together, only when the index is blessed, and share one
 version number and one training run. The ranker is pushed when the RankingEvaluator blessed it,
-under the same version number as the towers pushed in the same run. Each version directory is
-written under a temporary name and renamed into place, so a model server polling BASE never
-loads a half-copied model.
+under the same version number as the towers pushed in the same run. A model server polling BASE
+never loads a half-copied model: on a local BASE each version directory is written under a
+temporary name and renamed into place; on an object store (``gs://...``, where renaming a
+directory copies each object) the file a loader opens first (``saved_model.pb``, ``index.json``)
+is copied last, and TF Serving retries a version whose load failed.
+
+Sources and BASE may be local paths or URIs: everything goes through tf.io.gfile
+(``marquee.io``), and ``models.config`` names a remote BASE by its URI, which TF Serving reads
+directly (``gs://``; ``s3://`` too).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
+import os
 import time
 from pathlib import Path
+
+import tensorflow as tf
+
+from components.scann_indexer.index_lib import INDEX_FILE
+from marquee import io
 
 QUERY_TOWER = "query_tower"
 CANDIDATE_TOWER = "candidate_tower"
@@ -29,6 +40,7 @@ RANKER = "ranker"
 SAVED_MODELS = (QUERY_TOWER, CANDIDATE_TOWER, RANKER)
 MODEL_CONFIG_FILE = "models.config"
 PUSH_LOG = "pushes.jsonl"
+SAVED_MODEL_FILE = "saved_model.pb"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,73 +51,77 @@ class PushResult:
     paths: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
-def versions(model_dir: Path) -> list[int]:
-    """Integer version directories under ``model_dir``, ascending."""
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+def versions(model_dir: str | Path) -> list[int]:
+    """Integer version directories under ``model_dir`` (local or a URI), ascending."""
+    model_dir = os.fspath(model_dir)
+    return sorted(int(name) for name in io.list_dir(model_dir)
+                  if name.isdigit() and tf.io.gfile.isdir(os.path.join(model_dir, name)))
 
 
-def next_version(base: Path, now: int | None = None) -> int:
-    latest = max([v for m in SAVED_MODELS + (RETRIEVAL_INDEX,) for v in versions(base / m)],
-                 default=0)
+def next_version(base: str | Path, now: int | None = None) -> int:
+    latest = max([v for m in SAVED_MODELS + (RETRIEVAL_INDEX,)
+                  for v in versions(os.path.join(base, m))], default=0)
     return max(int(now if now is not None else time.time()), latest + 1)
 
 
-def model_config_text(base: Path) -> str:
-    """TF Serving's ModelServerConfig (text proto) serving every pushed SavedModel in ``base``."""
+def model_config_text(base: str | Path) -> str:
+    """TF Serving's ModelServerConfig (text proto) serving every pushed SavedModel in ``base``:
+    a local ``base`` by its absolute path, a remote one by its URI."""
+    base = os.fspath(base)
+
+    def base_path(m: str) -> str:
+        return os.path.join(base, m) if io.is_remote(base) else str(Path(base, m).resolve())
+
     entries = "".join(
-        f'  config {{\n    name: "{m}"\n    base_path: "{(base / m).resolve()}"\n'
-        f'    model_platform: "tensorflow"\n  }}\n' for m in SAVED_MODELS if versions(base / m))
+        f'  config {{\n    name: "{m}"\n    base_path: "{base_path(m)}"\n'
+        f'    model_platform: "tensorflow"\n  }}\n' for m in SAVED_MODELS
+        if versions(os.path.join(base, m)))
     return f"model_config_list {{\n{entries}}}\n"
-
-
-def _copy_atomic(src: Path, dest: Path) -> None:
-    tmp = dest.parent / f".{dest.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(src, tmp)
-    tmp.rename(dest)
 
 
 def push(serving_model_dir: str | Path, index_dir: str | Path, blessed: bool,
          base: str | Path, training_run: str, now: int | None = None,
          ranker_dir: str | Path | None = None, ranker_blessed: bool = False) -> PushResult:
     """Copies what is blessed into ``base`` under one new version: the towers and the index
-    (when ``blessed``, the index's verdict) and the ranker (when ``ranker_blessed``)."""
-    serving_model_dir, index_dir, base = Path(serving_model_dir), Path(index_dir), Path(base)
-    sources: list[tuple[str, Path]] = []
+    (when ``blessed``, the index's verdict) and the ranker (when ``ranker_blessed``).
+
+    Every directory may be local or a URI."""
+    serving_model_dir, index_dir, base = map(os.fspath, (serving_model_dir, index_dir, base))
+    sources: list[tuple[str, str, str]] = []  # (name, source directory, file copied last)
     skipped = []
     if blessed:
         for m in (QUERY_TOWER, CANDIDATE_TOWER):
-            if not (serving_model_dir / m / "saved_model.pb").is_file():
+            if not tf.io.gfile.exists(os.path.join(serving_model_dir, m, SAVED_MODEL_FILE)):
                 raise FileNotFoundError(
-                    f"{serving_model_dir / m}: no saved_model.pb; the Trainer's serving model "
-                    f"directory must hold {QUERY_TOWER} and {CANDIDATE_TOWER}")
-        sources += [(QUERY_TOWER, serving_model_dir / QUERY_TOWER),
-                    (CANDIDATE_TOWER, serving_model_dir / CANDIDATE_TOWER),
-                    (RETRIEVAL_INDEX, index_dir)]
+                    f"{os.path.join(serving_model_dir, m)}: no {SAVED_MODEL_FILE}; the Trainer's "
+                    f"serving model directory must hold {QUERY_TOWER} and {CANDIDATE_TOWER}")
+        sources += [(QUERY_TOWER, os.path.join(serving_model_dir, QUERY_TOWER), SAVED_MODEL_FILE),
+                    (CANDIDATE_TOWER, os.path.join(serving_model_dir, CANDIDATE_TOWER),
+                     SAVED_MODEL_FILE),
+                    (RETRIEVAL_INDEX, index_dir, INDEX_FILE)]
     else:
         skipped.append("the retrieval index was not blessed")
     if ranker_dir is not None:
         if ranker_blessed:
-            sources.append((RANKER, Path(ranker_dir)))
+            sources.append((RANKER, os.fspath(ranker_dir), SAVED_MODEL_FILE))
         else:
             skipped.append("the ranker was not blessed")
     if not sources:
         return PushResult(False, None, "nothing pushed: " + "; ".join(skipped))
     version = next_version(base, now)
     paths = {}
-    for name, src in sources:
-        dest = base / name / str(version)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        _copy_atomic(src, dest)
-        paths[name] = str(dest)
-    (base / MODEL_CONFIG_FILE).write_text(model_config_text(base))
+    for name, src, last in sources:
+        dest = os.path.join(base, name, str(version))
+        tf.io.gfile.makedirs(os.path.join(base, name))
+        io.publish_tree(src, dest, last)
+        paths[name] = dest
+    io.write_text(os.path.join(base, MODEL_CONFIG_FILE), model_config_text(base))
     record = {"version": version, "training_run": training_run, "pushed_at": int(time.time()),
-              "models": sorted(paths), "model": str(serving_model_dir), "index": str(index_dir)}
-    with open(base / PUSH_LOG, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+              "models": sorted(paths), "model": serving_model_dir, "index": index_dir}
+    log = os.path.join(base, PUSH_LOG)
+    # read and rewrite: object stores cannot append (the log is a few lines per push)
+    earlier = io.read_text(log) if tf.io.gfile.exists(log) else ""
+    io.write_text(log, earlier + json.dumps(record) + "\n")
     reason = f"pushed {', '.join(sorted(paths))} as version {version} (training run {training_run})"
     if skipped:
         reason += "; not pushed: " + "; ".join(skipped)

@@ -1,4 +1,7 @@
-"""RankingEvaluator executor: scores rank_eval with the candidate and the baseline, blesses."""
+"""RankingEvaluator executor: scores rank_eval with the candidate and the baseline, blesses.
+
+Every URI may be local or remote (``gs://...``): models and examples are read by TensorFlow,
+``metrics.json`` is written through tf.io.gfile."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from tfx.utils import path_utils
 
 from components.contract_example_gen.example_lib import RANK_EVAL, RANK_TRAIN
 from components.ranking_evaluator import eval_lib
+from marquee import io
 from marquee.config import Config
 from trainer import features as f
 from trainer import raw_inputs
@@ -82,9 +86,7 @@ class Executor(base_executor.BaseExecutor):
         result = evaluate(os.path.join(path_utils.serving_model_path(model.uri), RANKER),
                           baseline_dir, examples.uri, path_utils.serving_model_path(retrieval.uri),
                           config)
-        os.makedirs(blessing.uri, exist_ok=True)
-        with open(os.path.join(blessing.uri, METRICS_FILE), "w") as fh:
-            json.dump(result, fh, indent=2)
+        io.write_text(os.path.join(blessing.uri, METRICS_FILE), json.dumps(result, indent=2))
         blessing.set_int_custom_property("blessed", int(result["blessed"]))
         blessing.set_string_custom_property("current_model", model.uri)
         blessing.set_int_custom_property("current_model_id", model.id)

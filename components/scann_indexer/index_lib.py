@@ -37,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import text_format
 
+from marquee import io
 from marquee.config import IndexConfig
 
 try:
@@ -319,12 +320,12 @@ def save_index(
             f"metadata must be JSON-serialisable (str, numbers, lists, dicts): {e}"
         ) from e
     out = str(out_dir)
-    if _is_remote(out):
+    if io.is_remote(out):
         if tf.io.gfile.exists(os.path.join(out, INDEX_FILE)):
             raise ValueError(f"{out} already holds an index; save into a fresh directory")
         with tempfile.TemporaryDirectory() as tmp:
             save_index(searcher, ids, evaluation, os.path.join(tmp, "index"), metadata)
-            _copy_tree_to(os.path.join(tmp, "index"), out)
+            io.copy_tree(os.path.join(tmp, "index"), out, last=INDEX_FILE)
         return
     root = Path(out)
     scann_dir = root / SCANN_DIR
@@ -352,12 +353,12 @@ def save_index(
 def load_index(index_dir: str | os.PathLike) -> RetrievalIndex:
     """Loads what ``save_index`` wrote, from wherever the folder is now (local or remote)."""
     src = str(index_dir)
-    if _is_remote(src):
+    if io.is_remote(src):
         if not tf.io.gfile.exists(os.path.join(src, INDEX_FILE)):
             raise ValueError(f"{src} holds no {INDEX_FILE}: not a saved index (or a partial copy)")
         with tempfile.TemporaryDirectory() as tmp:
             local = os.path.join(tmp, "index")
-            _copy_tree_to(src, local)
+            io.copy_tree(src, local)
             return load_index(local)  # the searcher is in memory once loaded
     root = Path(src)
     if not (root / INDEX_FILE).is_file():
@@ -538,28 +539,6 @@ def _load_scann(scann_dir: Path):
         shutil.copy(scann_dir / _SCANN_CONFIG_FILE, tmp)
         Path(tmp, _ASSETS_FILE).write_text(text_format.MessageToString(assets))
         return scann.scann_ops_pybind.load_searcher(tmp, assets_backcompat_shim=False)
-
-
-def _is_remote(path: str) -> bool:
-    return "://" in path
-
-
-def _copy_tree_to(src: str, dst: str) -> None:
-    """Copies a directory tree with tf.io.gfile, ``index.json`` last (it marks completeness)."""
-    src = src.rstrip("/")
-    last = None
-    for dirpath, _, files in tf.io.gfile.walk(src):
-        rel = dirpath[len(src) :].strip("/")
-        target = os.path.join(dst, rel) if rel else dst
-        tf.io.gfile.makedirs(target)
-        for name in files:
-            pair = (os.path.join(dirpath, name), os.path.join(target, name))
-            if target == dst and name == INDEX_FILE:
-                last = pair
-            else:
-                tf.io.gfile.copy(*pair, overwrite=True)
-    if last is not None:
-        tf.io.gfile.copy(*last, overwrite=True)
 
 
 def _check_config(config: IndexConfig) -> None:

@@ -7,11 +7,16 @@ takes them from here. ``docs/data.md`` documents the same rules for people.
 A dataset folder holds ``interactions.parquet``, ``items.parquet`` and ``users.parquet`` (each may
 instead be a folder of Parquet part files, e.g. ``interactions/part-0000.parquet``, which is how
 the serving event log appends).
+
+``data_dir`` may be a local folder or a URI that ``tf.io.gfile`` reads (``gs://bucket/data``;
+``ram://`` in the tests): remote files are listed and opened through ``marquee.io``. Writing
+(``TableWriter``) is local only.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -140,40 +145,80 @@ class ContractError(ValueError):
     """
 
 
-def table_path(data_dir: str | Path, table: str) -> Path:
-    """Where ``table`` lives in ``data_dir``: ``<table>.parquet`` or a folder ``<table>/``."""
-    data_dir = Path(data_dir)
-    single = data_dir / f"{table}.parquet"
-    folder = data_dir / table
-    if single.is_file() and folder.is_dir():
+def _location(data_dir: str | Path) -> str | Path:
+    """``data_dir`` as a URI string (read with tf.io.gfile) or a local Path."""
+    text = os.fspath(data_dir)
+    return text if "://" in text else Path(text)
+
+
+def _gfile():
+    import tensorflow as tf  # only for remote data: serving and the CLI stay light
+
+    return tf.io.gfile
+
+
+def _child(loc: str | Path, name: str) -> str | Path:
+    return loc / name if isinstance(loc, Path) else os.path.join(loc, name)
+
+
+def _is_file(path: str | Path) -> bool:
+    if isinstance(path, Path):
+        return path.is_file()
+    return _gfile().exists(path) and not _gfile().isdir(path)
+
+
+def _is_dir(path: str | Path) -> bool:
+    if isinstance(path, Path):
+        return path.is_dir()
+    # object stores have no empty folders: a remote folder is a prefix with files under it
+    return bool(_gfile().glob(os.path.join(path, "*")))
+
+
+def table_path(data_dir: str | Path, table: str) -> Path | str:
+    """Where ``table`` lives in ``data_dir``: ``<table>.parquet`` or a folder ``<table>/`` (a
+    Path, or a URI string when ``data_dir`` is one)."""
+    data_dir = _location(data_dir)
+    single = _child(data_dir, f"{table}.parquet")
+    folder = _child(data_dir, table)
+    single_name, folder_name = os.path.basename(single), os.path.basename(folder)
+    has_single, has_folder = _is_file(single), _is_dir(folder)
+    if has_single and has_folder:
         raise ContractError(
-            f"{data_dir}: both {single.name} and {folder.name}/ exist; a table lives in one of "
+            f"{data_dir}: both {single_name} and {folder_name}/ exist; a table lives in one of "
             "them. Move the single file into the folder (as a part file) or remove one.")
-    if single.is_file():
+    if has_single:
         return single
-    if folder.is_dir():
+    if has_folder:
         return folder
     raise ContractError(
-        f"{data_dir}: no {table} table: expected {single.name} or a folder {folder.name}/ of "
+        f"{data_dir}: no {table} table: expected {single_name} or a folder {folder_name}/ of "
         f"Parquet files. A dataset folder holds {', '.join(t + '.parquet' for t in TABLES)}; "
         "create one with `marquee data synth --out DIR` or "
         "`marquee data import-movielens SRC DIR`."
     )
 
 
-def table_files(data_dir: str | Path, table: str) -> list[Path]:
-    """The Parquet files holding ``table``, in a stable order."""
+def table_files(data_dir: str | Path, table: str) -> list[Path] | list[str]:
+    """The Parquet files holding ``table``, in a stable order (URI strings for remote data)."""
     path = table_path(data_dir, table)
-    if path.is_file():
+    if _is_file(path):
         return [path]
-    files = sorted(path.glob("*.parquet"))
+    if isinstance(path, Path):
+        files = sorted(path.glob("*.parquet"))
+    else:
+        files = sorted(_gfile().glob(os.path.join(path, "*.parquet")))
     if not files:
         raise ContractError(f"{path}/ holds no *.parquet files; {table} needs at least one.")
     return files
 
 
-def open_parquet(path: Path) -> pq.ParquetFile:
+def open_parquet(path: str | Path) -> pq.ParquetFile:
+    """Opens one Parquet file, local or a URI (read through tf.io.gfile)."""
     try:
+        if isinstance(path, str) and "://" in path:
+            from marquee.io import open_binary
+
+            return pq.ParquetFile(open_binary(path))
         return pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a damaged or non-Parquet file
         raise ContractError(
@@ -184,7 +229,7 @@ def open_parquet(path: Path) -> pq.ParquetFile:
 
 def iter_batches(
     data_dir: str | Path, table: str, batch_size: int = 65_536
-) -> Iterator[tuple[Path, int, pa.RecordBatch]]:
+) -> Iterator[tuple[Path | str, int, pa.RecordBatch]]:
     """Yields ``(file, first_row_index, batch)`` over every file of ``table``, in bounded memory."""
     for path in table_files(data_dir, table):
         pf = open_parquet(path)

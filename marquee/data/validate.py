@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import os
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -43,7 +44,7 @@ class TableReport:
 
 @dataclasses.dataclass
 class ValidationReport:
-    data_dir: Path
+    data_dir: Path | str
     rejects_path: Path
     max_bad_share: float
     tables: dict[str, TableReport]
@@ -281,7 +282,7 @@ def _cast_clean(table: str, typed: pd.DataFrame) -> pd.DataFrame:
 
 
 def _scan(
-    data_dir: Path,
+    data_dir: Path | str,
     max_bad_share: float,
     rejects_path: Path,
     keep: bool,
@@ -340,7 +341,9 @@ def _generic(reason: str) -> str:
 
 
 def default_rejects_path(data_dir: str | Path) -> Path:
-    return Path(data_dir) / "_rejects.csv"
+    """``DIR/_rejects.csv``; for remote data (a URI) ``_rejects.csv`` in the working directory,
+    as the rejects file is written locally."""
+    return Path("_rejects.csv") if "://" in os.fspath(data_dir) else Path(data_dir) / "_rejects.csv"
 
 
 def validate_dataset(
@@ -351,7 +354,6 @@ def validate_dataset(
     progress: Callable[[str], None] | None = None,
 ) -> ValidationReport:
     """Checks every row of the dataset in bounded memory; writes the rejects file."""
-    data_dir = Path(data_dir)
     rejects = Path(rejects_path) if rejects_path else default_rejects_path(data_dir)
     report, _ = _scan(data_dir, max_bad_share, rejects, False, batch_size, progress)
     return report
@@ -372,7 +374,6 @@ def load_dataset(
     rejects_path: str | Path | None = None,
 ) -> Dataset:
     """Validates and loads a dataset that fits in memory; raises TooManyRejects over the limit."""
-    data_dir = Path(data_dir)
     rejects = Path(rejects_path) if rejects_path else default_rejects_path(data_dir)
     report, frames = _scan(data_dir, max_bad_share, rejects, True, 65_536, None)
     if not report.ok:
