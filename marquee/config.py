@@ -82,6 +82,14 @@ class RankingConfig:
     # Feed the two-tower score of the pair to the ranker. On the ranker's training examples it
     # is in-sample (the towers were fitted on the same positives), so it can be inflated there.
     use_retrieval_score: bool = True
+    # Give the ranker the item's train-period counts (log positives, log examples and the
+    # positive rate smoothed towards the global one with ``popularity_prior_count`` pseudo
+    # examples), looked up inside the exported model by item id. A training row's own label is
+    # left out of its item's counts (leave-one-out), so the feature means on train what it means
+    # at serving. Without it the ranker must learn each item's popularity through its id
+    # embedding, which rare items never get enough updates for.
+    item_popularity_features: bool = True
+    popularity_prior_count: float = 10.0
     embedding_dim: int = 32
     cross_layers: int = 2
     deep_layers: tuple[int, ...] = (256, 128)

@@ -19,6 +19,8 @@ from serving.retrieval import ModelMismatch, QueryFeatures, query_inputs
 from trainer import features as f
 from trainer.ranking import (
     LOG_WATCH_TIME,
+    OWN_EXAMPLE,
+    OWN_POSITIVE,
     P_WATCH,
     RAW_KEYS,
     RETRIEVAL_SCORE,
@@ -154,6 +156,31 @@ def test_ranker_losses_and_position_tower_dropped_at_serving(run, tmp_path):
     assert "position" not in served.structured_input_signature[1]
     out = served(**{k: tf.constant(v) for k, v in batch.items()})[P_WATCH].numpy()
     np.testing.assert_allclose(out, at(1), rtol=1e-5)  # ...and is fixed to position 1 served
+
+
+def test_ranker_item_counts_leave_the_row_out_in_training_only(run):
+    tmp, _ = run
+    _, _, transform, train = _ranking_inputs(tmp)
+    model, _ = train_ranker(train, str(transform), CONFIG.ranking, epochs=1, steps=2)
+    y = labels(train[f.WATCH_SECONDS], CONFIG.ranking.min_watch_seconds)[0]
+    items = train[f.ITEM_ID]
+    pos = {i: y[items == i].sum() for i in np.unique(items)}
+    n = {i: (items == i).sum() for i in np.unique(items)}
+    g, m = y.mean(), CONFIG.ranking.popularity_prior_count
+    rows = np.arange(0, len(y), max(1, len(y) // 50))
+    batch = {k: train[k][rows] for k in RAW_KEYS + (RETRIEVAL_SCORE,)}
+    served = model.item_popularity(batch).numpy()  # serving: the item's full counts
+    fit = model.item_popularity({**batch, OWN_POSITIVE: y[rows],
+                                 OWN_EXAMPLE: np.ones(len(rows), np.float32)}).numpy()
+    for k, r in enumerate(rows):
+        p_all, n_all = pos[items[r]], n[items[r]]
+        np.testing.assert_allclose(served[k], [np.log1p(p_all), np.log1p(n_all),
+                                               (p_all + m * g) / (n_all + m)], rtol=1e-5)
+        p_loo, n_loo = p_all - y[r], n_all - 1
+        np.testing.assert_allclose(fit[k], [np.log1p(p_loo), np.log1p(n_loo),
+                                            (p_loo + m * g) / (n_loo + m)], rtol=1e-5)
+    unknown = model.item_popularity({f.ITEM_ID: np.array([10**12], np.int64)}).numpy()
+    np.testing.assert_allclose(unknown[0], [0.0, 0.0, g], rtol=1e-5)
 
 
 def test_one_step_ranker_is_neither_blessed_nor_pushed(run, tmp_path):

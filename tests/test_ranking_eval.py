@@ -66,3 +66,20 @@ def test_bless_rule():
     ok, reason = eval_lib.bless({"auc": 0.755, "log_loss": 0.45}, base, "b", cfg)
     assert not ok and "0.7550" in reason and "0.7500" in reason
     assert not eval_lib.bless({"auc": 0.9, "log_loss": 0.51}, base, "b", cfg)[0]
+
+
+def test_item_counts_and_popularity_features_by_hand():
+    from trainer.ranking import ItemCounts, popularity_features
+
+    counts = ItemCounts.fit(np.array([5, 7, 5, 5]), np.array([1.0, 1.0, 0.0, 1.0]))
+    np.testing.assert_array_equal(counts.ids, [5, 7])
+    np.testing.assert_array_equal(counts.positives, [2, 1])
+    np.testing.assert_array_equal(counts.examples, [3, 1])
+    assert counts.global_rate == 0.75
+    # item 5 from a training row that was itself a positive: leave-one-out counts 1 of 2
+    out = popularity_features(np.array([2.0, 1.0, 0.0]), np.array([3.0, 2.0, 0.0]), 0.75,
+                              10.0).numpy()
+    np.testing.assert_allclose(out[0], [math.log(3), math.log(4), (2 + 7.5) / 13], rtol=1e-6)
+    np.testing.assert_allclose(out[1], [math.log(2), math.log(3), (1 + 7.5) / 12], rtol=1e-6)
+    # an item without counts (added after training) gets the global rate
+    np.testing.assert_allclose(out[2], [0.0, 0.0, 0.75], rtol=1e-6)

@@ -26,6 +26,14 @@ ones they will watch next; they are off by default. The retrieval score of a tra
 in-sample (the towers were fitted on the same positives), yet dropping it
 (``use_retrieval_score``) costs more than the inflation does (0.175 -> 0.121).
 
+Item popularity (``RankingConfig.item_popularity_features``): the model holds a table of each
+item's train-period counts (positives and examples among the ranking examples) and feeds
+log1p(positives), log1p(examples) and the smoothed positive rate to the network. A training
+row's own label is subtracted from its item's counts (leave-one-out): otherwise an item with one
+positive would say "positive" on exactly that row, a leak that never exists at serving, where
+the counts hold no label of the pair being scored. Unknown items (added after training) get
+zero counts and the global rate.
+
 Position debiasing: the page position enters only through a shallow side tower (one learned
 bias per position bucket) added to the ``watched`` logit during training. The serving signature
 has no position input and fixes the bias to position 1, so the model ranks by relevance, not by
@@ -38,19 +46,19 @@ import dataclasses
 import json
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tensorflow_transform as tft
 
+from marquee import io as mio
 from marquee.config import Config, RankingConfig
 from marquee.data import contract as c
 from trainer import features as f
 from trainer import negatives, raw_inputs
 from trainer.model import SparseMeanEmbedding, VocabSizes
-from trainer.retrieval import complete_raw_inputs, vocab_sizes
+from trainer.retrieval import complete_raw_inputs, vocab_sizes, write_export_info
 
 xf = f.transformed_name
 RETRIEVAL_SCORE = "retrieval_score"
@@ -58,6 +66,9 @@ P_WATCH = "p_watch"
 WATCH_TIME_SECONDS = "watch_time_seconds"
 WATCHED_LOGIT = "watched_logit"
 LOG_WATCH_TIME = "log_watch_time"
+# Training-only inputs: the row's own contribution to its item's counts (leave-one-out).
+OWN_POSITIVE = "own_positive"
+OWN_EXAMPLE = "own_example"
 SERVING_POSITION = 1
 RAW_KEYS = f.QUERY_FEATURES + f.CANDIDATE_FEATURES
 
@@ -133,12 +144,53 @@ def add_retrieval_negatives(data: dict, catalogue: dict, retrieval_dir: str,
     return negatives.concat_rows(data, extra)
 
 
+@dataclasses.dataclass(frozen=True)
+class ItemCounts:
+    """Each item's positives and examples among the training examples (sorted ids)."""
+
+    ids: np.ndarray  # int64 [I], ascending
+    positives: np.ndarray  # float32 [I]
+    examples: np.ndarray  # float32 [I]
+
+    @classmethod
+    def fit(cls, items: np.ndarray, positive: np.ndarray) -> ItemCounts:
+        ids, inverse = np.unique(np.asarray(items, np.int64), return_inverse=True)
+        return cls(ids, np.bincount(inverse, weights=positive, minlength=len(ids)
+                                    ).astype(np.float32),
+                   np.bincount(inverse, minlength=len(ids)).astype(np.float32))
+
+    @property
+    def global_rate(self) -> float:
+        n = float(self.examples.sum())
+        return float(self.positives.sum()) / n if n else 0.0
+
+
+def popularity_features(positives: np.ndarray | tf.Tensor, examples: np.ndarray | tf.Tensor,
+                        global_rate: float, prior_count: float) -> tf.Tensor:
+    """[B, 3]: log1p(positives), log1p(examples) and (positives + m * global) / (examples + m)."""
+    pos = tf.cast(positives, tf.float32)
+    n = tf.cast(examples, tf.float32)
+    rate = (pos + prior_count * global_rate) / (n + prior_count)
+    return tf.stack([tf.math.log1p(pos), tf.math.log1p(n), rate], axis=1)
+
+
 class RankingModel(tf.keras.Model):
-    def __init__(self, tft_layer, raw_spec: dict, sizes: VocabSizes, cfg: RankingConfig):
+    def __init__(self, tft_layer, raw_spec: dict, sizes: VocabSizes, cfg: RankingConfig,
+                 counts: ItemCounts | None = None):
         super().__init__(name="ranker")
         self.tft_layer = tft_layer
         self._raw_spec = raw_spec
         self.cfg = cfg
+        self.counts_tables = None
+        if cfg.item_popularity_features:
+            if counts is None:
+                raise ValueError("item_popularity_features needs the training examples' item "
+                                 "counts (ItemCounts.fit); pass counts= or turn the option off")
+            self.global_rate = counts.global_rate
+            self.counts_tables = [tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(
+                    tf.constant(counts.ids, tf.int64), tf.constant(v, tf.float32)), 0.0)
+                for v in (counts.positives, counts.examples)]
         d = cfg.embedding_dim
         self.user = tf.keras.layers.Embedding(sizes.user_id, d, name="user_id")
         self.items = SparseMeanEmbedding(sizes.item_id, d, name="item_id")
@@ -160,6 +212,16 @@ class RankingModel(tf.keras.Model):
         self.position_bias = tf.keras.layers.Embedding(
             cfg.position_buckets + 1, 1, embeddings_initializer="zeros", name="position_bias")
 
+    def item_popularity(self, raw: dict) -> tf.Tensor:
+        """[B, 3] popularity_features of the rows' items; a training row (carrying
+        OWN_POSITIVE / OWN_EXAMPLE) leaves its own label out of its item's counts."""
+        item = tf.reshape(tf.cast(raw[f.ITEM_ID], tf.int64), [-1])
+        pos, n = (t.lookup(item) for t in self.counts_tables)
+        if OWN_EXAMPLE in raw:
+            pos -= tf.reshape(tf.cast(raw[OWN_POSITIVE], tf.float32), [-1])
+            n -= tf.reshape(tf.cast(raw[OWN_EXAMPLE], tf.float32), [-1])
+        return popularity_features(pos, n, self.global_rate, self.cfg.popularity_prior_count)
+
     def features(self, raw: dict) -> tf.Tensor:
         batch = tf.shape(raw[f.USER_ID])[0]
         x = self.tft_layer(
@@ -169,6 +231,8 @@ class RankingModel(tf.keras.Model):
                  for k in (f.RELEASE_YEAR, f.DURATION_SECONDS) for s in ("", "_missing")]
         score = ([tf.reshape(tf.cast(raw[RETRIEVAL_SCORE], tf.float32), [-1, 1])]
                  if self.cfg.use_retrieval_score else [])
+        if self.counts_tables is not None:
+            score.append(self.item_popularity(raw))
         parts = [
             self.user(sq(x[xf(f.USER_ID)])),
             self.items.lookup(sq(x[xf(f.ITEM_ID)])),
@@ -221,14 +285,17 @@ def export_ranker(model: RankingModel, path: str, info: dict) -> None:
     fn = tf.function(lambda **kw: module.serve(kw))
     tf.saved_model.save(module, path, signatures={
         "serving_default": fn.get_concrete_function(**serving_signature())})
-    extra = Path(path) / "assets.extra"
-    extra.mkdir(parents=True, exist_ok=True)
-    (extra / "marquee.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+    write_export_info(path, info)
 
 
-def _dataset(data: dict, cfg: RankingConfig, shuffle: bool) -> tf.data.Dataset:
+def _dataset(data: dict, cfg: RankingConfig, shuffle: bool, own_counts: bool
+             ) -> tf.data.Dataset:
+    """Batches of (features, labels). ``own_counts``: the rows are in the model's item counts,
+    so each carries its own contribution to leave out."""
     watched, log_time = labels(data[f.WATCH_SECONDS], cfg.min_watch_seconds)
     features = {k: data[k] for k in RAW_KEYS + (RETRIEVAL_SCORE, f.POSITION)}
+    if own_counts:
+        features[OWN_POSITIVE], features[OWN_EXAMPLE] = watched, np.ones_like(watched)
     ds = tf.data.Dataset.from_tensor_slices(
         (features, {WATCHED_LOGIT: watched, LOG_WATCH_TIME: log_time}))
     if shuffle:
@@ -236,10 +303,11 @@ def _dataset(data: dict, cfg: RankingConfig, shuffle: bool) -> tf.data.Dataset:
     return ds.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def build_model(tft_out: tft.TFTransformOutput, cfg: RankingConfig) -> RankingModel:
+def build_model(tft_out: tft.TFTransformOutput, cfg: RankingConfig,
+                counts: ItemCounts | None = None) -> RankingModel:
     tf.keras.utils.set_random_seed(cfg.seed)
     model = RankingModel(tft_out.transform_features_layer(), tft_out.raw_feature_spec(),
-                         vocab_sizes(tft_out), cfg)
+                         vocab_sizes(tft_out), cfg, counts)
     model.compile(
         optimizer=tf.keras.optimizers.Adam(cfg.learning_rate),
         loss={WATCHED_LOGIT: tf.keras.losses.BinaryCrossentropy(from_logits=True),
@@ -268,15 +336,18 @@ def train_ranker(train: dict, transform_dir: str, cfg: RankingConfig,
     from the end of train (``cfg.validation_share``); ``steps`` caps the steps per epoch."""
     tft_out = tft.TFTransformOutput(transform_dir)
     fit, val = carve_validation(train, cfg.validation_share)
-    model = build_model(tft_out, cfg)
+    # Counts over every train row (fit and validation), each row leaving its own label out.
+    counts = ItemCounts.fit(train[f.ITEM_ID], labels(train[f.WATCH_SECONDS],
+                                                     cfg.min_watch_seconds)[0])
+    model = build_model(tft_out, cfg, counts)
     t0 = time.perf_counter()
-    train_ds = _dataset(fit, cfg, shuffle=True)
+    train_ds = _dataset(fit, cfg, shuffle=True, own_counts=True)
     if steps is not None:
         train_ds = train_ds.take(steps)
     callbacks = [tf.keras.callbacks.EarlyStopping(
         monitor=f"val_{WATCHED_LOGIT}_loss", patience=cfg.early_stopping_patience,
         restore_best_weights=True)] if val else []
-    val_ds = _dataset(val, cfg, False) if val else None
+    val_ds = _dataset(val, cfg, False, own_counts=True) if val else None
     history = model.fit(train_ds, validation_data=val_ds,
                         epochs=epochs if epochs is not None else cfg.epochs, callbacks=callbacks,
                         verbose=2)
@@ -304,11 +375,12 @@ def run_fn(fn_args) -> None:
         train = add_retrieval_negatives(train, load_catalogue(catalogue), fn_args.base_model, cfg)
     model, metrics = train_ranker(train, fn_args.transform_output, cfg, steps=steps)
     metrics["retrieval_negatives"] = len(train[f.WATCH_SECONDS]) - n_examples
-    with open(os.path.join(fn_args.base_model, "metadata.json")) as fh:
-        retrieval_run = json.load(fh)["training_run"]
+    retrieval_run = json.loads(mio.read_text(os.path.join(fn_args.base_model, "metadata.json"))
+                               )["training_run"]
     info = {"retrieval_training_run": retrieval_run, "metrics": metrics,
             "config": dataclasses.asdict(cfg)}
     export_ranker(model, os.path.join(fn_args.serving_model_dir, "ranker"), info)
-    Path(fn_args.serving_model_dir, "metadata.json").write_text(json.dumps(info, indent=2))
+    mio.write_text(os.path.join(fn_args.serving_model_dir, "metadata.json"),
+                   json.dumps(info, indent=2))
     print(json.dumps(metrics, indent=2))
 

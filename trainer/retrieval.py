@@ -18,12 +18,12 @@ import json
 import os
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from marquee import io as mio
 from marquee.config import Config, RetrievalConfig
 from trainer import features as f
 from trainer.model import TwoTowerModel, VocabSizes
@@ -149,9 +149,14 @@ def export_tower(tower, tft_out, signature: dict, path: str, info: dict) -> None
     fn = tf.function(lambda **kw: module.embed(kw), input_signature=None)
     concrete = fn.get_concrete_function(**signature)
     tf.saved_model.save(module, path, signatures={"serving_default": concrete})
-    extra = Path(path) / "assets.extra"
-    extra.mkdir(parents=True, exist_ok=True)
-    (extra / "marquee.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+    write_export_info(path, info)
+
+
+def write_export_info(saved_model_dir: str, info: dict) -> None:
+    """The training run's facts beside a SavedModel (``assets.extra/marquee.json``), through
+    tf.io.gfile so a ``gs://`` model directory works too."""
+    mio.write_text(os.path.join(saved_model_dir, "assets.extra", "marquee.json"),
+                   json.dumps(info, indent=2, sort_keys=True))
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -266,7 +271,7 @@ def train_and_export(
                  os.path.join(serving_dir, "candidate_tower"), info)
     metadata = {**info, "metrics": metrics, "config": json.loads(config_json),
                 "popularity": {str(k): v for k, v in sorted(pop_by_id.items())}}
-    Path(serving_dir, METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+    mio.write_text(os.path.join(serving_dir, METADATA_FILE), json.dumps(metadata, indent=2))
     return metadata
 
 
