@@ -99,6 +99,7 @@ def pipeline() -> None:
               help="YAML config (see marquee/config.py for every setting).")
 def pipeline_run(data_dir: str, root: str, config_file: str | None) -> None:
     """Run the pipeline locally (LocalDagRunner, Beam DirectRunner)."""
+    from components.anomaly_gate.executor import AnomaliesFound
     from marquee.config import ConfigError, load_config
     from pipeline.local_runner import run_local
 
@@ -106,7 +107,12 @@ def pipeline_run(data_dir: str, root: str, config_file: str | None) -> None:
         config = load_config(config_file)
     except ConfigError as e:
         raise click.ClickException(str(e)) from e
-    summary = run_local(Path(data_dir), Path(root), config, progress=_echo)
+    try:
+        summary = run_local(Path(data_dir), Path(root), config, progress=_echo)
+    except (ContractError, AnomaliesFound) as e:
+        # The data stopped the run (too many rejected rows, or anomalies against the schema):
+        # the message names the problem and the fix; a traceback would bury it under TFX's logs.
+        raise click.ClickException(str(e)) from e
     click.echo(summary)
 
 
