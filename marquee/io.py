@@ -23,6 +23,14 @@ def is_remote(path: str | os.PathLike) -> bool:
     return "://" in os.fspath(path)
 
 
+def runtime_or_str(value):
+    """A component's path parameter: a TFX ``RuntimeParameter`` as it is (the Kubeflow spec
+    then takes it at submission), anything else (a str, a Path) as a string."""
+    from tfx.orchestration import data_types
+
+    return value if isinstance(value, data_types.RuntimeParameter) else os.fspath(value)
+
+
 def read_text(path: str | os.PathLike) -> str:
     with tf.io.gfile.GFile(os.fspath(path), "r") as fh:
         return fh.read()

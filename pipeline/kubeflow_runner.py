@@ -44,7 +44,8 @@ from pipeline.pipeline import beam_args, create_pipeline
 IMAGE_SOURCE_DIR = "/opt/marquee"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
-# Placeholders: replace them with --image / --pipeline-root / --data / --serving-dir.
+# Placeholders: replace them with --image / --pipeline-root / --data / --serving-dir at compile
+# time, or (all but the image) when submitting a run.
 DEFAULT_IMAGE = f"gcr.io/YOUR_PROJECT/marquee:{marquee.__version__}"
 DEFAULT_PIPELINE_ROOT = "gs://YOUR_BUCKET/marquee/tfx"
 DEFAULT_DATA_DIR = "gs://YOUR_BUCKET/marquee/data"
@@ -60,8 +61,20 @@ REQUIRED_BEAM_OPTIONS = {
 }
 
 
+# The pipeline's runtime parameters (a submission's ``parameter_values``).
+DATA_DIR = "data_dir"
+SERVING_DIR = "serving_dir"
+
+
 class CompileError(ValueError):
     pass
+
+
+def runtime_parameter(name: str, default: str):
+    """A string parameter of the compiled pipeline, ``default`` unless a submission sets it."""
+    from tfx.orchestration import data_types
+
+    return data_types.RuntimeParameter(name=name, ptype=str, default=default)
 
 
 def kubeflow_beam_args(beam: BeamConfig) -> list[str]:
@@ -104,8 +117,9 @@ def compile_pipeline(
     """Compiles the pipeline for Kubeflow Pipelines v2 into ``out``; returns ``out``.
 
     ``image`` runs every step (build it from ``kubeflow/Dockerfile``). ``data_dir`` and
-    ``serving_dir`` are compiled in as constants; ``pipeline_root`` is the runtime config's
-    output directory, which a submission may override.
+    ``serving_dir`` become the pipeline's runtime parameters ``data_dir`` and ``serving_dir``
+    with these defaults, and ``pipeline_root`` the runtime config's output directory: a
+    submission may override all three without recompiling.
     """
     from tfx import v1 as tfx
 
@@ -114,13 +128,19 @@ def compile_pipeline(
         raise CompileError(
             f"{out}: unknown format {out.suffix or '(no suffix)'}; use .json for a PipelineJob "
             "(Vertex AI Pipelines) or .yaml for a PipelineSpec (Kubeflow Pipelines 2.x upload)")
-    p = create_pipeline(PIPELINE_NAME, pipeline_root, data_dir, serving_dir, config,
+    p = create_pipeline(PIPELINE_NAME, pipeline_root, runtime_parameter(DATA_DIR, data_dir),
+                        runtime_parameter(SERVING_DIR, serving_dir), config,
                         beam_pipeline_args=kubeflow_beam_args(config.beam))
     _relocate_repo_paths(p)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
             default_image=image, use_pipeline_spec_2_1=True))
-    job = runner.run(p, write_out=False)
+    defaults = {DATA_DIR: data_dir, SERVING_DIR: serving_dir}
+    job = runner.run(p, parameter_values=defaults, write_out=False)
+    # The defaults in the spec itself too, so the bare PipelineSpec (.yaml) runs without them.
+    params = job["pipelineSpec"]["root"]["inputDefinitions"]["parameters"]
+    for name, value in defaults.items():
+        params[name].update(defaultValue=value, isOptional=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".json":
         out.write_text(json.dumps(job, indent=2, sort_keys=True) + "\n")

@@ -69,7 +69,19 @@ def _containers(job: dict) -> dict[str, dict]:
 
 def _constants(job: dict, task: str) -> dict[str, str]:
     params = job["pipelineSpec"]["root"]["dag"]["tasks"][task]["inputs"]["parameters"]
-    return {k: v["runtimeValue"]["constant"] for k, v in params.items()}
+    return {k: v["runtimeValue"]["constant"] for k, v in params.items() if "runtimeValue" in v}
+
+
+def _runtime_parameter(job: dict, task: str, name: str) -> str:
+    """The pipeline parameter ``task``'s input ``name`` takes, checked to have the same default
+    in the spec and in the runtime config; returns that default."""
+    spec = job["pipelineSpec"]
+    given = spec["root"]["dag"]["tasks"][task]["inputs"]["parameters"][name]
+    param = given["componentInputParameter"]
+    declared = spec["root"]["inputDefinitions"]["parameters"][param]
+    assert declared["parameterType"] == "STRING" and declared["isOptional"]
+    assert job["runtimeConfig"]["parameterValues"][param] == declared["defaultValue"]
+    return declared["defaultValue"]
 
 
 # ----------------------------------------------------------------------------- compiled spec
@@ -139,10 +151,17 @@ def test_every_component_parameter_is_set(job):
             "inputDefinitions", {}).get("parameters", {})
         given = task.get("inputs", {}).get("parameters", {})
         assert set(given) == set(declared), name
-        assert all("constant" in v["runtimeValue"] for v in given.values()), name
+        # the paths are the pipeline's runtime parameters; everything else is compiled in
+        runtime = {k for k, v in given.items() if "componentInputParameter" in v}
+        assert runtime == {"ContractExampleGen": {"data_dir"},
+                           "ModelPusher": {"serving_dir"}}.get(name, set()), name
+        assert all("constant" in v["runtimeValue"] for k, v in given.items()
+                   if k not in runtime), name
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"data_dir", "serving_dir"}
     assert job["runtimeConfig"]["gcsOutputDirectory"] == kr.DEFAULT_PIPELINE_ROOT
-    assert _constants(job, "ContractExampleGen")["data_dir"] == kr.DEFAULT_DATA_DIR
-    assert _constants(job, "ModelPusher")["serving_dir"] == kr.DEFAULT_SERVING_DIR == "/models"
+    assert _runtime_parameter(job, "ContractExampleGen", "data_dir") == kr.DEFAULT_DATA_DIR
+    assert (_runtime_parameter(job, "ModelPusher", "serving_dir") == kr.DEFAULT_SERVING_DIR
+            == "/models")
     assert Config.from_json(_constants(job, "ScannIndexer")["config_json"]) == Config()
     # The schema is named by its path in the image, which holds the same file as the checkout.
     schema = _constants(job, "ImportSchemaGen")["schema_file"]
@@ -163,8 +182,8 @@ def test_arguments_and_a_dataflow_config_reach_the_spec(tmp_path):
         assert container["args"][-4:] == ["--runner=DataflowRunner", *extra], name
         assert not any(a.startswith("--direct_") for a in container["args"]), name
     assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://b/root"
-    assert _constants(job, "ContractExampleGen")["data_dir"] == "gs://b/data"
-    assert _constants(job, "ModelPusher")["serving_dir"] == "/mnt/models"
+    assert _runtime_parameter(job, "ContractExampleGen", "data_dir") == "gs://b/data"
+    assert _runtime_parameter(job, "ModelPusher", "serving_dir") == "/mnt/models"
 
 
 @pytest.mark.parametrize("runner,given,missing", [

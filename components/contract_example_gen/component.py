@@ -9,6 +9,7 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 
 from components.contract_example_gen.executor import Executor
 from marquee.config import Config
+from marquee.io import runtime_or_str
 
 
 class ContractExampleGenSpec(ComponentSpec):
@@ -32,5 +33,5 @@ class ContractExampleGen(base_beam_component.BaseBeamComponent):
 
     def __init__(self, data_dir: str, config: Config):
         super().__init__(spec=ContractExampleGenSpec(
-            data_dir=str(data_dir), config_json=config.to_json(),
+            data_dir=runtime_or_str(data_dir), config_json=config.to_json(),
             examples=types.Channel(type=standard_artifacts.Examples)))

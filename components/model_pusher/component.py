@@ -16,6 +16,7 @@ from components.model_pusher import push_lib
 from components.scann_indexer.component import ScannIndex
 from components.scann_indexer.executor import BLESSED
 from marquee import io
+from marquee.io import runtime_or_str
 from trainer.retrieval import METADATA_FILE
 
 
@@ -62,6 +63,6 @@ class ModelPusher(base_component.BaseComponent):
     def __init__(self, model, index, serving_dir: str, ranking_model=None,
                  ranking_blessing=None):
         super().__init__(spec=ModelPusherSpec(
-            model=model, index=index, serving_dir=str(serving_dir),
+            model=model, index=index, serving_dir=runtime_or_str(serving_dir),
             ranking_model=ranking_model, ranking_blessing=ranking_blessing,
             pushed_model=types.Channel(type=standard_artifacts.PushedModel)))
