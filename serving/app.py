@@ -13,10 +13,10 @@ from marquee.data import contract as c
 from serving.backends import GrpcBackend, IndexStore, InProcessBackend
 from serving.catalogue import load_frames
 from serving.cold_start import OnboardingIngest, OnboardingLog
-from serving.events import EventIngest, EventLog, EventValidator
+from serving.events import REPLAY_PROBLEMS_LOGGED, EventIngest, EventLog, EventValidator
 from serving.feature_store import EmbeddedStore, FeatureStore, RedisStore
 from serving.homepage import HomepageService
-from serving.resilient_store import ResilientStore
+from serving.resilient_store import ReplayGuard, ResilientStore
 from serving.signup import SignupIngest
 
 log = logging.getLogger(__name__)
@@ -96,11 +96,66 @@ def _logged(folder: Path) -> pd.DataFrame | None:
     return pd.concat([pd.read_parquet(f) for f in files]) if files else None
 
 
-def attach_logs(service: HomepageService, event_log: str | Path) -> WritePaths:
+def _loaded_with_data(folder: Path, data_dir: str | Path | None) -> bool:
+    """Whether ``folder`` (the event log's interactions) is the interactions table the serving
+    data was loaded from (``--event-log`` = ``--data``: a dataset folder the next pipeline run
+    reads). A remote ``data_dir`` (a URI) is never a local log folder."""
+    if data_dir is None or "://" in str(data_dir):
+        return False
+    return (Path(data_dir) / c.INTERACTIONS).resolve() == folder.resolve()
+
+
+def _replay_events(service: HomepageService, ingest: EventIngest,
+                   data_dir: str | Path | None) -> None:
+    """Puts back the events earlier runs logged (``EventIngest.replay``, the store part by
+    ``ReplayGuard``'s rule), unless the serving data loaded them; logs what it did."""
+    folder = ingest.log.folder
+    # A part file its run never closed (it stopped without closing the log) has no footer:
+    # unreadable, its rows are lost (the next pipeline run does not read it either).
+    unfinished = sorted(folder.glob("*.parquet.inprogress"))
+    for path in unfinished:
+        log.warning("event log replay: %s was never closed (its run stopped first): not "
+                    "readable, its events are lost", path)
+    if _loaded_with_data(folder, data_dir):
+        log.info("events in %s were loaded with the serving data (--data %s): not put back "
+                 "again", folder, data_dir)
+        return
+    files = sorted(folder.glob("*.parquet"))
+    if not files:
+        return
+    guard = ReplayGuard(service.store)
+    report = ingest.replay(files, guard.record_event)
+    message = (f"put back {report.events} event(s) logged by earlier runs ({report.files} part "
+               f"file(s) in {folder}); feature store: {guard.recorded} recorded, {guard.held} "
+               "held already")
+    if guard.unavailable:
+        message += f", {guard.unavailable} not recorded ({guard.error})"
+    skipped = report.skipped_rows + report.skipped_files + len(unfinished)
+    if skipped:
+        message += (f"; skipped {report.skipped_rows} row(s) that no longer validate and "
+                    f"{report.skipped_files + len(unfinished)} unreadable file(s)")
+        if report.skipped_rows + report.skipped_files > REPLAY_PROBLEMS_LOGGED:
+            message += f" (the first {REPLAY_PROBLEMS_LOGGED} are logged above)"
+    (log.warning if skipped or guard.unavailable else log.info)("%s", message)
+    if report.events:
+        try:  # trending's counts with the watches put back, now rather than at its next refresh
+            service.refresh_trending()
+        except Exception:  # the refresh thread tries again; start-up goes on
+            log.exception("trending refresh after the event log replay failed")
+
+
+def attach_logs(service: HomepageService, event_log: str | Path,
+                data_dir: str | Path | None = None) -> WritePaths:
     """The write paths of ``marquee serve --event-log DIR``: events to ``DIR/interactions/``,
     titles to ``DIR/items/`` and signups to ``DIR/users/`` (one part file each: durable at
-    once), quiz answers to ``DIR/onboarding.jsonl``. Titles, users and answers logged by an
-    earlier run are put back first."""
+    once), quiz answers to ``DIR/onboarding.jsonl``. Titles, users, answers and then events
+    logged by earlier runs are put back first.
+
+    ``data_dir``: the folder the service's data was loaded from (``--data``; None: not from a
+    folder). The events in ``DIR/interactions/`` are put back through the live path but the
+    log (the store as ``ReplayGuard`` allows, then trending), unless that folder is the
+    interactions table of ``data_dir`` (``--event-log`` = ``--data``): then the loaded data
+    holds every one of them already (no other process writes there), so none is put back."""
     event_log = Path(event_log)
     events = EventLog(event_log)
     items = EventLog(event_log, flush_rows=1, rows_per_file=1, table=c.ITEMS)
@@ -122,6 +177,7 @@ def attach_logs(service: HomepageService, event_log: str | Path) -> WritePaths:
         log.info("put back %d onboarding answer(s) from %s", n, onboarding.log.path)
     ingest = EventIngest(EventValidator(service.users, service.catalogue.row), service.store,
                          events, on_accept=service.observe)
+    _replay_events(service, ingest, data_dir)
     return WritePaths(ingest, onboarding, signup, [events, items, users])
 
 
@@ -133,7 +189,8 @@ def serve(data_dir: str | Path, model_base: str | Path, tf_serving: str | None, 
     service = build_service(data_dir, model_base, tf_serving, config.serving,
                             make_store(redis_url, config.serving),
                             config.data.min_watch_seconds)
-    writes = attach_logs(service, event_log) if event_log else WritePaths(None, None, None, [])
+    writes = (attach_logs(service, event_log, data_dir) if event_log
+              else WritePaths(None, None, None, []))
     service.start_refresh()
     server = ApiServer(service, port, host, ingest=writes.ingest, onboarding=writes.onboarding,
                        signup=writes.signup)

@@ -11,6 +11,9 @@ what arrived. An accepted event is written to the store first, then to the log; 
 raised to the caller (the HTTP layer answers 503 with the reason), so no event is dropped quietly.
 A 503 after the store accepted the event may make a client retry it: delivery is at least once.
 
+At start-up (``serving.app.attach_logs``) the events earlier runs logged take the same path again
+but the log (:meth:`EventIngest.replay`), so a restart does not forget them.
+
 The log writes the contract's interactions format, so a dataset folder whose ``interactions/`` the
 log appends to is read by the next pipeline run as it is.
 """
@@ -22,7 +25,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -164,21 +167,44 @@ class EventValidator:
     def __init__(self, user_ids: Container[int], item_ids: Container[int]):
         self.user_ids, self.item_ids = user_ids, item_ids
 
-    def validate(self, raw: Mapping[str, object]) -> Event:
-        """The typed event; raises InvalidEvent listing every problem."""
-        value, problems = check_row(c.INTERACTIONS, raw, "an interaction", {
+    def _refs(self) -> dict[str, tuple[Container[int], str]]:
+        return {
             c.USER_ID: (self.user_ids, "is not a known user; the users table must hold a user "
                         "before their events are accepted"),
             c.ITEM_ID: (self.item_ids, "is not in the catalogue; send events only for titles "
-                        "the catalogue holds")})
+                        "the catalogue holds")}
+
+    def validate(self, raw: Mapping[str, object]) -> Event:
+        """The typed event; raises InvalidEvent listing every problem."""
+        value, problems = check_row(c.INTERACTIONS, raw, "an interaction", self._refs())
         if problems:
             raise InvalidEvent(problems)
-        return Event(
-            user_id=int(value[c.USER_ID]), item_id=int(value[c.ITEM_ID]),
-            timestamp=int(value[c.TIMESTAMP]), event=str(value[c.EVENT]),
-            watch_seconds=float(value[c.WATCH_SECONDS]), device=str(value[c.DEVICE]),
-            position=None if pd.isna(value[c.POSITION]) else int(value[c.POSITION]),
-            rating=None if pd.isna(value[c.RATING]) else float(value[c.RATING]))
+        return _event(value)
+
+    def validate_frame(self, frame: pd.DataFrame) -> list[Event | str]:
+        """Each row of a batch of the interactions table (a logged part file's) as an Event, or
+        why it is refused: the dataset validator's first problem of the row, else an unknown
+        user or title (the reasons ``validate`` gives). Raises ContractError for a frame without
+        a contract column."""
+        typed, reasons = check_frame(c.INTERACTIONS, frame, check_refs=False)
+        refs = self._refs()
+        out: list[Event | str] = []
+        for value, reason in zip(typed.to_dict("records"), reasons, strict=True):
+            reason = reason or next((f"{name}: {int(value[name])} {why}"
+                                     for name, (ids, why) in refs.items()
+                                     if int(value[name]) not in ids), "")
+            out.append(reason or _event(value))
+        return out
+
+
+def _event(value: Mapping[str, object]) -> Event:
+    """The Event of a valid row typed by ``check_frame``."""
+    return Event(
+        user_id=int(value[c.USER_ID]), item_id=int(value[c.ITEM_ID]),
+        timestamp=int(value[c.TIMESTAMP]), event=str(value[c.EVENT]),
+        watch_seconds=float(value[c.WATCH_SECONDS]), device=str(value[c.DEVICE]),
+        position=None if pd.isna(value[c.POSITION]) else int(value[c.POSITION]),
+        rating=None if pd.isna(value[c.RATING]) else float(value[c.RATING]))
 
 
 class EventLogError(RuntimeError):
@@ -298,11 +324,48 @@ class EventLog:
         log.info("event log: %s (%d rows)", final, writer.rows)
 
 
+@dataclasses.dataclass
+class ReplayReport:
+    """What :meth:`EventIngest.replay` put back and what it skipped (each skip is logged)."""
+
+    files: int = 0  # part files opened
+    events: int = 0  # rows put back
+    skipped_rows: int = 0  # rows that no longer validate
+    skipped_files: int = 0  # files unreadable from the start or part way (the rest skipped)
+
+    def skip(self, message: str, files: int = 0, rows: int = 0) -> None:
+        """Counts a skip and logs its message (the first REPLAY_PROBLEMS_LOGGED of a replay)."""
+        if self.skipped_files + self.skipped_rows < REPLAY_PROBLEMS_LOGGED:
+            log.warning("event log replay: %s", message)
+        self.skipped_files += files
+        self.skipped_rows += rows
+
+
+# Skipped rows and files a replay logs one by one; the rest are only counted (its summary line
+# says how many), so a log full of a removed title's events does not flood start-up.
+REPLAY_PROBLEMS_LOGGED = 20
+
+
+def _frames(path: Path, batch_size: int) -> Iterator[pd.DataFrame]:
+    """The rows of one part file, ``batch_size`` at a time; ContractError if it cannot be read
+    (at once, or part way through a damaged file)."""
+    batches = c.open_parquet(path).iter_batches(batch_size=batch_size)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (OSError, pa.ArrowException) as e:
+            raise c.ContractError(f"damaged Parquet data ({type(e).__name__}: {e})") from e
+        yield batch.to_pandas()
+
+
 class EventIngest:
     """Validate -> store -> log, the one path every incoming event takes (``POST /v1/events``).
 
     ``accept`` raises InvalidEvent (answer 400), or the store's StoreUnavailable / EventLogError
     (answer 503 with the message); it returns the event only when both writes succeeded.
+    ``replay`` puts back, at start-up, the events earlier runs logged.
     """
 
     def __init__(self, validator: EventValidator, store: FeatureStore, event_log: EventLog,
@@ -317,3 +380,41 @@ class EventIngest:
         if self.on_accept is not None:
             self.on_accept(event)
         return event
+
+    def replay(self, files: Iterable[Path], record: Callable[[Event], None] | None = None,
+               batch_size: int = 10_000) -> ReplayReport:
+        """Puts back the events of ``files``: part files of the log written by earlier runs, in
+        name order, which is the order they were logged.
+
+        Each row takes the live path but the log: it is validated (``validate_frame``: a title
+        or user gone since is refused), recorded (``record``, by default the store's
+        ``record_event``) and passed to ``on_accept``, in the order it was logged, which is the
+        order the live path applied it: the online features end as they were (recent watches
+        in arrival order, a late event where it arrived). Nothing is appended: the rows are in
+        the log already. One batch of ``batch_size`` rows is in memory at a time.
+
+        A file that cannot be read (from the start, or its rest after a damaged batch) and a
+        row that no longer validates are skipped, logged (file, 0-based row, reason) and
+        counted in the report, never raised. Errors of ``record`` are raised.
+        """
+        record = record or self.store.record_event
+        report = ReplayReport()
+        for path in files:
+            report.files += 1
+            offset = 0
+            try:
+                for frame in _frames(path, batch_size):
+                    for row, event in enumerate(self.validator.validate_frame(frame), offset):
+                        if isinstance(event, str):
+                            report.skip(f"{path} row {row}: {event}; not put back", rows=1)
+                            continue
+                        record(event)
+                        if self.on_accept is not None:
+                            self.on_accept(event)
+                        report.events += 1
+                    offset += len(frame)
+            except c.ContractError as e:
+                report.skip(f"{path}: unreadable from row {offset} on ({e}); "
+                            f"{'its' if offset == 0 else 'those'} events were not put back",
+                            files=1)
+        return report

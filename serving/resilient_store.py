@@ -17,6 +17,9 @@ An event whose replay queue is full raises StoreUnavailable (the caller answers 
 never dropped quietly. A replay cut short by Redis failing again resumes at the next probe, and
 an event whose reply was lost mid-call may be applied twice (at-least-once). Batch features are
 loaded into both stores; a load while Redis is down raises, as the shared copy did not change.
+
+Redis outlives a restart of the server; :class:`ReplayGuard` is the rule that puts the events
+logged by earlier runs back (start-up) without recording twice what Redis holds.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from serving.feature_store import (
     NO_GENERATION,
     BatchFeatures,
     EmbeddedStore,
+    FeatureStore,
     RedisStore,
     StoreUnavailable,
     UserFeatures,
@@ -187,3 +191,65 @@ class ResilientStore:
             prober.join(timeout=self.probe_interval_s + 1)
         self.primary.close()
         self.fallback.close()
+
+
+_UNREAD, _UNKNOWN = object(), object()
+
+
+class ReplayGuard:
+    """Records the events put back at start-up (``EventIngest.replay``'s ``record``) into a
+    store that may hold them already: Redis outlives a restart of the server.
+
+    Rule: when a user's first event comes up, the store's ``last_event_at`` for them is read,
+    once, before any of their events is put back; an event is recorded only if it is later.
+    ``last_event_at`` is the latest timestamp the store was given and never goes back, so every
+    event the store took has a timestamp at or before it: no event is recorded twice (a watch
+    cannot appear twice in the recent list, nor bump the generation twice, nor lengthen the
+    session again), while events the store lacks that are later than all it has (accepted
+    while Redis was down, with the process stopped before its queue drained; or Redis emptied)
+    are recorded. It may miss an event the store never took that is no later than one it did.
+    A fresh embedded store knows nobody: every event is recorded.
+
+    ResilientStore: the rule reads Redis; this process's copy (``fallback``, empty at start-up)
+    takes every event, so it is whole for an outage. If Redis cannot be read for a user (down
+    now: the wrapper answers from its copy), their events go to the copy only, as Redis may hold
+    them; so does an event the store refuses (StoreUnavailable). Both are counted
+    (``unavailable``, ``error`` says why) for the start-up log.
+    """
+
+    def __init__(self, store: FeatureStore):
+        self.store = store
+        self.local = store.fallback if isinstance(store, ResilientStore) else None
+        self.recorded = self.held = self.unavailable = 0
+        self.error: str | None = None
+        self._since: dict[int, object] = {}  # user -> last_event_at before the replay
+
+    def _watermark(self, user_id: int) -> object:
+        since = self._since.get(user_id, _UNREAD)
+        if since is _UNREAD:
+            try:
+                features = self.store.features(user_id)
+                since = features.last_event_at
+                if features.generation == NO_GENERATION:  # not Redis's: the wrapper's copy
+                    since = _UNKNOWN
+                    self.error = "Redis could not be read; they are in this process's copy only"
+            except StoreUnavailable as e:
+                since, self.error = _UNKNOWN, str(e)
+            self._since[user_id] = since
+        return since
+
+    def record_event(self, event: Event) -> None:
+        since = self._watermark(event.user_id)
+        if since is _UNKNOWN:
+            self.unavailable += 1
+        elif since is not None and event.timestamp <= since:
+            self.held += 1
+        else:
+            try:
+                self.store.record_event(event)  # ResilientStore: its copy too
+                self.recorded += 1
+                return
+            except StoreUnavailable as e:
+                self.unavailable, self.error = self.unavailable + 1, str(e)
+        if self.local is not None:
+            self.local.record_event(event)
