@@ -42,11 +42,10 @@ def main() -> None:
     threshold = trained.get("min_watch_seconds", c.WATCHED_THRESHOLD_SECONDS)
     y, log_time = labels(data[f.WATCH_SECONDS], threshold)
     p, t = predict(str(ranker / "Format-Serving" / "ranker"), data)
-    train = raw_inputs.parse_examples(
-        raw_inputs.read_examples([str(examples / "Split-rank_train" / "*")]),
-        (f.ITEM_ID, f.WATCH_SECONDS))
-    tw, tt = labels(train[f.WATCH_SECONDS].numpy(), threshold)
-    bp, _ = eval_lib.PopularityBaseline.fit(train[f.ITEM_ID].numpy(), tw, tt).predict(
+    train = raw_inputs.columns([str(examples / "Split-rank_train" / "*")],
+                               (f.ITEM_ID, f.WATCH_SECONDS))
+    tw, tt = labels(train[f.WATCH_SECONDS], threshold)
+    bp, _ = eval_lib.PopularityBaseline.fit(train[f.ITEM_ID], tw, tt).predict(
         data[f.ITEM_ID])
 
     truth = pd.read_parquet(Path(args.data) / TRUTH_DIR / TRUTH_FILE)

@@ -25,15 +25,18 @@ from trainer.ranking import (
     RAW_KEYS,
     RETRIEVAL_SCORE,
     WATCHED_LOGIT,
+    RankingRecords,
+    _dataset,
     add_retrieval_negatives,
     export_ranker,
     labels,
     load_catalogue,
     load_split,
     retrieval_scores,
+    scan_split,
     train_ranker,
 )
-from trainer.retrieval import LIST_PAD
+from trainer.retrieval import HISTORY_PAD, LIST_PAD
 
 from .conftest import E2E_CONFIG as CONFIG
 
@@ -161,12 +164,13 @@ def test_ranker_losses_and_position_tower_dropped_at_serving(run, tmp_path):
 def test_ranker_item_counts_leave_the_row_out_in_training_only(run):
     tmp, _ = run
     _, _, transform, train = _ranking_inputs(tmp)
-    model, _ = train_ranker(train, str(transform), CONFIG.ranking, epochs=1, steps=2)
-    y = labels(train[f.WATCH_SECONDS], CONFIG.ranking.min_watch_seconds)[0]
+    cfg = dataclasses.replace(CONFIG.ranking, item_popularity_features=True)
+    model, _ = train_ranker(train, str(transform), cfg, epochs=1, steps=2)
+    y = labels(train[f.WATCH_SECONDS], cfg.min_watch_seconds)[0]
     items = train[f.ITEM_ID]
     pos = {i: y[items == i].sum() for i in np.unique(items)}
     n = {i: (items == i).sum() for i in np.unique(items)}
-    g, m = y.mean(), CONFIG.ranking.popularity_prior_count
+    g, m = y.mean(), cfg.popularity_prior_count
     rows = np.arange(0, len(y), max(1, len(y) // 50))
     batch = {k: train[k][rows] for k in RAW_KEYS + (RETRIEVAL_SCORE,)}
     served = model.item_popularity(batch).numpy()  # serving: the item's full counts
@@ -222,3 +226,76 @@ def test_retrieval_negatives_on_the_real_towers(run):
                                rtol=1e-4, atol=1e-4)
     again = add_retrieval_negatives(train, catalogue, str(retrieval), cfg)
     np.testing.assert_array_equal(again[f.ITEM_ID], out[f.ITEM_ID])
+
+
+def _columns(batches, keys):
+    """Batches of (features, labels) -> one array per key; lists padded to the widest batch."""
+    out = {}
+    for k in keys:
+        parts = [(x if k in x else y)[k].numpy() for x, y in batches]
+        if parts[0].ndim == 2:
+            width = max(p.shape[1] for p in parts)
+            pad = HISTORY_PAD if parts[0].dtype.kind == "i" else LIST_PAD.encode()
+            parts = [np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=pad)
+                     for p in parts]
+        out[k] = np.concatenate(parts)
+    return out
+
+
+def test_streamed_ranking_batches_equal_the_in_memory_ones(run):
+    # The RankingTrainer streams rank_train from its files; load_split holds it in memory (tests,
+    # hard negatives). The model must get the same batches either way.
+    tmp, _ = run
+    examples, retrieval, _, train = _ranking_inputs(tmp)
+    cfg = dataclasses.replace(CONFIG.ranking, batch_size=64)
+    records = RankingRecords((str(examples / "Split-rank_train" / "*"),), str(retrieval))
+    in_memory, streamed = scan_split(train, cfg), scan_split(records, cfg)
+
+    # The latest 10% of the examples by time validate: timestamp >= the 0.9 quantile.
+    ts = train[f.TIMESTAMP]
+    cutoff = int(np.ceil(np.quantile(ts, 1 - cfg.validation_share)))
+    validation = ts >= cutoff
+    assert in_memory.cutoff == streamed.cutoff == cutoff
+    assert 0.05 * len(ts) < validation.sum() < 0.15 * len(ts)
+    for split in (in_memory, streamed):
+        assert (split.fit_examples, split.validation_examples) == (
+            (~validation).sum(), validation.sum())
+        for a in ("ids", "positives", "examples"):
+            np.testing.assert_array_equal(getattr(split.counts, a), getattr(in_memory.counts, a))
+    y = labels(train[f.WATCH_SECONDS], cfg.min_watch_seconds)[0]
+    assert streamed.counts.positives.sum() == y.sum() == (
+        train[f.WATCH_SECONDS] >= cfg.min_watch_seconds).sum() > 0
+
+    features = RAW_KEYS + (RETRIEVAL_SCORE, f.POSITION, OWN_POSITIVE, OWN_EXAMPLE)
+    for side in (False, True):
+        rows = validation == side
+        mem = list(_dataset(train, in_memory, cfg, side, shuffle=False))
+        rec = list(_dataset(records, streamed, cfg, side, shuffle=False))
+        assert len(mem) == len(rec) == int(np.ceil(rows.sum() / 64))
+        assert [len(x[f.ITEM_ID]) for x, _ in rec] == [len(x[f.ITEM_ID]) for x, _ in mem]
+        m = _columns(mem, features + (WATCHED_LOGIT, LOG_WATCH_TIME))
+        r = _columns(rec, features + (WATCHED_LOGIT, LOG_WATCH_TIME))
+        for k in m:
+            if k == RETRIEVAL_SCORE:
+                np.testing.assert_allclose(r[k], m[k], rtol=1e-5, atol=1e-6)
+            else:
+                np.testing.assert_array_equal(r[k], m[k], err_msg=k)
+        # this side's rows in file order, their labels and their own counts (label, 1)
+        np.testing.assert_array_equal(r[f.ITEM_ID], train[f.ITEM_ID][rows])
+        np.testing.assert_array_equal(r[f.USER_ID], train[f.USER_ID][rows])
+        np.testing.assert_allclose(r[RETRIEVAL_SCORE], train[RETRIEVAL_SCORE][rows],
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(r[WATCHED_LOGIT], y[rows])
+        np.testing.assert_array_equal(r[OWN_POSITIVE], y[rows])
+        assert (r[OWN_EXAMPLE] == 1).all()
+
+    # Shuffled with the same seed, both give the same order (the same buffer over the same rows).
+    orders = []
+    for source, split in ((train, in_memory), (records, streamed)):
+        tf.keras.utils.set_random_seed(cfg.seed)
+        batches = list(_dataset(source, split, cfg, False, shuffle=True))
+        orders.append(_columns(batches, (f.USER_ID, f.ITEM_ID)))
+    for k in (f.USER_ID, f.ITEM_ID):
+        np.testing.assert_array_equal(orders[1][k], orders[0][k])
+    assert not np.array_equal(orders[1][f.USER_ID], train[f.USER_ID][~validation])
+    assert sorted(orders[1][f.USER_ID]) == sorted(train[f.USER_ID][~validation])

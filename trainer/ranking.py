@@ -19,7 +19,13 @@ combined with ``RankingConfig.watched_weight`` / ``watch_time_weight``.
 Training examples: the rank_train split (every watch plus the ExampleGen's sampled negatives,
 uniform or popularity-weighted: ``RankingConfig.random_negative_popularity_exponent``),
 optionally plus hard negatives from the retrieval model's own top N per positive
-(``retrieval_negatives_per_positive``, :mod:`trainer.negatives`). Measured on MovieLens 100K
+(``retrieval_negatives_per_positive``, :mod:`trainer.negatives`). The split is streamed from
+its TFRecord files (:class:`RankingRecords`): a first pass over three scalar columns gives the
+validation cutoff and the item counts (:func:`scan_split`), then ``tf.data`` reads, shuffles
+(a bounded buffer), parses and scores each batch with the towers (:func:`_dataset`), so memory
+does not grow with the number of examples (apart from 8 bytes a row for the exact cutoff
+quantile). With hard negatives the split is loaded in memory instead (:func:`load_split`): they
+are drawn against every user's watches and the whole catalogue at once. Measured on MovieLens 100K
 (validation split carved from train): hard negatives make the ranker alone far worse (NDCG@20
 0.175 -> 0.084) because, without impressions, a user's unwatched top-N items are mostly the
 ones they will watch next; they are off by default. The retrieval score of a training pair is
@@ -73,13 +79,21 @@ SERVING_POSITION = 1
 RAW_KEYS = f.QUERY_FEATURES + f.CANDIDATE_FEATURES
 
 
+def label_tensors(watch_seconds: tf.Tensor, min_watch_seconds: float
+                  ) -> tuple[tf.Tensor, tf.Tensor]:
+    """(watched at least ``min_watch_seconds`` (and more than 0, which sampled negatives carry)
+    as 0/1 float32 [B], log1p(watch seconds) float32 [B]). Graph-safe; :func:`labels` on numpy."""
+    ws = tf.cast(watch_seconds, tf.float64)
+    watched = tf.cast((ws >= min_watch_seconds) & (ws > 0), tf.float32)
+    return watched, tf.cast(tf.math.log1p(tf.maximum(ws, 0.0)), tf.float32)
+
+
 def labels(watch_seconds: np.ndarray, min_watch_seconds: float = c.WATCHED_THRESHOLD_SECONDS
            ) -> tuple[np.ndarray, np.ndarray]:
-    """(watched at least ``min_watch_seconds`` (and more than 0, which sampled negatives carry)
-    as 0/1 float32, log1p(watch seconds) float32). The default: watched past 2 minutes."""
-    ws = np.asarray(watch_seconds, np.float64)
-    return (((ws >= min_watch_seconds) & (ws > 0)).astype(np.float32),
-            np.log1p(np.maximum(ws, 0.0)).astype(np.float32))
+    """:func:`label_tensors` of a numpy array. The default: watched past 2 minutes."""
+    watched, log_time = label_tensors(tf.constant(np.asarray(watch_seconds, np.float64)),
+                                      float(min_watch_seconds))
+    return watched.numpy(), log_time.numpy()
 
 
 def tower_embeddings(retrieval_dir: str, tower: str, inputs: dict,
@@ -91,11 +105,31 @@ def tower_embeddings(retrieval_dir: str, tower: str, inputs: dict,
                             {k: tf.constant(inputs[k]) for k in keys}, batch_size)
 
 
+class RetrievalScorer:
+    """The pushed/trained towers' dot product of (query, item) rows of raw inputs; callable
+    eagerly or inside ``tf.data.Dataset.map`` (the signatures run in the map's graph)."""
+
+    def __init__(self, retrieval_dir: str):
+        # The loaded objects stay referenced: their signatures need the variables alive.
+        self._towers = [(tf.saved_model.load(os.path.join(retrieval_dir, tower)), keys)
+                        for tower, keys in (("query_tower", f.QUERY_FEATURES),
+                                            ("candidate_tower", f.CANDIDATE_FEATURES))]
+
+    def __call__(self, inputs: dict) -> tf.Tensor:
+        """Scores [B] float32 of ``inputs`` (raw signature inputs, [B] / [B, L])."""
+        (qe, ce) = (model.signatures["serving_default"](**{k: inputs[k] for k in keys}
+                                                       )["embedding"]
+                    for model, keys in self._towers)
+        return tf.reduce_sum(qe * ce, axis=1)
+
+
 def retrieval_scores(retrieval_dir: str, inputs: dict, batch_size: int = 8192) -> np.ndarray:
     """Dot product of the pushed/trained towers for each (query, item) row of raw ``inputs``."""
-    qe = tower_embeddings(retrieval_dir, "query_tower", inputs, batch_size)
-    ce = tower_embeddings(retrieval_dir, "candidate_tower", inputs, batch_size)
-    return np.sum(qe * ce, axis=1).astype(np.float32)
+    scorer = RetrievalScorer(retrieval_dir)
+    n = int(inputs[f.ITEM_ID].shape[0])
+    return np.concatenate(
+        [scorer({k: tf.convert_to_tensor(inputs[k][s:s + batch_size]) for k in RAW_KEYS}
+                ).numpy() for s in range(0, n, batch_size)] or [np.zeros(0, np.float32)])
 
 
 def load_split(patterns: list[str], retrieval_dir: str, limit: int | None = None) -> dict:
@@ -158,6 +192,15 @@ class ItemCounts:
         return cls(ids, np.bincount(inverse, weights=positive, minlength=len(ids)
                                     ).astype(np.float32),
                    np.bincount(inverse, minlength=len(ids)).astype(np.float32))
+
+    def merge(self, other: ItemCounts) -> ItemCounts:
+        """The counts of both sets of examples (e.g. two chunks of one split)."""
+        ids, inverse = np.unique(np.concatenate([self.ids, other.ids]), return_inverse=True)
+        total = lambda a, b: np.bincount(  # noqa: E731
+            inverse, weights=np.concatenate([a, b]).astype(np.float64), minlength=len(ids)
+        ).astype(np.float32)
+        return ItemCounts(ids, total(self.positives, other.positives),
+                          total(self.examples, other.examples))
 
     @property
     def global_rate(self) -> float:
@@ -288,19 +331,123 @@ def export_ranker(model: RankingModel, path: str, info: dict) -> None:
     write_export_info(path, info)
 
 
-def _dataset(data: dict, cfg: RankingConfig, shuffle: bool, own_counts: bool
-             ) -> tf.data.Dataset:
-    """Batches of (features, labels). ``own_counts``: the rows are in the model's item counts,
-    so each carries its own contribution to leave out."""
-    watched, log_time = labels(data[f.WATCH_SECONDS], cfg.min_watch_seconds)
-    features = {k: data[k] for k in RAW_KEYS + (RETRIEVAL_SCORE, f.POSITION)}
-    if own_counts:
-        features[OWN_POSITIVE], features[OWN_EXAMPLE] = watched, np.ones_like(watched)
-    ds = tf.data.Dataset.from_tensor_slices(
-        (features, {WATCHED_LOGIT: watched, LOG_WATCH_TIME: log_time}))
+# Examples in the training shuffle buffer. Streamed, it holds serialized records (~0.5 KB each
+# on the simulated data: ~110 MB), which bounds the trainer's memory; the examples are written
+# grouped by user, so it must span many users. Both paths use it, so an in-memory and a streamed
+# split shuffle into the same order for a seed. (RankingConfig has no field for it.)
+SHUFFLE_BUFFER = 200_000
+# Serialized examples per chunk where a pass reads only a few columns (bounded memory).
+SCAN_CHUNK = 65_536
+# What the fit reads of each example: the model's inputs and the labels' column.
+_COLUMNS = RAW_KEYS + (f.POSITION, f.WATCH_SECONDS)
+
+
+@dataclasses.dataclass(frozen=True)
+class RankingRecords:
+    """A ranking split as gzipped TFRecord files of raw tf.Examples (``patterns``) and the
+    retrieval model (``query_tower`` / ``candidate_tower`` under ``retrieval_dir``) that scores
+    each pair: streamed where :func:`load_split` would hold it in memory."""
+
+    patterns: tuple[str, ...]
+    retrieval_dir: str
+
+
+# A train split: in memory (the dense inputs of load_split) or streamed from its files.
+RankingSource = dict | RankingRecords
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSplit:
+    """One pass over a train split's scalar columns: what the fit needs before it streams."""
+
+    counts: ItemCounts  # over every row, fit and validation (each row leaves itself out)
+    cutoff: int | None  # rows with timestamp >= cutoff validate; None: no validation rows
+    fit_examples: int
+    validation_examples: int
+
+
+def validation_cutoff(timestamps: np.ndarray, share: float) -> int | None:
+    """The first timestamp of the validation rows, the latest ``share`` of the examples:
+    timestamp >= the (1 - share) quantile, rounded up (timestamps are whole seconds). None when
+    ``share`` is 0, there are under 10 rows or either side would be empty. Exact, so it needs
+    every timestamp (8 bytes a row: 80 MB for 10M examples)."""
+    if share <= 0 or len(timestamps) < 10:
+        return None
+    cutoff = int(np.ceil(np.quantile(timestamps, 1 - share)))
+    validation = int(np.count_nonzero(timestamps >= cutoff))
+    return cutoff if 0 < validation < len(timestamps) else None
+
+
+def scan_split(source: RankingSource, cfg: RankingConfig) -> TrainSplit:
+    """The validation cutoff (``cfg.validation_share``, carved from the end of train so early
+    stopping never looks at the eval split) and the item counts of a train split; files are
+    read ``SCAN_CHUNK`` examples and three columns at a time."""
+    keys = (f.ITEM_ID, f.WATCH_SECONDS, f.TIMESTAMP)
+    if isinstance(source, dict):
+        chunks = [{k: source[k] for k in keys}] if source else []
+    else:
+        chunks = raw_inputs.read_columns(list(source.patterns), keys, SCAN_CHUNK)
+    counts = ItemCounts(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32))
+    timestamps = [np.zeros(0, np.int64)]
+    for chunk in chunks:
+        counts = counts.merge(ItemCounts.fit(
+            chunk[f.ITEM_ID], labels(chunk[f.WATCH_SECONDS], cfg.min_watch_seconds)[0]))
+        timestamps.append(np.asarray(chunk[f.TIMESTAMP], np.int64))
+    ts = np.concatenate(timestamps)
+    cutoff = validation_cutoff(ts, cfg.validation_share)
+    validation = 0 if cutoff is None else int(np.count_nonzero(ts >= cutoff))
+    return TrainSplit(counts, cutoff, len(ts) - validation, validation)
+
+
+def _rows(source: RankingSource, cutoff: int | None, validation: bool) -> tf.data.Dataset:
+    """One element per example, in file order, of the fit rows (timestamp < ``cutoff``, all
+    without a cutoff) or the validation rows: in memory a dict of its columns, streamed its
+    serialized record (the shuffle buffer's cheapest form)."""
+    if isinstance(source, dict):
+        ts = source[f.TIMESTAMP]
+        keep = np.ones(len(ts), bool) if cutoff is None else (ts >= cutoff) == validation
+        return tf.data.Dataset.from_tensor_slices(
+            {k: source[k][keep] for k in _COLUMNS + (RETRIEVAL_SCORE,)})
+    records = raw_inputs.records(list(source.patterns))
+    if cutoff is None:
+        return records
+
+    def side(serialized: tf.Tensor) -> tf.Tensor:
+        ts = raw_inputs.parse_serialized(serialized, (f.TIMESTAMP,))[f.TIMESTAMP]
+        return tf.boolean_mask(serialized, tf.equal(ts >= cutoff, validation))
+
+    return records.batch(SCAN_CHUNK).map(side).unbatch()
+
+
+def _dataset(source: RankingSource, split: TrainSplit, cfg: RankingConfig, validation: bool,
+             shuffle: bool) -> tf.data.Dataset:
+    """Batches of (features, labels) of the split's fit or validation rows. Every row is in the
+    model's item counts, so each carries its own contribution to leave out (``OWN_POSITIVE``,
+    ``OWN_EXAMPLE``). Streamed, each batch is parsed as :func:`raw_inputs.parse_examples` does
+    (lists padded to the batch's longest) and scored by the towers (``RETRIEVAL_SCORE``)."""
+    ds = _rows(source, split.cutoff, validation)
     if shuffle:
-        ds = ds.shuffle(min(len(watched), 200_000), seed=cfg.seed)
-    return ds.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
+        n = split.validation_examples if validation else split.fit_examples
+        ds = ds.shuffle(max(1, min(n, SHUFFLE_BUFFER)), seed=cfg.seed)
+    ds = ds.batch(cfg.batch_size)
+    # Streamed. (Not isinstance(source, RankingRecords): TFX's Trainer reloads this module, so
+    # a caller's RankingRecords may be the class object from before the reload.)
+    if not isinstance(source, dict):
+        scorer = RetrievalScorer(source.retrieval_dir)
+
+        def parse(serialized: tf.Tensor) -> dict:
+            x = raw_inputs.parse_serialized(serialized, _COLUMNS)
+            return {**x, RETRIEVAL_SCORE: scorer(x)}
+
+        ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def labelled(x: dict) -> tuple[dict, dict]:
+        watched, log_time = label_tensors(x[f.WATCH_SECONDS], cfg.min_watch_seconds)
+        features = {k: x[k] for k in RAW_KEYS + (RETRIEVAL_SCORE, f.POSITION)}
+        features[OWN_POSITIVE], features[OWN_EXAMPLE] = watched, tf.ones_like(watched)
+        return features, {WATCHED_LOGIT: watched, LOG_WATCH_TIME: log_time}
+
+    return ds.map(labelled).prefetch(tf.data.AUTOTUNE)
 
 
 def build_model(tft_out: tft.TFTransformOutput, cfg: RankingConfig,
@@ -317,43 +464,33 @@ def build_model(tft_out: tft.TFTransformOutput, cfg: RankingConfig,
     return model
 
 
-def carve_validation(train: dict, share: float) -> tuple[dict, dict]:
-    """Splits the latest ``share`` of the train examples (by timestamp) off for validation, so
-    early stopping never looks at the eval split."""
-    ts = train[f.TIMESTAMP]
-    if share <= 0 or len(ts) < 10:
-        return train, {}
-    cutoff = np.quantile(ts, 1 - share)
-    fit, val = ts < cutoff, ts >= cutoff
-    if not fit.any() or not val.any():
-        return train, {}
-    return ({k: v[fit] for k, v in train.items()}, {k: v[val] for k, v in train.items()})
-
-
-def train_ranker(train: dict, transform_dir: str, cfg: RankingConfig,
+def train_ranker(train: RankingSource, transform_dir: str, cfg: RankingConfig,
                  epochs: int | None = None, steps: int | None = None) -> tuple[RankingModel, dict]:
-    """Fits the ranker on in-memory raw examples, early-stopping on a validation split carved
-    from the end of train (``cfg.validation_share``); ``steps`` caps the steps per epoch."""
-    tft_out = tft.TFTransformOutput(transform_dir)
-    fit, val = carve_validation(train, cfg.validation_share)
+    """Fits the ranker on a train split, in memory (the dense inputs of :func:`load_split`) or
+    streamed from its files (:class:`RankingRecords`), early-stopping on a validation split
+    carved from the end of train (``cfg.validation_share``); ``steps`` caps the steps per
+    epoch."""
+    split = scan_split(train, cfg)
+    if not split.fit_examples + split.validation_examples:
+        raise ValueError("the rank_train split has no examples; check the data")
     # Counts over every train row (fit and validation), each row leaving its own label out.
-    counts = ItemCounts.fit(train[f.ITEM_ID], labels(train[f.WATCH_SECONDS],
-                                                     cfg.min_watch_seconds)[0])
-    model = build_model(tft_out, cfg, counts)
+    model = build_model(tft.TFTransformOutput(transform_dir), cfg, split.counts)
     t0 = time.perf_counter()
-    train_ds = _dataset(fit, cfg, shuffle=True, own_counts=True)
+    train_ds = _dataset(train, split, cfg, validation=False, shuffle=True)
     if steps is not None:
         train_ds = train_ds.take(steps)
-    callbacks = [tf.keras.callbacks.EarlyStopping(
-        monitor=f"val_{WATCHED_LOGIT}_loss", patience=cfg.early_stopping_patience,
-        restore_best_weights=True)] if val else []
-    val_ds = _dataset(val, cfg, False, own_counts=True) if val else None
+    val_ds, callbacks = None, []
+    if split.validation_examples:
+        val_ds = _dataset(train, split, cfg, validation=True, shuffle=False)
+        callbacks = [tf.keras.callbacks.EarlyStopping(
+            monitor=f"val_{WATCHED_LOGIT}_loss", patience=cfg.early_stopping_patience,
+            restore_best_weights=True)]
     history = model.fit(train_ds, validation_data=val_ds,
                         epochs=epochs if epochs is not None else cfg.epochs, callbacks=callbacks,
                         verbose=2)
     seconds = time.perf_counter() - t0
-    return model, {"train_examples": len(fit[f.WATCH_SECONDS]),
-                   "validation_examples": len(val.get(f.WATCH_SECONDS, [])),
+    return model, {"train_examples": split.fit_examples,
+                   "validation_examples": split.validation_examples,
                    "epochs_run": len(history.history["loss"]),
                    "train_seconds": round(seconds, 2),
                    "final_loss": float(history.history["loss"][-1])}
@@ -364,17 +501,22 @@ def run_fn(fn_args) -> None:
     config = Config.from_json(fn_args.custom_config["config"])
     cfg = config.ranking
     steps = fn_args.custom_config.get("max_steps")
-    train = load_split(fn_args.train_files, fn_args.base_model)
-    if not train:
-        raise ValueError("the rank_train split has no examples; check the data")
-    n_examples = len(train[f.WATCH_SECONDS])
+    train: RankingSource = RankingRecords(tuple(fn_args.train_files), fn_args.base_model)
+    extra = 0
     if cfg.retrieval_negatives_per_positive > 0:
-        # Only the training period's watches exclude a hard negative: reading the eval split's
-        # would let the gate's own labels shape the training examples.
+        # Hard negatives (off by default) are drawn against every user's watches and the whole
+        # catalogue at once, so this path holds the split in memory. Only the training period's
+        # watches exclude a hard negative: reading the eval split's would let the gate's own
+        # labels shape the training examples.
+        train = load_split(fn_args.train_files, fn_args.base_model)
+        if not train:
+            raise ValueError("the rank_train split has no examples; check the data")
+        n_examples = len(train[f.WATCH_SECONDS])
         catalogue = [p.replace("Split-rank_train", "Split-catalogue") for p in fn_args.train_files]
         train = add_retrieval_negatives(train, load_catalogue(catalogue), fn_args.base_model, cfg)
+        extra = len(train[f.WATCH_SECONDS]) - n_examples
     model, metrics = train_ranker(train, fn_args.transform_output, cfg, steps=steps)
-    metrics["retrieval_negatives"] = len(train[f.WATCH_SECONDS]) - n_examples
+    metrics["retrieval_negatives"] = extra
     retrieval_run = json.loads(mio.read_text(os.path.join(fn_args.base_model, "metadata.json"))
                                )["training_run"]
     info = {"retrieval_training_run": retrieval_run, "metrics": metrics,

@@ -46,15 +46,14 @@ def evaluate(ranker_dir: str, baseline_dir: str | None, examples_uri: str, retri
     data = load_split(split(RANK_EVAL), retrieval_dir, config.evaluator.max_examples)
     if not data:
         raise ValueError("the rank_eval split is empty: nothing to evaluate the ranker on")
-    train = raw_inputs.parse_examples(raw_inputs.read_examples(split(RANK_TRAIN)),
-                                      (f.ITEM_ID, f.USER_ID, f.WATCH_SECONDS))
-    train_items = train[f.ITEM_ID].numpy()
+    train = raw_inputs.columns(split(RANK_TRAIN), (f.ITEM_ID, f.USER_ID, f.WATCH_SECONDS))
+    train_items = train[f.ITEM_ID]
     threshold = config.ranking.min_watch_seconds  # the ranker's own label rule
-    train_watched, train_time = labels(train[f.WATCH_SECONDS].numpy(), threshold)
+    train_watched, train_time = labels(train[f.WATCH_SECONDS], threshold)
     y, log_time = labels(data[f.WATCH_SECONDS], threshold)
     slices = {
         "popularity": eval_lib.popularity_slices(data[f.ITEM_ID], train_items, train_watched),
-        "user": np.where(np.isin(data[f.USER_ID], train[f.USER_ID].numpy()), "returning",
+        "user": np.where(np.isin(data[f.USER_ID], train[f.USER_ID]), "returning",
                          "new").astype(object),
     }
     p, t = predict(ranker_dir, data)
