@@ -5,12 +5,14 @@ RUN_DIR layout::
     RUN_DIR/tfx/            pipeline root (every component's artifacts)
     RUN_DIR/metadata.sqlite ML Metadata
     RUN_DIR/serving/        pushed models (TF Serving layout, see components/model_pusher)
-    RUN_DIR/summary.md      what ran, row counts, metrics, where the outputs are
+    RUN_DIR/summary.md      what ran, row counts, metrics, where the outputs are (and, for a
+                            run that stopped, the error)
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -20,6 +22,7 @@ from marquee.config import Config
 from pipeline.pipeline import beam_args, create_pipeline
 
 PIPELINE_NAME = "marquee"
+log = logging.getLogger(__name__)
 
 
 def run_dirs(root: Path) -> dict[str, Path]:
@@ -46,7 +49,16 @@ def run_local(data_dir: Path, root: Path, config: Config,
     say(f"running the pipeline on {data_dir} into {root} (LocalDagRunner, Beam "
         f"{config.beam.runner})")
     started = time.time()
-    tfx.orchestration.LocalDagRunner().run(p)
+    try:
+        tfx.orchestration.LocalDagRunner().run(p)
+    except Exception as e:
+        # Say in the run folder where and why it stopped, then let the caller report it.
+        try:
+            dirs["summary"].write_text(summarize(root, data_dir, time.time() - started,
+                                                 stopped=f"{type(e).__name__}: {e}"))
+        except Exception as summary_error:  # never hide the run's own error behind this one
+            log.warning("could not write %s: %s", dirs["summary"], summary_error)
+        raise
     summary = summarize(root, data_dir, time.time() - started)
     dirs["summary"].write_text(summary)
     return summary
@@ -83,11 +95,16 @@ def component_seconds(metadata_path: Path, since: float = 0.0) -> dict[str, floa
     return out
 
 
-def summarize(root: Path, data_dir: Path, seconds: float) -> str:
+def summarize(root: Path, data_dir: Path, seconds: float, stopped: str | None = None) -> str:
+    """RUN_DIR/summary.md: what ran, counts, metrics, outputs; ``stopped``: the error that ended
+    a run early (what completed is still listed)."""
     dirs = run_dirs(root)
     pr = dirs["pipeline_root"]
     lines = ["# marquee pipeline run", "", f"- data: {Path(data_dir).resolve()}",
              f"- run folder: {root}", f"- wall time: {seconds:.0f} s", ""]
+    if stopped:
+        lines += ["## Stopped", "", "The run stopped before the end; nothing after the failing "
+                  "step ran.", "", "```", stopped, "```", ""]
     ex = _latest(pr, "ContractExampleGen", "examples")
     if ex and (ex / "counts.json").is_file():
         info = json.loads((ex / "counts.json").read_text())

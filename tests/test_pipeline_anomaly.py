@@ -117,7 +117,10 @@ def test_nothing_after_the_gate_ran(stopped):
     assert not outputs & {"Transform", "Trainer", "ScannIndexer", "RankingTrainer",
                           "RankingEvaluator", "ModelPusher"}
     assert not dirs["serving"].exists()  # nothing pushed
-    assert not dirs["summary"].exists()  # the summary is written only after a whole run
+    summary = dirs["summary"].read_text()  # the run folder says where and why it stopped
+    assert "## Stopped" in summary and "AnomaliesFound" in summary
+    assert "feature 'device'" in summary and "## Push" not in summary
+    assert "- AnomalyGate:" in summary  # the timings name the steps that ran
 
 
 def test_the_stopping_rows_passed_the_contract(stopped):
