@@ -152,9 +152,9 @@ def attach_logs(service: HomepageService, event_log: str | Path,
     logged by earlier runs are put back first.
 
     ``data_dir``: the folder the service's data was loaded from (``--data``; None: not from a
-    folder). The events in ``DIR/interactions/`` are put back through the live path but the
-    log (the store as ``ReplayGuard`` allows, then trending), unless that folder is the
-    interactions table of ``data_dir`` (``--event-log`` = ``--data``): then the loaded data
+    folder). The events in ``DIR/interactions/`` are put back through the live path, minus
+    the log append (the store as ``ReplayGuard`` allows, then trending), unless that folder is
+    the interactions table of ``data_dir`` (``--event-log`` = ``--data``): then the loaded data
     holds every one of them already (no other process writes there), so none is put back."""
     event_log = Path(event_log)
     events = EventLog(event_log)

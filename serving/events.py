@@ -11,8 +11,8 @@ what arrived. An accepted event is written to the store first, then to the log; 
 raised to the caller (the HTTP layer answers 503 with the reason), so no event is dropped quietly.
 A 503 after the store accepted the event may make a client retry it: delivery is at least once.
 
-At start-up (``serving.app.attach_logs``) the events earlier runs logged take the same path again
-but the log (:meth:`EventIngest.replay`), so a restart does not forget them.
+At start-up (``serving.app.attach_logs``) the events earlier runs logged take the live path again,
+minus the log append (:meth:`EventIngest.replay`), so a restart does not forget them.
 
 The log writes the contract's interactions format, so a dataset folder whose ``interactions/`` the
 log appends to is read by the next pipeline run as it is.
@@ -386,12 +386,12 @@ class EventIngest:
         """Puts back the events of ``files``: part files of the log written by earlier runs, in
         name order, which is the order they were logged.
 
-        Each row takes the live path but the log: it is validated (``validate_frame``: a title
-        or user gone since is refused), recorded (``record``, by default the store's
+        Each row takes the live path, minus the log append: it is validated (``validate_frame``: a
+        title or user gone since is refused), recorded (``record``, by default the store's
         ``record_event``) and passed to ``on_accept``, in the order it was logged, which is the
-        order the live path applied it: the online features end as they were (recent watches
-        in arrival order, a late event where it arrived). Nothing is appended: the rows are in
-        the log already. One batch of ``batch_size`` rows is in memory at a time.
+        order the live path applied it: the online features end as they were (recent watches in
+        arrival order, a late event where it arrived). Nothing is appended: the rows are in the log
+        already. One batch of ``batch_size`` rows is in memory at a time.
 
         A file that cannot be read (from the start, or its rest after a damaged batch) and a
         row that no longer validates are skipped, logged (file, 0-based row, reason) and
