@@ -33,9 +33,10 @@ from components.model_pusher.push_lib import CANDIDATE_TOWER, QUERY_TOWER, RANKE
 from components.scann_indexer.index_lib import build_and_evaluate, load_index, save_index
 from marquee.config import IndexConfig, ServingConfig
 from marquee.data.simulate import SimConfig, simulate
-from serving.backends import IndexStore, InProcessBackend
-from serving.catalogue import load_frames
-from serving.homepage import HomepageService
+from serving.homepage.service import HomepageService
+from serving.models.in_process import InProcessBackend
+from serving.models.index_store import IndexStore
+from serving.state.catalogue import load_frames
 
 GENEROUS = dict(deadline_ms=60_000, query_deadline_ms=30_000, rank_deadline_ms=30_000)
 

@@ -32,9 +32,10 @@ from marquee.config import load_config
 from marquee.data import contract as c
 from marquee.data.validate import load_dataset
 from marquee.evaluation.protocol import NO_ITEM, evaluate_rankings, leave_last_out
-from serving.backends import IndexStore, InProcessBackend
-from serving.catalogue import Catalogue, load_frames
-from serving.homepage import HomepageService
+from serving.homepage.service import HomepageService
+from serving.models.in_process import InProcessBackend
+from serving.models.index_store import IndexStore
+from serving.state.catalogue import Catalogue, load_frames
 
 K = 50
 GENEROUS = dict(deadline_ms=60_000, query_deadline_ms=30_000, rank_deadline_ms=30_000)

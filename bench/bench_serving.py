@@ -16,10 +16,12 @@ import numpy as np
 
 import marquee  # noqa: F401
 from marquee.config import ServingConfig
-from serving.backends import GrpcBackend, IndexStore, InProcessBackend
-from serving.catalogue import load_frames
-from serving.homepage import HomepageService
-from serving.model_server import ModelServer
+from marquee.dev.model_server import ModelServer
+from serving.homepage.service import HomepageService
+from serving.models.grpc import GrpcBackend
+from serving.models.in_process import InProcessBackend
+from serving.models.index_store import IndexStore
+from serving.state.catalogue import load_frames
 
 
 def main() -> None:

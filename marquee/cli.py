@@ -195,7 +195,7 @@ def evaluate_cmd(data_dir: str, run_dir: str, out_dir: str, config_file: str | N
 def model_server(model_base: str | None, model_config_file: str | None, port: int, host: str,
                  poll_seconds: float) -> None:
     """Development model server speaking TF Serving's gRPC API (production: tensorflow/serving)."""
-    from serving.model_server import serve
+    from marquee.dev.model_server import serve
 
     if not model_base and not model_config_file:
         raise click.UsageError("give --model-base DIR or --model-config-file FILE")
@@ -230,8 +230,8 @@ def serve_api(data_dir: str, model_base: str, tf_serving: str | None, port: int,
     import logging
 
     from marquee.config import ConfigError, load_config
-    from serving.app import serve
-    from serving.feature_store import StoreUnavailable
+    from serving.build import serve
+    from serving.state.feature_store import StoreUnavailable
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
@@ -259,7 +259,7 @@ def features_load(run_dir: str, data_dir: str, redis_url: str, ttl_hours: float)
     """Per-user genre affinities, watch count and mean watch seconds, loaded into Redis under
     the run's latest pushed version (RUN_DIR/serving/query_tower/<version>)."""
     from marquee.features_load import NoPushedVersion, latest_pushed_version, load_features
-    from serving.feature_store import RedisStore, StoreUnavailable
+    from serving.state.feature_store import RedisStore, StoreUnavailable
 
     try:
         latest_pushed_version(run_dir)  # the cheap check first

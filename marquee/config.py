@@ -167,8 +167,55 @@ class SourceConfig:
     quota: int
     # It is skipped (named in the page's `skipped`) when it answers later than this.
     deadline_ms: float = 40.0
-    # Cold-start stages (serving.cold_start: new, light, full) of the users it answers.
+    # Cold-start stages (serving.homepage.cold_start: new, light, full) of the users it answers.
     stages: tuple[str, ...] = ("new", "light", "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenConfig:
+    """Where the bearer token of one scope comes from: an environment variable or a file (its
+    first line). Scopes: ``events`` (POST /v1/events and onboarding answers: the app backend),
+    ``admin`` (titles and signups; also grants ``events`` and ``read``), ``read`` (the homepage,
+    only when ``auth.require_read_token``)."""
+
+    scope: str
+    env: str | None = None
+    file: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthConfig:
+    tokens: tuple[TokenConfig, ...] = (
+        TokenConfig("events", env="MARQUEE_EVENTS_TOKEN"),
+        TokenConfig("admin", env="MARQUEE_ADMIN_TOKEN"),
+        TokenConfig("read", env="MARQUEE_READ_TOKEN"),
+    )
+    # Reads (homepages) need a `read` (or higher) token too; open by default.
+    require_read_token: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class LimitsConfig:
+    """Bounds the HTTP server puts on every client (serving/api)."""
+
+    # Write requests per second per client (its token, else its address), and the burst above
+    # it; more is a 429 with Retry-After.
+    write_rate_per_second: float = 500.0
+    write_burst: int = 1000
+    # Largest request body and request head (line plus headers), bytes.
+    max_body_bytes: int = 64 * 1024
+    max_header_bytes: int = 16 * 1024
+    # Deepest nesting of a JSON body (objects and arrays).
+    max_json_depth: int = 8
+    # Seconds a client may take to send its body, and an idle keep-alive connection is kept.
+    read_timeout_seconds: float = 10.0
+    keep_alive_seconds: float = 5.0
+    # An event, title or signup dated more than this many seconds ahead of the server's clock is
+    # refused (a far-future event would drive trending).
+    max_future_skew_seconds: float = 300.0
+    # Seconds SIGTERM/SIGINT waits for requests in flight before the log is closed (the
+    # Kubernetes manifest's terminationGracePeriodSeconds is above it).
+    shutdown_grace_seconds: float = 20.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,12 +231,14 @@ class ServingConfig:
     # Items in the query's history (must match data.history_length used in training).
     history_length: int = 20
     # Weight of the ranker in the final score against the retrieval score (see
-    # serving.homepage.blend); `marquee evaluate --tune-blend` chooses it on a validation split.
+    # serving.homepage.ranking.blend); `marquee evaluate --tune-blend` chooses it on a
+    # validation split.
     ranker_weight: float = 1.0
-    # Two more signals of the final score (serving.homepage.blend), chosen with the ranker weight
-    # on a validation split by `marquee evaluate`: every candidate's item-to-item score (co-watch
-    # similarity to the last watches) is added with this weight, and its log popularity (train
-    # positives) subtracted with the next one, which keeps the catalogue exposure wide. 0 = off.
+    # Two more signals of the final score (serving.homepage.ranking.blend), chosen with the
+    # ranker weight on a validation split by `marquee evaluate`: every candidate's item-to-item
+    # score (co-watch similarity to the last watches) is added with this weight, and its log
+    # popularity (train positives) subtracted with the next one, which keeps the catalogue
+    # exposure wide. 0 = off.
     item_to_item_weight: float = 0.0
     popularity_weight: float = 0.0
     # Consecutive failures that open a model's circuit breaker, and seconds before a probe.
@@ -202,7 +251,7 @@ class ServingConfig:
         SourceConfig("content", 100, stages=("light", "full")),
         SourceConfig("trending", 100),
     )
-    # Half-life of a watch in the trending score (serving.sources.TrendingSource).
+    # Half-life of a watch in the trending score (serving.sources.trending).
     trending_half_life_days: float = 3.0
     # Seconds between recomputations of trending from the loaded interactions plus the events
     # accepted since (POST /v1/events), without retraining; 0 = never.
@@ -228,8 +277,11 @@ class ServingConfig:
     # Titles added within this many days of the request form the exploration step's pool.
     explore_new_days: int = 14
     # Seconds a default-size homepage stays cached per (user, pushed version); a watch by the
-    # user invalidates it at once (serving/feature_store.py). 0 turns the cache off.
+    # user invalidates it at once (serving/state/feature_store.py). 0 turns the cache off.
     cache_ttl_seconds: float = 300.0
+    # Who may call which route, and the bounds on every client.
+    auth: AuthConfig = AuthConfig()
+    limits: LimitsConfig = LimitsConfig()
 
 
 @dataclasses.dataclass(frozen=True)

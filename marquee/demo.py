@@ -15,9 +15,9 @@ ROWS = 10
 
 def homepage(data_dir: Path, serving_dir: Path, user_id: int | None = None) -> str:
     """A text homepage for one user through the thin client (in-process backend)."""
-    from serving.app import build_service
+    from serving.build import build_service
 
-    service = build_service(data_dir, serving_dir)
+    service = build_service(Config(), data_dir, serving_dir)
     users = service.users
     if user_id is None:  # the user with the longest history: a stable, interesting choice
         user_id = max(users.user_ids(), key=lambda u: (len(users.get(u).history), -u))

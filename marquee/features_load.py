@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from components.model_pusher.push_lib import QUERY_TOWER, versions
+from marquee.artifacts import QUERY_TOWER, versions
 from marquee.data import contract as c
-from serving.feature_store import BatchFeatures, FeatureStore
+from serving.state.feature_store import BatchFeatures, FeatureStore
 
 DEFAULT_TTL_HOURS = 2.0
 

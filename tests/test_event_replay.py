@@ -1,4 +1,4 @@
-"""A restart puts back the events earlier runs logged (``serving.app.attach_logs``): on the tiny
+"""A restart puts back the events earlier runs logged (``serving.build.attach_logs``): on the tiny
 catalogue of ``test_homepage``, with real part files of the event log, the embedded store, a real
 ``redis-server`` (the one of ``test_feature_store``) and real HTTP on loopback.
 
@@ -14,15 +14,15 @@ import pandas as pd
 import pytest
 import redis
 
-from marquee.config import ServingConfig
+from marquee.config import Config, ServingConfig
 from marquee.data import contract as c
-from serving.api import ApiServer
-from serving.app import attach_logs, build_service
-from serving.backends import IndexStore
-from serving.events import EventLog
-from serving.feature_store import RedisStore, UserFeatures
-from serving.homepage import HomepageService
-from serving.resilient_store import ResilientStore
+from serving.api.legacy_http import ApiServer
+from serving.build import attach_logs, build_service
+from serving.homepage.service import HomepageService
+from serving.ingest.events import EventLog
+from serving.models.index_store import IndexStore
+from serving.state.feature_store import RedisStore, UserFeatures
+from serving.state.resilient_store import ResilientStore
 from tests import test_feature_store, test_homepage
 from tests.http_client import get, post
 from tests.test_feature_store import RedisServer, impression, needs_redis, watch
@@ -133,12 +133,12 @@ def test_events_the_data_loaded_are_not_put_back_again(model_base, tmp_path, inf
     """``--event-log`` = ``--data``: the restart loads the logged watch with the dataset."""
     _write_dataset(tmp_path)  # users 1-4 and 100-105; item 11 nobody watched
     config = ServingConfig(k=6, **GENEROUS)
-    svc = build_service(tmp_path, model_base, config=config)
+    svc = build_service(Config(serving=config), tmp_path, model_base)
     w = attach_logs(svc, tmp_path, data_dir=tmp_path)
     w.ingest.accept(watch(LIGHT, 11, NOW).to_row())
     close(w)
 
-    restarted = build_service(tmp_path, model_base, config=config)
+    restarted = build_service(Config(serving=config), tmp_path, model_base)
     assert restarted.users.get(LIGHT).history == (11,)  # loaded from the dataset folder
     close(attach_logs(restarted, tmp_path, data_dir=tmp_path))
     assert "were loaded with the serving data" in info.text

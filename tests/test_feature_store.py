@@ -30,16 +30,8 @@ from marquee.features_load import (
     latest_pushed_version,
     load_features,
 )
-from serving.events import (
-    Event,
-    EventIngest,
-    EventLog,
-    EventLogError,
-    EventValidator,
-    InvalidEvent,
-    Onboarding,
-)
-from serving.feature_store import (
+from serving.ingest.events import EventIngest, EventLog, EventLogError, EventValidator, InvalidEvent
+from serving.state.feature_store import (
     NO_GENERATION,
     BatchFeatures,
     EmbeddedStore,
@@ -47,7 +39,8 @@ from serving.feature_store import (
     RedisStore,
     StoreUnavailable,
 )
-from serving.resilient_store import ResilientStore
+from serving.state.records import Event, Onboarding
+from serving.state.resilient_store import ResilientStore
 
 REDIS_SERVER = shutil.which("redis-server")
 needs_redis = pytest.mark.skipif(

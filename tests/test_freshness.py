@@ -11,12 +11,15 @@ import pytest
 from components.scann_indexer.index_lib import build_and_evaluate, save_index
 from marquee.config import IndexConfig
 from marquee.data import contract as c
-from serving.api import ApiServer
-from serving.app import attach_logs
-from serving.cold_start import OnboardingIngest, OnboardingLog, validate_onboarding
-from serving.events import Event, InvalidEvent
-from serving.freshness import InvalidItem, LiveIndex, validate_item
-from serving.sources import SourceRequest
+from serving.api.legacy_http import ApiServer
+from serving.build import attach_logs
+from serving.ingest.events import InvalidEvent
+from serving.ingest.items import InvalidItem, validate_item
+from serving.ingest.onboarding import OnboardingIngest, OnboardingLog, validate_onboarding
+from serving.models.errors import ModelUnavailable
+from serving.models.live_index import LiveIndex
+from serving.sources.base import SourceRequest
+from serving.state.records import Event
 from tests import test_homepage
 from tests.http_client import get, post
 from tests.test_homepage import (
@@ -157,14 +160,14 @@ def test_a_new_title_is_retrieved_by_its_metadata_embedding_without_a_pipeline_r
     found = svc.sources["content"].candidates(SourceRequest.from_profile(light, NOW), 20)
     assert NEW_ITEM in [x.item_id for x in found]
     # and it is new: the exploration pool holds it
-    assert NEW_ITEM in [x.item_id for x in svc._exploration_pool(NOW)]
+    assert NEW_ITEM in [x.item_id for x in svc.exploration_pool(NOW)]
     # embedded once for this version, however many requests follow
     svc.homepage(FULL, k=7)
     assert backend.calls["candidate"] == 1 and backend.calls["candidate_rows_1"] == 1
 
 
 def test_a_failed_embedding_keeps_serving_and_is_retried(model_base):
-    backend = FreshBackend(fail_embed=RuntimeError("model server down"))
+    backend = FreshBackend(fail_embed=ModelUnavailable("model server down"))
     svc = make(model_base, backend, because_you_watched=0)
     svc.fresh.add(title(), now=NOW)
     page = svc.homepage(FULL, k=7)

@@ -14,9 +14,11 @@ from components.model_pusher.push_lib import QUERY_TOWER, RETRIEVAL_INDEX
 from components.scann_indexer.index_lib import build_and_evaluate, save_index
 from marquee.config import ConfigError, IndexConfig, ServingConfig, SourceConfig, from_dict
 from marquee.data import contract as c
-from serving.backends import IndexStore
-from serving.catalogue import Catalogue, UserProfile, UserStore
-from serving.homepage import HomepageService, blend
+from serving.homepage.ranking import blend
+from serving.homepage.service import HomepageService
+from serving.models.errors import ModelUnavailable
+from serving.models.index_store import IndexStore
+from serving.state.catalogue import Catalogue, UserProfile, UserStore
 from trainer import features as f
 from trainer.ranking import P_WATCH, WATCH_TIME_SECONDS
 
@@ -65,8 +67,8 @@ def users() -> UserStore:
 
 
 class FixedModelBackend:
-    """Test double of the model server boundary (``serving.backends.ModelBackend``): the query
-    tower answers :data:`QUERY` for everyone; the ranker's p_watch is ``sigmoid(item_id - 6)``
+    """Test double of the model server boundary (``serving.models.backends.ModelBackend``): the
+    query tower answers :data:`QUERY` for everyone; the ranker's p_watch is ``sigmoid(item_id - 6)``
     (later items preferred). ``fail`` makes the query tower raise it."""
 
     name = "fixed"
@@ -80,13 +82,16 @@ class FixedModelBackend:
             raise self.fail
         return np.tile(QUERY, (len(next(iter(inputs.values()))), 1)), 1
 
-    def rank(self, inputs, timeout_s):
+    def rank(self, inputs, timeout_s, version=None):
         self.calls["rank"] += 1
         ids = np.asarray(inputs[f.ITEM_ID], np.float64)
         return {P_WATCH: 1 / (1 + np.exp(-(ids - 6))), WATCH_TIME_SECONDS: 60 * ids}
 
-    def has_ranker(self) -> bool:
+    def has_ranker(self, version=None) -> bool:
         return self.ranker
+
+    def serving_version(self) -> int:
+        return 1
 
 
 @pytest.fixture(scope="module")
@@ -157,17 +162,17 @@ def test_new_user_gets_trending_in_the_onboarding_genres_first(model_base):
 
 
 def test_query_tower_failure_degrades_to_the_other_sources(model_base):
-    page = make(model_base, FixedModelBackend(fail=RuntimeError("tower down"))).homepage(FULL)
+    page = make(model_base, FixedModelBackend(fail=ModelUnavailable("tower down"))).homepage(FULL)
     assert not page.fallback and "tower down" in page.degraded
     assert "tower down" in page.skipped["collaborative"] and page.items
 
 
 def test_only_the_collaborative_source_falls_back_when_the_tower_fails(model_base):
     only = (SourceConfig("collaborative", 10, stages=ALL_STAGES),)
-    svc = make(model_base, FixedModelBackend(fail=RuntimeError("tower down")), sources=only,
+    svc = make(model_base, FixedModelBackend(fail=ModelUnavailable("tower down")), sources=only,
                rerank=(), because_you_watched=0)
     page = svc.homepage(FULL)
-    assert page.fallback and page.reason == "RuntimeError: tower down"
+    assert page.fallback and page.reason == "ModelUnavailable: tower down"
     assert not {p.item_id for p in page.items} & {1, 2, 3, 4, 5}
 
 

@@ -38,8 +38,8 @@ from tensorflow_serving.apis import (
 )
 
 from components.model_pusher.push_lib import model_config_text
-from serving.model_server import ModelServer, read_model_config, tensor_proto
-from serving.tf_serving_client import (
+from marquee.dev.model_server import ModelServer, read_model_config, tensor_proto
+from serving.models.tf_serving_client import (
     InvalidRequestError,
     ModelNotFoundError,
     ServerUnavailableError,
@@ -547,7 +547,7 @@ def _free_port() -> int:
 
 def test_serve_logs_loads_and_stops_on_sigterm(base):
     port = _free_port()
-    code = ("import sys; from serving.model_server import serve; "
+    code = ("import sys; from marquee.dev.model_server import serve; "
             "serve(sys.argv[1], int(sys.argv[2]), poll_seconds=0.2, host='127.0.0.1')")
     proc = subprocess.Popen([sys.executable, "-c", code, str(base), str(port)], cwd=REPO,
                             stderr=subprocess.PIPE, text=True)

@@ -14,8 +14,9 @@ from components.model_pusher.push_lib import CANDIDATE_TOWER, QUERY_TOWER, RETRI
 from components.ranking_evaluator.executor import evaluate
 from marquee.config import EvaluatorConfig
 from marquee.data import contract as c
-from serving.backends import IndexStore, InProcessBackend
-from serving.retrieval import ModelMismatch, QueryFeatures, query_inputs
+from serving.models.in_process import InProcessBackend
+from serving.models.index_store import IndexStore
+from serving.models.query import ModelMismatch, QueryFeatures, query_inputs
 from trainer import features as f
 from trainer.ranking import (
     LOG_WATCH_TIME,

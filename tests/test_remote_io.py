@@ -391,7 +391,8 @@ def _inputs(signature: dict, rows: int) -> dict:
 
 
 def test_model_pusher_pushes_to_a_uri_and_serving_loads_it(run_root, tmp_path):
-    from serving.backends import IndexStore, InProcessBackend
+    from serving.models.in_process import InProcessBackend
+    from serving.models.index_store import IndexStore
 
     model, index = _index(run_root)
     base = f"{run_root}/models"

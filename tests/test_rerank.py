@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from marquee.data import contract as c
-from serving.catalogue import UserProfile
 from serving.rerank import (
     ALLOWED_MATURITY,
     MMR,
@@ -25,6 +24,7 @@ from serving.rerank import (
     request_rng,
     scored_from_catalogue,
 )
+from serving.state.catalogue import UserProfile
 from tests.test_sources import CATALOGUE, DAY, NOW
 
 GENRES = ("action", "comedy", "drama", "horror", "romance", "scifi")

@@ -4,8 +4,9 @@ import pandas as pd
 import pytest
 
 from marquee.data import contract as c
-from serving.catalogue import Catalogue
-from serving.resilience import CircuitBreaker, CircuitOpen, PopularityFallback
+from serving.homepage.fallback import PopularityFallback
+from serving.models.breaker import CircuitBreaker, CircuitOpen
+from serving.state.catalogue import Catalogue
 
 
 class Clock:
@@ -78,7 +79,7 @@ def test_fallback_genres_from_onboarding_then_history():
 
 
 def test_latest_index_version_is_reread_at_most_once_per_ttl(tmp_path):
-    from serving.backends import IndexStore
+    from serving.models.index_store import IndexStore
 
     clock = Clock()
     store = IndexStore(tmp_path, clock=clock)

@@ -12,13 +12,15 @@ import pytest
 from components.model_pusher.push_lib import RANKER, RETRIEVAL_INDEX, versions
 from marquee.config import ServingConfig, SourceConfig
 from marquee.data import contract as c
-from serving.api import ApiServer
-from serving.backends import GrpcBackend, IndexStore, InProcessBackend
-from serving.catalogue import UserProfile, UserStore, load_frames
-from serving.events import EventIngest, EventLog, EventValidator
-from serving.feature_store import EmbeddedStore
-from serving.homepage import HomepageService
-from serving.model_server import ModelServer
+from marquee.dev.model_server import ModelServer
+from serving.api.legacy_http import ApiServer
+from serving.homepage.service import HomepageService
+from serving.ingest.events import EventIngest, EventLog, EventValidator
+from serving.models.grpc import GrpcBackend
+from serving.models.in_process import InProcessBackend
+from serving.models.index_store import IndexStore
+from serving.state.catalogue import UserProfile, UserStore, load_frames
+from serving.state.feature_store import EmbeddedStore
 from tests.http_client import get, post
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Signup while serving (``POST /v1/users``, ``serving/signup.py``) on the tiny catalogue of
+"""Signup while serving (``POST /v1/users``, ``serving/ingest/signup.py``) on the tiny catalogue of
 ``test_homepage``: validation, the user store growing under readers, the users log as a contract
 table the validator reads with the events that refer to it, restart, and the route over HTTP."""
 
@@ -11,12 +11,12 @@ import pytest
 
 from marquee.data import contract as c
 from marquee.data.validate import load_dataset, validate_dataset
-from serving.api import ApiServer
-from serving.app import attach_logs
-from serving.catalogue import UserProfile, UserStore
-from serving.events import EventLogError
-from serving.feature_store import EmbeddedStore, StoreUnavailable
-from serving.signup import InvalidUser, SignupIngest, validate_user
+from serving.api.legacy_http import ApiServer
+from serving.build import attach_logs
+from serving.ingest.events import EventLogError
+from serving.ingest.signup import InvalidUser, SignupIngest, validate_user
+from serving.state.catalogue import UserProfile, UserStore
+from serving.state.feature_store import EmbeddedStore, StoreUnavailable
 from tests import test_homepage
 from tests.http_client import get, post
 from tests.test_homepage import (

@@ -12,20 +12,19 @@ import pandas as pd
 import pytest
 
 from marquee.data import contract as c
-from serving.catalogue import Catalogue, UserProfile
-from serving.cold_start import BecauseYouWatched, ColdStartThresholds, stage
-from serving.sources import (
+from serving.homepage.cold_start import BecauseYouWatched, ColdStartThresholds, stage
+from serving.sources.base import (
     Candidate,
     CandidateSource,
-    CollaborativeSource,
-    ContentSource,
-    ItemToItemSource,
     SourceRequest,
-    TrendingSource,
-    decay_weights,
     merge_candidates,
     query_sources,
 )
+from serving.sources.collaborative import CollaborativeSource
+from serving.sources.content import ContentSource
+from serving.sources.item_to_item import ItemToItemSource
+from serving.sources.trending import TrendingSource, decay_weights
+from serving.state.catalogue import Catalogue, UserProfile
 
 NOW = 1_700_000_000
 DAY = 86_400
@@ -326,7 +325,7 @@ def test_because_you_watched_rows():
 def test_best_on_a_long_list_equals_a_full_sort(seed):
     """Long lists sort only their head (np.partition); ties at the cut must still go to the lower
     id, excluded ids must not cost places: the same answer as sorting everything."""
-    from serving.sources import _best, _take_best
+    from serving.sources.base import _best, _take_best
 
     rng = np.random.default_rng(seed)
     n = 20_000

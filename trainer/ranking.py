@@ -59,6 +59,7 @@ import tensorflow_recommenders as tfrs
 import tensorflow_transform as tft
 
 from marquee import io as mio
+from marquee.artifacts import P_WATCH, RETRIEVAL_SCORE, WATCH_TIME_SECONDS
 from marquee.config import Config, RankingConfig
 from marquee.data import contract as c
 from trainer import features as f
@@ -67,9 +68,6 @@ from trainer.model import SparseMeanEmbedding, VocabSizes
 from trainer.retrieval import complete_raw_inputs, vocab_sizes, write_export_info
 
 xf = f.transformed_name
-RETRIEVAL_SCORE = "retrieval_score"
-P_WATCH = "p_watch"
-WATCH_TIME_SECONDS = "watch_time_seconds"
 WATCHED_LOGIT = "watched_logit"
 LOG_WATCH_TIME = "log_watch_time"
 # Training-only inputs: the row's own contribution to its item's counts (leave-one-out).

@@ -24,15 +24,13 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from marquee import io as mio
+from marquee.artifacts import EMBEDDING, EXPORT_INFO, HISTORY_PAD, LIST_PAD
 from marquee.config import Config, RetrievalConfig
 from trainer import features as f
 from trainer.model import TwoTowerModel, VocabSizes
 from trainer.preprocessing import ID_OOV_BUCKETS
 
 xf = f.transformed_name
-HISTORY_PAD = -1
-LIST_PAD = ""
-EMBEDDING = "embedding"
 METADATA_FILE = "metadata.json"
 RECALL_K = 100
 # Eval examples used for the brute-force recall figure (keeps the Trainer fast on big data).
@@ -155,7 +153,7 @@ def export_tower(tower, tft_out, signature: dict, path: str, info: dict) -> None
 def write_export_info(saved_model_dir: str, info: dict) -> None:
     """The training run's facts beside a SavedModel (``assets.extra/marquee.json``), through
     tf.io.gfile so a ``gs://`` model directory works too."""
-    mio.write_text(os.path.join(saved_model_dir, "assets.extra", "marquee.json"),
+    mio.write_text(os.path.join(saved_model_dir, *EXPORT_INFO),
                    json.dumps(info, indent=2, sort_keys=True))
 
 

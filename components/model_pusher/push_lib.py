@@ -32,15 +32,17 @@ import tensorflow as tf
 
 from components.scann_indexer.index_lib import INDEX_FILE
 from marquee import io
-
-QUERY_TOWER = "query_tower"
-CANDIDATE_TOWER = "candidate_tower"
-RETRIEVAL_INDEX = "retrieval_index"
-RANKER = "ranker"
-SAVED_MODELS = (QUERY_TOWER, CANDIDATE_TOWER, RANKER)
-MODEL_CONFIG_FILE = "models.config"
-PUSH_LOG = "pushes.jsonl"
-SAVED_MODEL_FILE = "saved_model.pb"
+from marquee.artifacts import (  # noqa: F401  (re-exported: the Pusher's layout)
+    CANDIDATE_TOWER,
+    MODEL_CONFIG_FILE,
+    PUSH_LOG,
+    QUERY_TOWER,
+    RANKER,
+    RETRIEVAL_INDEX,
+    SAVED_MODEL_FILE,
+    SAVED_MODELS,
+    versions,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,13 +51,6 @@ class PushResult:
     version: int | None
     reason: str
     paths: dict[str, str] = dataclasses.field(default_factory=dict)
-
-
-def versions(model_dir: str | Path) -> list[int]:
-    """Integer version directories under ``model_dir`` (local or a URI), ascending."""
-    model_dir = os.fspath(model_dir)
-    return sorted(int(name) for name in io.list_dir(model_dir)
-                  if name.isdigit() and tf.io.gfile.isdir(os.path.join(model_dir, name)))
 
 
 def next_version(base: str | Path, now: int | None = None) -> int:

@@ -7,8 +7,8 @@
 3. Score, for every user, at the time of their first test positive:
    - ``retrieval``: query tower + the ScaNN index alone (also Recall@1000);
    - ``stack``: the thin client's ranked list, what the API serves before its re-rank steps:
-     the retrieval candidates scored by ``serving.homepage.blend`` of the retrieval score, the
-     ranker's p_watch, the item-to-item score and popularity, with the :class:`Blend` chosen on
+     the retrieval candidates scored by ``serving.homepage.ranking.blend`` of the retrieval score,
+     the ranker's p_watch, the item-to-item score and popularity, with the :class:`Blend` chosen on
      a validation split carved from train (``tune_blend``: the best NDCG@20 among blends that
      keep the catalogue exposure bar, ``choose_weight``). ``bench/bench_rerank.py`` measures
      what the re-rank steps change;
@@ -75,8 +75,8 @@ def _rows(lists: list[list[int]], k: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Blend:
-    """The final score's weights (``serving.homepage.blend``; ServingConfig's ``ranker_weight``,
-    ``item_to_item_weight`` and ``popularity_weight``)."""
+    """The final score's weights (``serving.homepage.ranking.blend``; ServingConfig's
+    ``ranker_weight``, ``item_to_item_weight`` and ``popularity_weight``)."""
 
     ranker: float
     item_to_item: float = 0.0
@@ -95,13 +95,14 @@ class StackScores:
     """Per user, the served stack's candidates with every signal of the final score, computed
     once and cached: ``ids`` [n], ``retrieval`` [n], ``p_watch`` [n] (None without a pushed
     ranker), ``item_to_item`` [n] and ``popularity`` [n]. Scoring any :class:`Blend` of them is
-    then numpy (``serving.homepage.blend``, the function the API ranks with)."""
+    then numpy (``serving.homepage.ranking.blend``, the function the API ranks with)."""
 
     def __init__(self, train_dir: Path, serving_dir: Path, split: Split, config: Config):
         from marquee.config import ServingConfig, SourceConfig
-        from serving.backends import IndexStore, InProcessBackend
-        from serving.catalogue import load_frames
-        from serving.homepage import HomepageService
+        from serving.homepage.service import HomepageService
+        from serving.models.in_process import InProcessBackend
+        from serving.models.index_store import IndexStore
+        from serving.state.catalogue import load_frames
 
         catalogue, self.users, interactions = load_frames(train_dir,
                                                           config.data.min_watch_seconds)
@@ -156,7 +157,7 @@ class StackScores:
 
     def recommend(self, user_ids: np.ndarray, weights: Blend) -> np.ndarray:
         """The stack's lists [B, 100] for a blend (``Blend(1.0)``: the ranker alone)."""
-        from serving.homepage import blend
+        from serving.homepage.ranking import blend
 
         out = []
         for u in user_ids.tolist():

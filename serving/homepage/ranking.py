@@ -1,0 +1,132 @@
+"""The rank step: every merged candidate's final score from the retrieval score, the ranker
+and the blend's optional signals, in one batched ranker call."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+
+import numpy as np
+
+from marquee.artifacts import P_WATCH, RETRIEVAL_SCORE, WATCH_TIME_SECONDS
+from marquee.config import ServingConfig
+from serving.homepage.budget import Budget
+from serving.homepage.fallback import PopularityFallback
+from serving.homepage.page import Homepage, degrade
+from serving.models.backends import ModelBackend
+from serving.models.breaker import CircuitBreaker
+from serving.models.live_index import LiveIndex
+from serving.sources.item_to_item import ItemToItemSource
+from serving.state.catalogue import Catalogue, UserProfile
+
+log = logging.getLogger(__name__)
+
+ITEM_TO_ITEM, POPULARITY = "item_to_item", "popularity"  # the blend's optional signals
+# What a Pick reports of the model outputs: Pick field -> output key.
+PICK_OUTPUTS = (("retrieval_score", RETRIEVAL_SCORE), ("p_watch", P_WATCH),
+                ("watch_time_seconds", WATCH_TIME_SECONDS), ("item_to_item", ITEM_TO_ITEM),
+                ("popularity", POPULARITY))
+
+
+def _standardise(x: np.ndarray) -> np.ndarray:
+    sd = float(np.std(x))
+    return (x - float(np.mean(x))) / sd if sd > 0 else np.zeros_like(x)
+
+
+def blend(retrieval: np.ndarray, p_watch: np.ndarray | None, ranker_weight: float,
+          item_to_item: np.ndarray | None = None, item_to_item_weight: float = 0.0,
+          popularity: np.ndarray | None = None, popularity_weight: float = 0.0) -> np.ndarray:
+    """Final score of N candidates [N]::
+
+        (1 - w) * z(retrieval score) + w * z(logit(p_watch))
+          + w_i2i * z(item-to-item score) - w_pop * z(log(1 + popularity))
+
+    each signal standardised over this request's candidates (their scales are not comparable).
+    ``w = 1`` ranks by the ranker alone, ``w = 0`` keeps the retrieval order; without a ranker
+    (``p_watch`` None) the first two terms are z(retrieval score). A signal with weight 0 (or
+    None) does not count."""
+    final = _standardise(retrieval.astype(np.float64))
+    if p_watch is not None:
+        p = np.clip(p_watch.astype(np.float64), 1e-7, 1 - 1e-7)
+        final = (1 - ranker_weight) * final + ranker_weight * _standardise(np.log(p / (1 - p)))
+    if item_to_item is not None and item_to_item_weight:
+        final = final + item_to_item_weight * _standardise(item_to_item.astype(np.float64))
+    if popularity is not None and popularity_weight:
+        final = final - popularity_weight * _standardise(np.log1p(np.maximum(popularity, 0.0)))
+    return final
+
+
+@dataclasses.dataclass
+class Ranked:
+    """``final [N]`` scores of the candidates (z-scores, so additive re-rank boosts mean the same
+    on every path) and the model outputs per candidate (``outputs[key] [N]``)."""
+
+    final: np.ndarray
+    outputs: dict[str, np.ndarray]
+
+
+class RankStep:
+    """Scores the merged candidates of one request.
+
+    With a query embedding: every candidate's exact retrieval score (a title newer than the
+    index gets the request's lowest), blended (:func:`blend`) with the ranker's p_watch when the
+    page's model version has a ranker, and the weighted item-to-item and popularity signals.
+    Without: the merged order as a z-score. A ranker failure degrades the page to the blend
+    without it (``degraded`` says why); it never fails the page."""
+
+    def __init__(self, backend: ModelBackend, catalogue: Catalogue, config: ServingConfig,
+                 fallback: PopularityFallback, item_to_item: ItemToItemSource | None,
+                 clock: Callable[[], float]):
+        self.backend, self.catalogue, self.config = backend, catalogue, config
+        self.fallback, self.item_to_item, self._clock = fallback, item_to_item, clock
+        self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_seconds)
+
+    def signals(self, profile: UserProfile, ids: list[int]) -> dict[str, np.ndarray]:
+        """The blend's optional signals of each candidate, each only when weighted."""
+        cfg, out = self.config, {}
+        if cfg.item_to_item_weight and self.item_to_item is not None:
+            out[ITEM_TO_ITEM] = self.item_to_item.score(profile.history, ids)
+        if cfg.popularity_weight:
+            out[POPULARITY] = np.array([self.fallback.score(i) for i in ids], np.float64)
+        return out
+
+    def _blend(self, retrieval: np.ndarray, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        cfg = self.config
+        return blend(retrieval, outputs.get(P_WATCH), cfg.ranker_weight,
+                     outputs.get(ITEM_TO_ITEM), cfg.item_to_item_weight,
+                     outputs.get(POPULARITY), cfg.popularity_weight)
+
+    def ranker_inputs(self, query: dict[str, np.ndarray], rows: np.ndarray,
+                      retrieval: np.ndarray) -> dict[str, np.ndarray]:
+        """The ranker's batch of N pairs: the query's features repeated, the titles' own."""
+        inputs = {key: np.repeat(v, len(rows), axis=0) for key, v in query.items()}
+        inputs.update(self.catalogue.candidate_inputs(rows))
+        inputs[RETRIEVAL_SCORE] = retrieval.astype(np.float32)
+        return inputs
+
+    def __call__(self, page: Homepage, profile: UserProfile, ids: list[int],
+                 query: dict[str, np.ndarray] | None, emb: np.ndarray | None,
+                 index: LiveIndex | None, version: int | None, budget: Budget) -> Ranked:
+        if emb is None:
+            return Ranked(_standardise(-np.arange(len(ids), dtype=np.float64)), {})
+        known = index.contains(ids)
+        retrieval = np.zeros(len(ids), np.float32)
+        retrieval[known] = index.score(emb, np.asarray(ids)[known])
+        retrieval[~known] = retrieval[known].min() if known.any() else 0.0
+        outputs = {RETRIEVAL_SCORE: retrieval, **self.signals(profile, ids)}
+        if not self.backend.has_ranker(version):
+            return Ranked(self._blend(retrieval, outputs), outputs)
+        t = self._clock()
+        try:
+            inputs = self.ranker_inputs(query, self.catalogue.rows(ids), retrieval)
+            out = self.breaker.call(self.backend.rank, inputs,
+                                    budget.left_s(self.config.rank_deadline_ms), version)
+            budget.check("ranker", t, self.config.rank_deadline_ms)
+            outputs.update({P_WATCH: np.asarray(out[P_WATCH]),
+                            WATCH_TIME_SECONDS: np.asarray(out[WATCH_TIME_SECONDS])})
+        except budget.expected_errors as e:  # the ranker is optional: the blend without it
+            log.warning("ranker failed, serving the blend without it: %s", e)
+            degrade(page, f"ranker: {type(e).__name__}: {e}")
+        page.timings_ms["ranker"] = (self._clock() - t) * 1000
+        return Ranked(self._blend(retrieval, outputs), outputs)

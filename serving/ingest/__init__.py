@@ -1,0 +1,1 @@
+"""Write paths: validate, log durably, apply to state (events, titles, signups, onboarding)."""

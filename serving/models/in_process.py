@@ -1,0 +1,178 @@
+"""The pushed SavedModels loaded into this process, following new versions as they are pushed."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import tensorflow as tf
+
+from marquee.artifacts import (
+    CANDIDATE_TOWER,
+    EMBEDDING,
+    P_WATCH,
+    QUERY_TOWER,
+    RANKER,
+    SIGNATURE,
+    WATCH_TIME_SECONDS,
+)
+from serving.models.errors import ModelUnavailable
+from serving.models.query import ModelMismatch, NoPushedModel
+from serving.models.versions import complete_versions, has_ranker, incomplete_versions
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class _Loaded:
+    """One version's models. Calls of one model are serialised (a lock each): concurrent calls
+    of a loaded signature with different batch sizes corrupt the heap in TF 2.16 (reproduced with
+    the ranker from 4 threads); one call already uses every core through TF's intra-op threads,
+    so the lock costs little throughput."""
+
+    version: int
+    query: Callable
+    ranker: Callable | None
+    candidate: Callable | None = None  # loaded on first use (only new titles need it)
+    locks: dict[str, threading.Lock] = dataclasses.field(default_factory=lambda: {
+        QUERY_TOWER: threading.Lock(), RANKER: threading.Lock(),
+        CANDIDATE_TOWER: threading.Lock()})
+
+
+def _load(path: Path) -> Callable:
+    return tf.saved_model.load(str(path)).signatures[SIGNATURE]
+
+
+class InProcessBackend:
+    """The newest complete version of the model base, in this process.
+
+    Every ``check_every_s`` (on a request or :meth:`serving_version`) it looks for a newer
+    complete version (``serving.models.versions``) and loads it in a background thread; requests
+    keep the loaded version until the new one is whole, then switch at once. The previous
+    version stays loaded for requests already under way (a page asks every model for the version
+    its query tower answered with). A version that fails to load (a folder still being copied)
+    is retried after ``retry_s``, never given up on.
+    """
+
+    name = "in_process"
+
+    def __init__(self, model_base: str | Path, check_every_s: float = 5.0,
+                 retry_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
+        self.base = Path(model_base)
+        self.check_every_s, self.retry_s, self._clock = check_every_s, retry_s, clock
+        self._lock = threading.Lock()
+        self._loaded: dict[int, _Loaded] = {}  # the newest two
+        self._retry_at: dict[int, float] = {}
+        self._checked = clock()
+        self._loading: threading.Thread | None = None
+        complete = complete_versions(self.base)
+        if not complete:
+            half = incomplete_versions(self.base)
+            raise NoPushedModel(
+                f"{self.base}: no complete pushed version"
+                + (f" (incomplete: {half}; a push may be under way)" if half else "")
+                + "; run the pipeline (marquee pipeline run) to push one")
+        self._load_version(complete[-1])
+
+    # ------------------------------------------------------------------ versions
+
+    @property
+    def query_version(self) -> int:
+        with self._lock:
+            return max(self._loaded)
+
+    def serving_version(self) -> int:
+        """The version new pages are served from (checking for a newer one first)."""
+        self._maybe_refresh()
+        return self.query_version
+
+    def _load_version(self, version: int) -> None:
+        path = self.base / QUERY_TOWER / str(version)
+        loaded = _Loaded(version, _load(path),
+                         _load(self.base / RANKER / str(version))
+                         if has_ranker(self.base, version) else None)
+        with self._lock:
+            self._loaded[version] = loaded
+            for old in sorted(self._loaded)[:-2]:
+                del self._loaded[old]
+        log.info("in-process models: serving version %d (ranker: %s)", version,
+                 "yes" if loaded.ranker is not None else "none pushed")
+
+    def _maybe_refresh(self) -> None:
+        now = self._clock()
+        if now - self._checked < self.check_every_s:
+            return
+        self._checked = now
+        newest = max(complete_versions(self.base), default=None)
+        if (newest is None or newest <= self.query_version
+                or now < self._retry_at.get(newest, float("-inf"))):
+            return
+        with self._lock:
+            if self._loading is not None and self._loading.is_alive():
+                return
+            self._loading = threading.Thread(target=self._background_load, args=(newest,),
+                                             name=f"load-version-{newest}", daemon=True)
+            self._loading.start()
+
+    def _background_load(self, version: int) -> None:
+        try:
+            self._load_version(version)
+        except Exception as e:  # noqa: BLE001 - any load failure: keep serving, retry later
+            self._retry_at[version] = self._clock() + self.retry_s
+            log.warning("version %d could not be loaded (%s: %s); still serving %d, retrying "
+                        "in %.0f s", version, type(e).__name__, e, self.query_version,
+                        self.retry_s)
+
+    def wait_loaded(self, timeout_s: float = 60.0) -> None:
+        """Waits for a background load under way (tests and benchmarks)."""
+        thread = self._loading
+        if thread is not None:
+            thread.join(timeout_s)
+
+    def _version(self, version: int | None) -> _Loaded:
+        with self._lock:
+            if version is None:
+                return self._loaded[max(self._loaded)]
+            if version not in self._loaded:
+                raise ModelMismatch(f"model version {version} is not loaded in this process "
+                                    f"(loaded: {sorted(self._loaded)})")
+            return self._loaded[version]
+
+    # ------------------------------------------------------------------ calls
+
+    def query_embeddings(self, inputs, timeout_s):
+        self._maybe_refresh()
+        m = self._version(None)
+        tensors = {k: tf.constant(v) for k, v in inputs.items()}
+        with m.locks[QUERY_TOWER]:
+            out = m.query(**tensors)
+        return out[EMBEDDING].numpy(), m.version
+
+    def has_ranker(self, version: int | None = None) -> bool:
+        try:
+            return self._version(version).ranker is not None
+        except ModelMismatch:
+            return False
+
+    def rank(self, inputs, timeout_s, version: int | None = None):
+        m = self._version(version)
+        if m.ranker is None:
+            raise ModelUnavailable(f"version {m.version} has no blessed ranker pushed")
+        tensors = {k: tf.constant(v) for k, v in inputs.items()}
+        with m.locks[RANKER]:
+            out = m.ranker(**tensors)
+        return {P_WATCH: out[P_WATCH].numpy(), WATCH_TIME_SECONDS: out[WATCH_TIME_SECONDS].numpy()}
+
+    def candidate_embeddings(self, inputs, version, timeout_s):
+        m = self._version(version)
+        with self._lock:
+            if m.candidate is None:
+                m.candidate = _load(self.base / CANDIDATE_TOWER / str(version))
+        tensors = {k: tf.constant(v) for k, v in inputs.items()}
+        with m.locks[CANDIDATE_TOWER]:
+            out = m.candidate(**tensors)
+        return out[EMBEDDING].numpy()

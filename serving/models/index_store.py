@@ -1,0 +1,70 @@
+"""The pushed retrieval indexes, loaded by version and checked against the query tower's run."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+from marquee.artifacts import (
+    QUERY_TOWER,
+    RETRIEVAL_INDEX,
+    versions,
+)
+from marquee.retrieval_index import INDEX_FILE, RetrievalIndex, load_index
+from serving.models.query import ModelMismatch, check_same_run, training_run_of
+
+
+class IndexStore:
+    """Loads the retrieval index pushed with a given query-tower version, and checks that both
+    come from one training run (refusing a mismatched pair with ModelMismatch)."""
+
+    # How long the newest pushed version is remembered (it is read on every cached request).
+    LATEST_TTL_S = 1.0
+
+    def __init__(self, model_base: str | Path, clock=time.monotonic):
+        self.base = Path(model_base)
+        self._lock = threading.Lock()
+        self._cache: dict[int, RetrievalIndex] = {}
+        self._clock = clock
+        self._latest: tuple[float, int | None] = (float("-inf"), None)
+
+    def latest_version(self) -> int | None:
+        """The newest pushed index version (None before the first push), re-read from disk at
+        most every ``LATEST_TTL_S`` seconds instead of on every request."""
+        now = self._clock()
+        checked, version = self._latest
+        if now - checked >= self.LATEST_TTL_S:
+            pushed = versions(self.base / RETRIEVAL_INDEX)
+            version = pushed[-1] if pushed else None
+            self._latest = (now, version)
+        return version
+
+    def get(self, query_version: int) -> RetrievalIndex:
+        with self._lock:
+            if query_version in self._cache:
+                return self._cache[query_version]
+        index_dir = self.base / RETRIEVAL_INDEX / str(query_version)
+        if not index_dir.is_dir():
+            raise ModelMismatch(
+                f"the query tower answered as version {query_version} but {index_dir} does not "
+                "exist; the index and the towers are pushed together, so the model base and the "
+                "model server are out of sync")
+        index = load_index(index_dir)
+        run = training_run_of(self.base / QUERY_TOWER / str(query_version))
+        check_same_run(run, index.metadata.get("training_run", "?"), str(index_dir))
+        with self._lock:
+            # the newest two (a page under way may still use the one before): bounded memory
+            self._cache = {v: self._cache[v] for v in sorted(self._cache)[-1:]}
+            self._cache[query_version] = index
+        return index
+
+    def popularity(self) -> dict[int, float]:
+        """Train positives per item from the newest index's metadata ({} if none pushed)."""
+        vs = versions(self.base / RETRIEVAL_INDEX)
+        if not vs:
+            return {}
+        meta = json.loads((self.base / RETRIEVAL_INDEX / str(vs[-1]) / INDEX_FILE).read_text())
+        pop = meta.get("metadata", {}).get("popularity", {})
+        return {int(k): float(v) for k, v in pop.items()}

@@ -1,0 +1,249 @@
+"""The candidate source interface, the shared top-k helpers and the merge.
+
+Every source implements :class:`CandidateSource`: ``name`` and ``candidates(request, k)``. The
+contract (``tests/test_sources.py`` runs it on every implementation): at most ``k`` candidates,
+best first, distinct item ids, all in the catalogue, none the user has watched, and the same
+answer for the same request. A source with nothing to go on (no query embedding, no history)
+answers an empty list; an empty list is an answer, not an error. Each source module has a
+``build(ctx)`` that makes it once, at start-up, from a :class:`BuildContext`
+(``serving.sources.SOURCES`` maps the config's names to them): adding a source is one module
+and one line there.
+
+:func:`query_sources` asks sources in parallel, each with its own deadline, and merges their
+answers with :func:`merge_candidates` (dedupe, per-source quotas, every source's score kept).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent import futures
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+
+from marquee.artifacts import is_positive_watch
+from marquee.data import contract as c
+from serving.state.catalogue import Catalogue, UserProfile
+
+log = logging.getLogger(__name__)
+
+SECONDS_PER_DAY = 86_400
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    item_id: int
+    source: str
+    score: float
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SourceRequest:
+    """What a source may use to answer one homepage request.
+
+    ``profile`` holds the history (positive watches, most recent first), the watched set (to
+    exclude) and the onboarding genres. ``query_embedding`` is the query tower's ``[dim]``
+    output, or None when the tower did not answer. ``genres`` are the genres to favour
+    (:meth:`from_profile` uses the onboarding quiz's). ``timestamp`` is UTC seconds; ``seed`` is
+    the request's seed for any sampling a source does. ``index`` is the retrieval index of the
+    version whose query tower answered (``search(emb [dim], n)``), or None.
+    """
+
+    profile: UserProfile
+    timestamp: int
+    seed: int = 0
+    query_embedding: np.ndarray | None = None
+    genres: tuple[str, ...] = ()
+    index: object | None = None  # serving.models.live_index.LiveIndex
+
+    @classmethod
+    def from_profile(cls, profile: UserProfile, timestamp: int, seed: int = 0,
+                     query_embedding: np.ndarray | None = None,
+                     index: object | None = None) -> SourceRequest:
+        return cls(profile, int(timestamp), seed, query_embedding, profile.onboarding_genres,
+                   index)
+
+
+@runtime_checkable
+class CandidateSource(Protocol):
+    name: str
+
+    def candidates(self, request: SourceRequest, k: int) -> list[Candidate]:
+        """At most ``k`` candidates, best first: distinct, in the catalogue, not watched."""
+
+
+def _check_k(k: int) -> int:
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    return int(k)
+
+
+def _best(name: str, ids: np.ndarray, scores: np.ndarray, exclude: Iterable[int],
+          k: int) -> list[Candidate]:
+    """``ids [N]``, ``scores [N]`` -> the ``k`` best candidates, ties to the lower item id;
+    excluded ids, non-finite scores and repeated ids (after the best) are dropped."""
+    exclude = set(exclude)
+    ids, scores = np.asarray(ids), np.asarray(scores, np.float64)
+    finite = np.isfinite(scores)
+    if not finite.all():
+        ids, scores = ids[finite], scores[finite]
+    m = k + len(exclude)  # enough to fill k unless repeated ids take places
+    if len(ids) > 4 * m:  # a big list (content over a large catalogue): sort only its head
+        head = _head(ids, scores, m)
+        out = _take_best(name, ids[head], scores[head], exclude, k)
+        if len(out) == k:
+            return out
+    return _take_best(name, ids, scores, exclude, k)
+
+
+def _head(ids: np.ndarray, scores: np.ndarray, m: int) -> np.ndarray:
+    """Positions of the first ``m`` of a full sort by (score desc, id asc), in O(N): every score
+    above the m-th largest, then the lowest ids among those equal to it."""
+    threshold = np.partition(scores, len(scores) - m)[len(scores) - m]
+    above = np.flatnonzero(scores > threshold)
+    tied = np.flatnonzero(scores == threshold)
+    need = m - len(above)
+    if len(tied) > need:
+        tied = tied[np.argpartition(ids[tied], need - 1)[:need]] if need > 0 else tied[:0]
+    return np.concatenate([above, tied])
+
+
+def _take_best(name: str, ids: np.ndarray, scores: np.ndarray, exclude: set[int],
+               k: int) -> list[Candidate]:
+    out: list[Candidate] = []
+    seen: set[int] = set()
+    for r in np.lexsort((ids, -scores)).tolist():
+        if len(out) >= k:
+            break
+        item = int(ids[r])
+        if item in seen or item in exclude:
+            continue
+        seen.add(item)
+        out.append(Candidate(item, name, float(scores[r])))
+    return out
+
+
+def positive_watches(interactions: pd.DataFrame, catalogue: Catalogue,
+                     min_watch_seconds: float = c.WATCHED_THRESHOLD_SECONDS) -> pd.DataFrame:
+    """The watch events of at least ``min_watch_seconds`` on catalogue items."""
+    df = interactions
+    keep = (is_positive_watch(df[c.EVENT], df[c.WATCH_SECONDS], min_watch_seconds)
+            & df[c.ITEM_ID].isin(catalogue.item_ids).to_numpy())
+    return df[keep]
+
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildContext:
+    """What a source may be built from at start-up: the catalogue, the loaded interactions
+    (None when the service has none), the serving config and the positive-watch threshold
+    (``data.min_watch_seconds``) and the service's clock. ``shared`` holds objects several steps use (the item-to-item
+    neighbours are built once for the source, the blend and the rows)."""
+
+    catalogue: Catalogue
+    interactions: pd.DataFrame | None
+    config: object  # marquee.config.ServingConfig
+    min_watch_seconds: float
+    now: Callable[[], float] = time.time  # the service's clock (UTC seconds)
+    shared: dict = dataclasses.field(default_factory=dict)
+
+    def need_interactions(self, what: str) -> pd.DataFrame:
+        if self.interactions is None:
+            raise ValueError(f"{what} needs the interactions frame: pass interactions= "
+                             "(serving.state.catalogue.load_frames), or drop it from the config")
+        return self.interactions
+
+
+
+@dataclasses.dataclass(frozen=True)
+class MergedCandidate:
+    """One item after the merge: the source whose quota it used, and every source's score."""
+
+    item_id: int
+    source: str
+    scores: dict[str, float]
+
+
+def merge_candidates(results: Mapping[str, Sequence[Candidate]],
+                     quotas: Mapping[str, int]) -> list[MergedCandidate]:
+    """Dedupes the sources' answers into one list, taking turns in ``quotas`` order.
+
+    Round robin: each source in turn adds its next candidate not already taken, until its quota
+    of new items is used or its list ends. An item any source returned (within its quota or not)
+    carries that source's score in ``scores``, a feature for the ranker. The order depends only on
+    the inputs. Sources in ``quotas`` but not in ``results`` (skipped) are passed over.
+    """
+    unknown = sorted(set(results) - set(quotas))
+    if unknown:
+        raise ValueError(f"no quota for source(s) {unknown}; quotas are given for {list(quotas)}")
+    score_of: dict[int, dict[str, float]] = {}
+    for name in quotas:
+        for cand in results.get(name, ()):
+            score_of.setdefault(cand.item_id, {}).setdefault(name, cand.score)
+    pointer = {name: 0 for name in quotas if name in results}
+    added = dict.fromkeys(pointer, 0)
+    out: list[MergedCandidate] = []
+    taken: set[int] = set()
+    while pointer:
+        for name in list(pointer):
+            answer = results[name]
+            while pointer[name] < len(answer) and answer[pointer[name]].item_id in taken:
+                pointer[name] += 1
+            if pointer[name] >= len(answer) or added[name] >= quotas[name]:
+                del pointer[name]
+                continue
+            item = answer[pointer[name]].item_id
+            taken.add(item)
+            added[name] += 1
+            out.append(MergedCandidate(item, name, dict(score_of[item])))
+    return out
+
+
+@dataclasses.dataclass
+class SourceResults:
+    """``merged``: :func:`merge_candidates`' list; ``answers``: each answering source's list;
+    ``skipped``: source -> why it contributed nothing; ``timings_ms``: per answering source."""
+
+    merged: list[MergedCandidate]
+    answers: dict[str, list[Candidate]]
+    skipped: dict[str, str]
+    timings_ms: dict[str, float]
+
+
+def _timed(source: CandidateSource, request: SourceRequest, k: int) -> tuple[list, float]:
+    start = time.perf_counter()
+    out = source.candidates(request, k)
+    return out, (time.perf_counter() - start) * 1000
+
+
+def query_sources(sources: Sequence[CandidateSource], request: SourceRequest,
+                  quotas: Mapping[str, int], deadlines_ms: Mapping[str, float],
+                  executor: futures.Executor) -> SourceResults:
+    """Asks every source for its quota at once on ``executor``; merges what arrives in time.
+
+    Each source's deadline counts from the moment all are submitted. A source that raises or
+    misses its deadline contributes nothing and is named in ``skipped`` with the reason; its
+    thread runs to the end in the background (Python cannot stop it) and the answer is dropped.
+    """
+    names = [s.name for s in sources]
+    missing = [n for n in names if n not in quotas or n not in deadlines_ms]
+    if len(set(names)) != len(names) or missing:
+        raise ValueError(f"sources {names} need distinct names, each with a quota and a "
+                         f"deadline; missing for {missing}")
+    start = time.perf_counter()
+    pending = {s.name: executor.submit(_timed, s, request, quotas[s.name]) for s in sources}
+    answers, skipped, timings = {}, {}, {}
+    for name, future in pending.items():
+        left = deadlines_ms[name] / 1000 - (time.perf_counter() - start)
+        try:
+            answers[name], timings[name] = future.result(timeout=max(0.0, left))
+        except futures.TimeoutError:
+            future.cancel()
+            skipped[name] = f"missed its {deadlines_ms[name]:.0f} ms deadline"
+        except Exception as e:  # a failing source is reported and skipped, never fatal
+            skipped[name] = f"{type(e).__name__}: {e}"
+        if name in skipped:
+            log.warning("candidate source %s skipped: %s", name, skipped[name])
+    return SourceResults(merge_candidates(answers, quotas), answers, skipped, timings)

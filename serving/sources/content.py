@@ -1,0 +1,104 @@
+"""Content-based: TF-IDF over the titles' metadata, matched to the user's recent watches."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from marquee.artifacts import LIST_PAD
+from serving.sources.base import (
+    BuildContext,
+    Candidate,
+    SourceRequest,
+    _best,
+    _check_k,
+    _head,
+)
+from serving.state.catalogue import MISSING, Catalogue
+from trainer import features as f
+
+log = logging.getLogger(__name__)
+
+
+def title_tokens(title: str) -> list[str]:
+    """The trainer's rule (``trainer.preprocessing.title_tokens``): lower-cased a-z0-9 words."""
+    return re.sub(r"[^a-z0-9]+", " ", title.lower()).split()
+
+
+def item_document(catalogue: Catalogue, row: int) -> list[str]:
+    """One item's metadata as field-prefixed tokens: ``genre:drama``, ``cast:..``, ``title:..``."""
+    feats = catalogue.features
+    tokens = [f"genre:{g.lower()}" for g in catalogue.genres[row]]
+    for field, key in (("cast", f.CAST), ("keyword", f.KEYWORDS)):
+        tokens += [f"{field}:{v.lower()}" for v in feats[key][row] if v != LIST_PAD]
+    director = str(feats[f.DIRECTOR][row])
+    if director != MISSING:
+        tokens.append(f"director:{director.lower()}")
+    return tokens + [f"title:{t}" for t in title_tokens(catalogue.titles[row])]
+
+
+def _as_is(doc: list[str]) -> list[str]:
+    return doc
+
+
+class ContentSource:
+    """Items like the user's recent watches, by TF-IDF over their metadata.
+
+    ``matrix`` is ``[num_items, vocabulary]``, one L2-normalised TF-IDF row per item (of
+    :func:`item_document`). The profile is the mean of the rows of the last ``recent`` watches,
+    L2-normalised, so a candidate's score is its cosine similarity to it, in [0, 1]; items with
+    score 0 (nothing in common) are not candidates.
+    """
+
+    def __init__(self, catalogue: Catalogue, recent: int = 10, name: str = "content"):
+        if recent < 1:
+            raise ValueError(f"recent must be >= 1, got {recent}")
+        self.catalogue, self.recent, self.name = catalogue, recent, name
+        self.vectorizer = TfidfVectorizer(analyzer=_as_is, norm="l2", dtype=np.float32)
+        docs = [item_document(catalogue, r) for r in range(len(catalogue.item_ids))]
+        self.matrix = self.vectorizer.fit_transform(docs).tocsr()
+        # The same matrix by column: a request reads only its profile's tokens' columns.
+        self._columns = self.matrix.tocsc()
+
+    def add_rows(self, rows: list[int]) -> None:
+        """Titles appended to the catalogue (rows in order, right after the last one known):
+        their TF-IDF rows with the fitted vocabulary (a word it never saw does not count)."""
+        if not rows:
+            return
+        if rows != list(range(self.matrix.shape[0], self.matrix.shape[0] + len(rows))):
+            raise ValueError(f"rows {rows[:3]}... do not follow the {self.matrix.shape[0]} "
+                             "rows the content source holds")
+        new = self.vectorizer.transform([item_document(self.catalogue, r) for r in rows])
+        matrix = sp.vstack([self.matrix, new]).tocsr()
+        self._columns, self.matrix = matrix.tocsc(), matrix  # readers check the row count
+
+    def candidates(self, request: SourceRequest, k: int) -> list[Candidate]:
+        # A title being added is in the catalogue before it is here (and in `_columns` before
+        # `matrix`): rows past what this matrix holds are skipped.
+        matrix, columns = self.matrix, self._columns
+        rows = [r for r in (self.catalogue.row.get(i) for i in request.profile.history)
+                if r is not None and r < matrix.shape[0]][: self.recent]
+        if _check_k(k) == 0 or not rows:
+            return []
+        # The profile (mean of the rows, L2-normalised) over the tokens it has, then
+        # scores = matrix @ profile reading only those tokens' columns.
+        watched = matrix[rows].tocoo()
+        tokens, at = np.unique(watched.col, return_inverse=True)
+        weights = np.bincount(at, weights=watched.data, minlength=len(tokens))
+        weights /= max(np.linalg.norm(weights), 1e-12)
+        scores = np.asarray(columns[:, tokens] @ weights).ravel()
+        ids = self.catalogue.item_ids[:len(scores)]
+        m = k + len(request.profile.watched)
+        if len(scores) > 4 * m:  # keep the best m (by score, then id) before dropping zeros
+            head = _head(ids, scores, m)
+            ids, scores = ids[head], scores[head]
+        hit = scores > 0
+        return _best(self.name, ids[hit], scores[hit], request.profile.watched, k)
+
+
+def build(ctx: BuildContext) -> ContentSource:
+    return ContentSource(ctx.catalogue)

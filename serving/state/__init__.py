@@ -1,0 +1,1 @@
+"""What serving reads: the catalogue and users, and the online feature stores."""
