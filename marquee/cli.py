@@ -211,34 +211,56 @@ def model_server(model_base: str | None, model_config_file: str | None, port: in
 @click.option("--tf-serving", help="HOST:PORT of TF Serving (or marquee model-server); "
               "without it the SavedModels are loaded in-process.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; 0.0.0.0 to accept connections from other hosts (the "
+                   "Kubernetes manifest passes it).")
 @click.option("--redis", "redis_url", help="Redis URL (redis://HOST:PORT/DB) for online features "
               "and the homepage cache, shared by replicas; the embedded store answers while it "
               "is down. Without it: the embedded store only.")
 @click.option("--event-log", type=click.Path(file_okay=False),
-              help="Dataset folder whose interactions/ accepted events are appended to as "
-                   "Parquet part files (and items/, onboarding.jsonl); without it the POST "
-                   "routes answer 503.")
+              help="Folder the write routes log to: a write-ahead log (DIR/wal/REPLICA/, synced "
+                   "before each 200), compacted into the contract's Parquet parts "
+                   "(DIR/interactions/, items/, users/, onboarding/) the next pipeline run "
+                   "reads. Without it the write routes answer 503.")
+@click.option("--replica-id", default="0", show_default=True,
+              help="This replica's name in the event log (DIR/wal/REPLICA/): replicas sharing "
+                   "one log folder need distinct ids; a second writer with the same id is "
+                   "refused at start-up.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
-              help="The pipeline's config: its serving section, and data.min_watch_seconds "
-                   "(what a positive watch is in the histories).")
+              help="The pipeline's config: its serving section (sources, re-rank, auth tokens, "
+                   "limits) and data.min_watch_seconds (what a positive watch is).")
+@click.option("--insecure-dev", is_flag=True,
+              help="Accept writes without tokens (a local demo only: anyone who can reach the "
+                   "port can write). Without it, write routes need the tokens of "
+                   "serving.auth (default: MARQUEE_EVENTS_TOKEN, MARQUEE_ADMIN_TOKEN).")
 def serve_api(data_dir: str, model_base: str, tf_serving: str | None, port: int,
-              host: str, redis_url: str | None, event_log: str | None,
-              config_file: str | None) -> None:
-    """The homepage HTTP API: GET /v1/users/{id}/homepage, POST /v1/events, /healthz,
-    /metrics."""
-    import logging
-
+              host: str, redis_url: str | None, event_log: str | None, replica_id: str,
+              config_file: str | None, insecure_dev: bool) -> None:
+    """The homepage HTTP API (FastAPI on uvicorn): GET /v1/users/{id}/homepage, the write
+    routes, /healthz, /metrics, /docs. SIGTERM or SIGINT drains requests and closes the log."""
     from marquee.config import ConfigError, load_config
-    from serving.build import serve
+    from serving.api.server import ServeOptions, serve
+    from serving.ingest.wal import WalError
     from serving.state.feature_store import StoreUnavailable
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    _quiet_logging()
     try:
-        serve(data_dir, model_base, tf_serving, port, host, redis_url, event_log,
+        serve(ServeOptions(data_dir=data_dir, model_base=model_base, tf_serving=tf_serving,
+                           port=port, host=host, redis_url=redis_url, event_log=event_log,
+                           replica_id=replica_id, insecure_dev=insecure_dev),
               load_config(config_file))
-    except (StoreUnavailable, ContractError, ConfigError) as e:  # start-up: Redis, log, config
-        raise click.ClickException(str(e)) from e
+    except (StoreUnavailable, ContractError, ConfigError, WalError, ValueError) as e:
+        raise click.ClickException(str(e)) from e  # start-up: Redis, log, config, tokens
+
+
+def _quiet_logging() -> None:
+    """INFO for marquee's own loggers, WARNING for the libraries'."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s")
+    for name in ("marquee", "serving", "pipeline", "components", "trainer"):
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 @main.group()

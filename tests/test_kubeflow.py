@@ -15,7 +15,8 @@ import re
 import shlex
 import shutil
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -23,7 +24,7 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from components.model_pusher.push_lib import QUERY_TOWER
-from marquee.config import BeamConfig, Config
+from marquee.config import AuthConfig, BeamConfig, Config, LimitsConfig
 from pipeline import kubeflow_runner as kr
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,6 +33,10 @@ DOCKERFILE = REPO / "kubeflow" / "Dockerfile"
 K8S = REPO / "kubeflow" / "k8s"
 # Kubernetes release whose schema the manifests must satisfy (kubernetes-validate ships it).
 K8S_VERSION = "1.30"
+# The Secret holding the API's bearer tokens: created by hand (kubeflow/README.md), never committed.
+API_TOKENS_SECRET = "marquee-api-tokens"
+# What the downward API gives an API pod as metadata.name (a Deployment's pod name).
+SAMPLE_POD_NAME = "marquee-api-7c9d8f6b5-x2k7q"
 REGENERATE_HINT = ("If the change is intended, regenerate the golden and review its diff: "
                    "MARQUEE_REGENERATE_GOLDEN=1 .venv/bin/python -m pytest -q "
                    "tests/test_kubeflow.py && git diff kubeflow/pipeline.json")
@@ -348,12 +353,8 @@ def test_tf_serving_reads_the_pushed_models_config_and_is_ready_on_the_query_tow
     assert (probe["path"], probe["port"]) == (f"/v1/models/{QUERY_TOWER}", "http")
 
 
-def test_api_calls_tf_serving_through_its_service_and_autoscales_on_cpu():
+def test_api_autoscales_on_cpu():
     c = _container("marquee-api")
-    assert c["command"] + c["args"] == ["marquee", "serve", "--tf-serving", "tf-serving:8500",
-                                        "--model-base", "/models"]
-    svc_ports = {p["port"] for p in _one("Service", "tf-serving")["spec"]["ports"]}
-    assert 8500 in svc_ports
     assert c["resources"]["requests"]["cpu"], "the HPA needs a CPU request"
     hpa = _one("HorizontalPodAutoscaler", "marquee-api")
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
@@ -363,12 +364,164 @@ def test_api_calls_tf_serving_through_its_service_and_autoscales_on_cpu():
     assert metric["resource"]["target"] == {"type": "Utilization", "averageUtilization": 70}
 
 
+def _expand(arg: str, env: dict[str, str]) -> str:
+    """Kubernetes' expansion of a container arg: ``$(NAME)`` of a variable the container defines
+    becomes its value, any other reference stays as written, ``$$`` is a literal ``$``."""
+    return re.sub(r"\$\$|\$\(([^)]+)\)",
+                  lambda m: "$" if m[0] == "$$" else env.get(m[1], m[0]), arg)
+
+
+def _pod_env(container: dict) -> dict[str, str]:
+    """The container's environment in a pod named SAMPLE_POD_NAME, secrets as placeholders."""
+    env = {}
+    for var in container.get("env", []):
+        source = var.get("valueFrom", {})
+        if "value" in var:
+            env[var["name"]] = _expand(var["value"], env)
+        elif source.get("fieldRef", {}).get("fieldPath") == "metadata.name":
+            env[var["name"]] = SAMPLE_POD_NAME
+        elif "secretKeyRef" in source:
+            env[var["name"]] = f"secret-{source['secretKeyRef']['key']}"
+    return env
+
+
+def _served(root: Path) -> tuple[dict, dict[str, dict]]:
+    """The API container's command line as the real ``marquee serve`` parses it in a pod:
+    ``$(VAR)``s expanded as Kubernetes does, and every path option moved under ``root``, where
+    only the container's volume mounts exist (so click's exists checks pass for mounted paths
+    only). Returns ``ctx.params`` and, for each path option given, the volume mount it is on;
+    fails the test if the CLI refuses the args or a path is on no mount."""
+    import click
+
+    from marquee.cli import main
+
+    c = _container("marquee-api")
+    # the image's `marquee` is the console script of marquee.cli:main
+    scripts = re.search(r"^\[project\.scripts\]\n((?:.+\n)*)",
+                        (REPO / "pyproject.toml").read_text(), re.MULTILINE)
+    assert f'{c["command"][0]} = "marquee.cli:main"' in scripts[1], c["command"]
+    name, *args = c["command"][1:] + [_expand(a, _pod_env(c)) for a in c["args"]]
+    assert name in main.commands, f"no command {name!r} in marquee.cli"
+    command = main.commands[name]
+    path_opts = {o for p in command.params if isinstance(p.type, click.Path) for o in p.opts}
+
+    def in_pod(path: str) -> str:
+        return str(root / path.lstrip("/")) if path.startswith("/") else path
+
+    for i, arg in enumerate(args):
+        opt, eq, value = arg.partition("=")
+        if eq and opt in path_opts:
+            args[i] = f"{opt}={in_pod(value)}"
+        elif arg in path_opts and i + 1 < len(args):
+            args[i + 1] = in_pod(args[i + 1])
+    mounts = c.get("volumeMounts", [])
+    for m in mounts:
+        (root / m["mountPath"].lstrip("/")).mkdir(parents=True, exist_ok=True)
+    try:
+        ctx = command.make_context(name, args)
+    except click.UsageError as e:
+        pytest.fail(f"`marquee {name}` refuses the args of api.yaml: {e.format_message()}")
+    on_mount = {}
+    for p in command.params:
+        value = ctx.params[p.name]
+        if not isinstance(p.type, click.Path) or value is None:
+            continue
+        assert Path(value).is_relative_to(root), f"--{p.name}: {value} is not an absolute path"
+        pod_path = PurePosixPath("/", Path(value).relative_to(root))
+        found = [m for m in mounts if PurePosixPath(m["mountPath"]) in
+                 (pod_path, *pod_path.parents)]
+        assert found, f"{p.name}={pod_path} is on no volume mount of the API container"
+        on_mount[p.name] = max(found, key=lambda m: len(m["mountPath"]))
+    return ctx.params, on_mount
+
+
+def test_api_args_are_accepted_by_the_serve_command_and_name_mounted_paths(tmp_path):
+    params, on_mount = _served(tmp_path)
+    c = _container("marquee-api")
+    # listens for the Service on the container's http port; writes are authenticated
+    assert params["host"] == "0.0.0.0"
+    assert {(p["name"], p["containerPort"]) for p in c["ports"]} == {("http", params["port"])}
+    assert not params["insecure_dev"]
+    assert params["model_base"] == str(tmp_path / kr.DEFAULT_SERVING_DIR.lstrip("/"))
+    # the dataset is only read; the event log is written by every replica, so it is shared
+    assert {"data_dir", "model_base", "event_log"} <= on_mount.keys()
+    assert on_mount["data_dir"].get("readOnly") is True
+    assert on_mount["event_log"].get("readOnly", False) is False
+    pod = _one("Deployment", "marquee-api")["spec"]["template"]["spec"]
+    claims = {v["name"]: v["persistentVolumeClaim"] for v in pod["volumes"]
+              if "persistentVolumeClaim" in v}
+    events = claims[on_mount["event_log"]["name"]]
+    assert not events.get("readOnly", False)
+    assert "ReadWriteMany" in _one("PersistentVolumeClaim",
+                                   events["claimName"])["spec"]["accessModes"]
+    assert claims[on_mount["data_dir"]["name"]].get("readOnly") is True
+
+
+def test_every_claim_a_deployment_mounts_is_in_the_manifests():
+    for d in (r for r in _resources() if r["kind"] == "Deployment"):
+        for v in d["spec"]["template"]["spec"].get("volumes", []):
+            if "persistentVolumeClaim" in v:
+                _one("PersistentVolumeClaim", v["persistentVolumeClaim"]["claimName"])
+
+
+def test_api_replica_id_is_the_pod_name(tmp_path):
+    # Replicas share the event log; a second writer under one id is refused at start-up.
+    params, _ = _served(tmp_path)
+    assert params["replica_id"] == SAMPLE_POD_NAME
+
+
+def test_api_reaches_redis_and_tf_serving_through_their_services(tmp_path):
+    params, _ = _served(tmp_path)
+    redis = urlsplit(params["redis_url"])
+    assert redis.scheme == "redis"
+    ports = {p["port"]: p["name"] for p in _one("Service", redis.hostname)["spec"]["ports"]}
+    assert ports.get(redis.port) == "redis", f"Service {redis.hostname} has no port {redis.port}"
+    host, _, port = params["tf_serving"].rpartition(":")
+    ports = {p["port"]: p["name"] for p in _one("Service", host)["spec"]["ports"]}
+    assert ports.get(int(port)) == "grpc", f"Service {host} has no gRPC port {port}"
+    tf_serving = _container("tf-serving")
+    assert {p["name"]: p["containerPort"] for p in tf_serving["ports"]}["grpc"] == int(port)
+
+
+def test_api_tokens_come_from_a_secret_that_is_not_committed():
+    env = {v["name"]: v for v in _container("marquee-api")["env"]}
+    for scope in ("events", "admin"):
+        (var,) = [t.env for t in AuthConfig().tokens if t.scope == scope]
+        assert env[var] == {"name": var, "valueFrom": {"secretKeyRef": {
+            "name": API_TOKENS_SECRET, "key": f"{scope}-token"}}}, var
+    assert not [r for r in _resources() if r["kind"] == "Secret"], "a Secret is committed"
+    readme = (REPO / "kubeflow" / "README.md").read_text()
+    assert f"kubectl create secret generic {API_TOKENS_SECRET}" in readme
+    assert {"--from-literal=events-token=", "--from-literal=admin-token="} <= set(
+        re.findall(r"--from-literal=[\w-]+=", readme))
+
+
+def _http_probe_window(probe: dict) -> int:
+    """Seconds of failed checks before the probe acts (Kubernetes' defaults: 10 s, 3 times)."""
+    assert probe["httpGet"] == {"path": "/healthz", "port": "http"}
+    return probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
+
+
+def test_api_probes_ask_healthz_and_liveness_waits_longer_than_readiness():
+    c = _container("marquee-api")
+    ready, live = _http_probe_window(c["readinessProbe"]), _http_probe_window(c["livenessProbe"])
+    # a struggling pod leaves the Service well before it is restarted
+    assert live >= 60 and live >= 4 * ready, (ready, live)
+    assert _http_probe_window(c["startupProbe"]) >= 120
+
+
+def test_api_termination_grace_outlasts_the_server_shutdown_grace():
+    pod = _one("Deployment", "marquee-api")["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > LimitsConfig().shutdown_grace_seconds
+
+
 @pytest.mark.parametrize("deployment", ["tf-serving", "marquee-api"])
 def test_models_volume_is_mounted_read_only_where_the_pusher_writes(deployment):
     pod = _one("Deployment", deployment)["spec"]["template"]["spec"]
     claim = _one("PersistentVolumeClaim", "marquee-models")
     assert "ReadWriteMany" in claim["spec"]["accessModes"]
-    (volume,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    (volume,) = [v for v in pod["volumes"]
+                 if v.get("persistentVolumeClaim", {}).get("claimName") == "marquee-models"]
     assert volume["persistentVolumeClaim"] == {"claimName": "marquee-models", "readOnly": True}
     (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
     assert mount == {"name": volume["name"], "mountPath": kr.DEFAULT_SERVING_DIR,

@@ -346,7 +346,7 @@ def test_compaction_writes_contract_parts_and_hides_the_records(tmp_path):
         assert seqs(log) == [] and log.stats()["compacted_records"] == 4
         assert list((tmp_path / "wal" / "0").glob("seg-*")) == []
         assert log.append(c.INTERACTIONS, interaction(7, 72, 1_700_000_200)) == 5
-    name = "part-0000000000000001-0000000000000004-r0.parquet"
+    name = "part-w0000000000000001-0000000000000004-r0.parquet"
     events = pd.read_parquet(data / c.INTERACTIONS / name)
     assert events[c.ITEM_ID].tolist() == [70, 71] and str(events[c.USER_ID].dtype) == "int64"
     assert events.columns.tolist() == c.column_names(c.INTERACTIONS)
@@ -368,7 +368,7 @@ def test_a_crash_between_sink_and_mark_recompacts_the_same_part(tmp_path, monkey
             log.compact(parquet_sinks(data), seal=True)
         assert seqs(log) == [1, 2, 3, 4]  # not hidden: the mark did not move
     parts = sorted((data / c.INTERACTIONS).iterdir())
-    assert [p.name for p in parts] == ["part-0000000000000001-0000000000000004-r0.parquet"]
+    assert [p.name for p in parts] == ["part-w0000000000000001-0000000000000004-r0.parquet"]
     with WriteAheadLog(tmp_path) as log:
         assert log.compact(parquet_sinks(data)) == 4  # a segment of an earlier run is sealed
     assert sorted((data / c.INTERACTIONS).iterdir()) == parts  # overwritten, not added
@@ -440,5 +440,5 @@ def test_background_compactor_survives_a_failing_sink(tmp_path):
         log.append(c.INTERACTIONS, interaction(1, 3, 1_700_000_001))
     # close ran a last round: seq 2 is compacted too
     assert sorted(p.name for p in (data / c.INTERACTIONS).iterdir()) == [
-        "part-0000000000000001-0000000000000001-r0.parquet",
-        "part-0000000000000002-0000000000000002-r0.parquet"]
+        "part-w0000000000000001-0000000000000001-r0.parquet",
+        "part-w0000000000000002-0000000000000002-r0.parquet"]

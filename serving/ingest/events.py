@@ -1,32 +1,21 @@
-"""Incoming events: validated against the data contract, recorded in the store, logged to Parquet.
-
-    raw JSON object --EventValidator--> Event --FeatureStore.record_event--> online features
-                                          \\--EventLog.append--> DIR/interactions/part-*.parquet
+"""Incoming events: validated against the data contract and the live catalogue and users.
 
 An event is one row of the contract's interactions table (``docs/data.md``). The validator reuses
 the dataset validator's row rules (:func:`marquee.data.validate.check_frame`) and adds what a
-live event can be checked against: the known users and the catalogue. A bad event raises
-:class:`InvalidEvent` (a ValueError) listing every problem, each saying what was expected and
-what arrived. An accepted event is written to the store first, then to the log; either failure is
-raised to the caller (the HTTP layer answers 503 with the reason), so no event is dropped quietly.
-A 503 after the store accepted the event may make a client retry it: delivery is at least once.
+live event can be checked against: the known users, the catalogue and the server's clock (no
+event dated further ahead than ``serving.limits.max_future_skew_seconds``, so a far-future
+event cannot drive trending). A bad event raises :class:`InvalidEvent` (a ValueError) listing
+every problem, each saying what was expected and what arrived.
 
-At start-up (``serving.build.attach_logs``) the events earlier runs logged take the live path again,
-minus the log append (:meth:`EventIngest.replay`), so a restart does not forget them.
-
-The log writes the contract's interactions format, so a dataset folder whose ``interactions/`` the
-log appends to is read by the next pipeline run as it is.
+:class:`EventWrites` is the events kind of the write path (``serving.ingest.path``):
+validate -> durable log -> the feature store -> hooks (trending's live watches).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import threading
-import time
-from collections.abc import Callable, Container, Iterable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Container, Mapping
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -165,214 +154,39 @@ def _event(value: Mapping[str, object]) -> Event:
         rating=None if pd.isna(value[c.RATING]) else float(value[c.RATING]))
 
 
-class EventLogError(RuntimeError):
-    """An accepted event could not be appended to the log (disk, permissions, a moved folder)."""
+def check_not_ahead(name: str, value: int, now: int, skew_s: float) -> list[str]:
+    """A timestamp no further ahead of the server's clock than ``skew_s`` seconds."""
+    if value > now + skew_s:
+        return [f"{name}: {value} is {value - now} s ahead of the server's clock (at most "
+                f"{skew_s:.0f} s allowed: serving.limits.max_future_skew_seconds); send UTC "
+                "seconds of when it happened"]
+    return []
 
 
-class EventLog:
-    """Appends rows of a contract table to ``DIR/<table>/part-<unix seconds>-<n>.parquet``: events
-    (``Event``, the default ``interactions`` table), titles (``items``) or signups (``users``),
-    the last two as row dicts.
+class EventWrites:
+    """The events kind of the write path (``POST /v1/events``)."""
 
-    Rows are buffered and written ``flush_rows`` at a time (and on ``flush``/``close``) as row
-    groups of the open part file. A part file holds at most ``rows_per_file`` rows; while open it
-    is named ``part-....parquet.inprogress`` (not a ``*.parquet`` name, so readers never see a
-    file without its footer) and renamed when full or on ``close``. Thread-safe. One writer per
-    folder: two processes appending to one folder could pick the same part name.
+    name, table, exclusive = "events", c.INTERACTIONS, False
 
-    Failure: the append whose flush fails raises EventLogError and its own event is not kept;
-    events buffered by earlier appends stay buffered and are written by the next flush.
-    """
+    def __init__(self, validator: EventValidator, store: FeatureStore,
+                 max_future_skew_s: float = 300.0):
+        self.validator, self.store, self.skew = validator, store, max_future_skew_s
 
-    def __init__(self, data_dir: str | Path, flush_rows: int = 100, rows_per_file: int = 10_000,
-                 clock: Callable[[], float] = time.time, table: str = c.INTERACTIONS):
-        if not 1 <= flush_rows <= rows_per_file:
-            raise ValueError(f"need 1 <= flush_rows <= rows_per_file, got {flush_rows} and "
-                             f"{rows_per_file}")
-        data_dir = Path(data_dir)
-        if table not in c.TABLES:
-            raise ValueError(f"table must be one of {c.TABLES}, got {table!r}")
-        self.table = table
-        single = data_dir / f"{table}.parquet"
-        if single.exists():
-            raise c.ContractError(
-                f"{single} is a single file, but the event log appends part files to "
-                f"{data_dir / table}/ and a table lives in one of the two. Move it "
-                f"into the folder first: mkdir {data_dir / table} && mv {single} "
-                f"{data_dir / table}/part-0000000000-0000.parquet (part files are "
-                "read in name order), or log to another folder.")
-        self.folder = data_dir / table
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.flush_rows, self.rows_per_file, self._clock = flush_rows, rows_per_file, clock
-        self._lock = threading.Lock()
-        self._buffer: list[dict[str, object]] = []
-        self._writer: c.TableWriter | None = None
-        self._final: Path | None = None
-        self._n = 0
-        self.files: list[Path] = []  # completed part files, oldest first
-
-    def append(self, event: Event | Mapping[str, object]) -> None:
-        """Buffers ``event`` (an Event or a row dict of the table); writes the buffer when it
-        holds ``flush_rows`` rows."""
-        row = event.to_row() if isinstance(event, Event) else dict(event)
-        with self._lock:
-            self._buffer.append(row)
-            if len(self._buffer) >= self.flush_rows:
-                try:
-                    self._flush()
-                except EventLogError:
-                    if self._buffer and self._buffer[-1] is row:
-                        self._buffer.pop()  # the caller is told; the earlier ones stay
-                    raise
-
-    def flush(self) -> None:
-        """Writes every buffered event to the open part file (readable once it is closed)."""
-        with self._lock:
-            self._flush()
-
-    def close(self) -> None:
-        """Writes the buffer and closes the open part file under its final name."""
-        with self._lock:
-            self._flush()
-            self._rotate()
-
-    def __enter__(self) -> EventLog:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def _flush(self) -> None:
-        while self._buffer:
-            try:
-                if self._writer is None:
-                    self._open()
-                room = self.rows_per_file - self._writer.rows
-                chunk = self._buffer[:room]
-                self._writer.write({k: [r.get(k) for r in chunk] for k in chunk[0]})
-            except (OSError, c.ContractError) as e:
-                raise EventLogError(
-                    f"could not append {len(self._buffer)} row(s) to {self.folder}: {e}. "
-                    "Check that the folder exists, is writable and has free space.") from e
-            del self._buffer[:len(chunk)]
-            if self._writer.rows >= self.rows_per_file:
-                self._rotate()
-
-    def _open(self) -> None:
-        stamp = int(self._clock())
-        while True:
-            final = self.folder / f"part-{stamp:010d}-{self._n:04d}.parquet"
-            self._n += 1
-            if not final.exists():
-                break
-        self._writer = c.TableWriter(final.with_name(final.name + ".inprogress"), self.table)
-        self._final = final
-
-    def _rotate(self) -> None:
-        if self._writer is None:
-            return
-        writer, final = self._writer, self._final
-        self._writer = self._final = None
-        try:
-            writer.close()
-            writer.path.rename(final)
-        except OSError as e:
-            raise EventLogError(f"could not close {writer.path} as {final.name}: {e}") from e
-        self.files.append(final)
-        log.info("event log: %s (%d rows)", final, writer.rows)
-
-
-@dataclasses.dataclass
-class ReplayReport:
-    """What :meth:`EventIngest.replay` put back and what it skipped (each skip is logged)."""
-
-    files: int = 0  # part files opened
-    events: int = 0  # rows put back
-    skipped_rows: int = 0  # rows that no longer validate
-    skipped_files: int = 0  # files unreadable from the start or part way (the rest skipped)
-
-    def skip(self, message: str, files: int = 0, rows: int = 0) -> None:
-        """Counts a skip and logs its message (the first REPLAY_PROBLEMS_LOGGED of a replay)."""
-        if self.skipped_files + self.skipped_rows < REPLAY_PROBLEMS_LOGGED:
-            log.warning("event log replay: %s", message)
-        self.skipped_files += files
-        self.skipped_rows += rows
-
-
-# Skipped rows and files a replay logs one by one; the rest are only counted (its summary line
-# says how many), so a log full of a removed title's events does not flood start-up.
-REPLAY_PROBLEMS_LOGGED = 20
-
-
-def _frames(path: Path, batch_size: int) -> Iterator[pd.DataFrame]:
-    """The rows of one part file, ``batch_size`` at a time; ContractError if it cannot be read
-    (at once, or part way through a damaged file)."""
-    batches = c.open_parquet(path).iter_batches(batch_size=batch_size)
-    while True:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            return
-        except (OSError, pa.ArrowException) as e:
-            raise c.ContractError(f"damaged Parquet data ({type(e).__name__}: {e})") from e
-        yield batch.to_pandas()
-
-
-class EventIngest:
-    """Validate -> store -> log, the one path every incoming event takes (``POST /v1/events``).
-
-    ``accept`` raises InvalidEvent (answer 400), or the store's StoreUnavailable / EventLogError
-    (answer 503 with the message); it returns the event only when both writes succeeded.
-    ``replay`` puts back, at start-up, the events earlier runs logged.
-    """
-
-    def __init__(self, validator: EventValidator, store: FeatureStore, event_log: EventLog,
-                 on_accept: Callable[[Event], None] | None = None):
-        self.validator, self.store, self.log = validator, store, event_log
-        self.on_accept = on_accept  # e.g. HomepageService.observe (trending's live watches)
-
-    def accept(self, raw: Mapping[str, object]) -> Event:
+    def validate(self, raw: object, now: int) -> Event:
         event = self.validator.validate(raw)
-        self.store.record_event(event)
-        self.log.append(event)
-        if self.on_accept is not None:
-            self.on_accept(event)
+        problems = check_not_ahead(c.TIMESTAMP, event.timestamp, now, self.skew)
+        if problems:
+            raise InvalidEvent(problems)
         return event
 
-    def replay(self, files: Iterable[Path], record: Callable[[Event], None] | None = None,
-               batch_size: int = 10_000) -> ReplayReport:
-        """Puts back the events of ``files``: part files of the log written by earlier runs, in
-        name order, which is the order they were logged.
+    def to_row(self, event: Event) -> dict[str, object]:
+        return event.to_row()
 
-        Each row takes the live path, minus the log append: it is validated (``validate_frame``: a
-        title or user gone since is refused), recorded (``record``, by default the store's
-        ``record_event``) and passed to ``on_accept``, in the order it was logged, which is the
-        order the live path applied it: the online features end as they were (recent watches in
-        arrival order, a late event where it arrived). Nothing is appended: the rows are in the log
-        already. One batch of ``batch_size`` rows is in memory at a time.
+    def from_row(self, row: Mapping[str, object]) -> Event:
+        return self.validator.validate(row)
 
-        A file that cannot be read (from the start, or its rest after a damaged batch) and a
-        row that no longer validates are skipped, logged (file, 0-based row, reason) and
-        counted in the report, never raised. Errors of ``record`` are raised.
-        """
-        record = record or self.store.record_event
-        report = ReplayReport()
-        for path in files:
-            report.files += 1
-            offset = 0
-            try:
-                for frame in _frames(path, batch_size):
-                    for row, event in enumerate(self.validator.validate_frame(frame), offset):
-                        if isinstance(event, str):
-                            report.skip(f"{path} row {row}: {event}; not put back", rows=1)
-                            continue
-                        record(event)
-                        if self.on_accept is not None:
-                            self.on_accept(event)
-                        report.events += 1
-                    offset += len(frame)
-            except c.ContractError as e:
-                report.skip(f"{path}: unreadable from row {offset} on ({e}); "
-                            f"{'its' if offset == 0 else 'those'} events were not put back",
-                            files=1)
-        return report
+    def apply(self, event: Event) -> None:
+        self.store.record_event(event)
+
+    def answer(self, event: Event) -> dict[str, object]:
+        return {"event": event.to_row()}

@@ -17,6 +17,7 @@ that version (:meth:`FreshItems.live_index` embeds only what the pushed index la
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -27,12 +28,11 @@ import numpy as np
 import pandas as pd
 
 from marquee.data import contract as c
-from serving.ingest.events import InvalidEvent, check_row
+from serving.ingest.events import InvalidEvent, check_not_ahead, check_row
 from serving.models.live_index import LiveIndex
 
 if TYPE_CHECKING:
     from marquee.retrieval_index import RetrievalIndex
-    from serving.ingest.events import EventLog
     from serving.state.catalogue import Catalogue
 
 log = logging.getLogger(__name__)
@@ -79,10 +79,10 @@ class FreshItems:
 
     def __init__(self, catalogue: Catalogue,
                  embed: Callable[[dict[str, np.ndarray], int, float], np.ndarray],
-                 items_log: EventLog | None = None, on_add: Callable[[list[int]], None] = None,
+                 on_add: Callable[[list[int]], None] | None = None,
                  timeout_s: float = 1.0, retry_s: float = 5.0,
                  clock: Callable[[], float] = time.monotonic):
-        self.catalogue, self.embed, self.items_log = catalogue, embed, items_log
+        self.catalogue, self.embed = catalogue, embed
         self.on_add = on_add
         self.timeout_s, self.retry_s, self._clock = timeout_s, retry_s, clock
         self._lock = threading.Lock()
@@ -91,33 +91,15 @@ class FreshItems:
         self._live: dict[int, tuple[RetrievalIndex, LiveIndex]] = {}
         self._failed_at = float("-inf")
 
-    def add(self, raw: object, now: int | None = None) -> pd.DataFrame:
-        """Validates one title and adds it: items log first (so an accepted title is never lost;
-        a log failure raises EventLogError and adds nothing), then the catalogue. Returns the
-        typed row. Raises InvalidItem for a bad title."""
-        row = validate_item(raw, self.catalogue, int(time.time() if now is None else now))
-        with self._lock:  # one add at a time: the id check and the append stay together
-            _check_new(int(row[c.ITEM_ID].iloc[0]), self.catalogue)
-            if self.items_log is not None:
-                self.items_log.append(row.iloc[0].to_dict())
-                self.items_log.flush()
-            rows = self.catalogue.add(row)
-            self.item_ids.append(int(row[c.ITEM_ID].iloc[0]))
+    def add_rows(self, rows: pd.DataFrame) -> list[int]:
+        """Adds validated titles (an items frame) to the catalogue, the content source (through
+        ``on_add``) and, once embedded, the side index; returns their catalogue rows."""
+        with self._lock:
+            added = self.catalogue.add(rows)
+            self.item_ids.extend(int(i) for i in rows[c.ITEM_ID])
         if self.on_add is not None:
-            self.on_add(rows)
-        return row
-
-    def replay(self, items: pd.DataFrame) -> int:
-        """Adds logged titles the catalogue lacks (a restart with the same items log); returns
-        how many. The rows were validated when they were logged."""
-        items = items[~items[c.ITEM_ID].isin(list(self.catalogue.row))]
-        if len(items):
-            rows = self.catalogue.add(items)
-            with self._lock:
-                self.item_ids.extend(int(i) for i in items[c.ITEM_ID])
-            if self.on_add is not None:
-                self.on_add(rows)
-        return len(items)
+            self.on_add(added)
+        return added
 
     def live_index(self, version: int, main: RetrievalIndex) -> LiveIndex:
         """The pushed index of ``version`` plus the added titles it lacks, embedded by that
@@ -147,3 +129,39 @@ class FreshItems:
                              np.concatenate([live.side_embeddings, emb]))
             self._live = {version: (main, live)}  # only the newest version: bounded memory
             return live
+
+
+class TitleWrites:
+    """The titles kind of the write path (``POST /v1/items``): a contract items row, its
+    ``added_at`` (default: now) no further ahead than the allowed skew, its id new."""
+
+    name, table, exclusive = "items", c.ITEMS, True
+
+    def __init__(self, fresh: FreshItems, max_future_skew_s: float = 300.0):
+        self.fresh, self.skew = fresh, max_future_skew_s
+
+    def validate(self, raw: object, now: int) -> pd.DataFrame:
+        row = validate_item(raw, self.fresh.catalogue, now)
+        problems = check_not_ahead(c.ADDED_AT, int(row[c.ADDED_AT].iloc[0]), now, self.skew)
+        if problems:
+            raise InvalidItem(problems)
+        return row
+
+    def to_row(self, row: pd.DataFrame) -> dict[str, object]:
+        return json.loads(row.iloc[0].to_json())
+
+    def from_row(self, row: Mapping[str, object]) -> pd.DataFrame | None:
+        if int(row[c.ITEM_ID]) in self.fresh.catalogue.row:
+            return None  # loaded with the dataset (or put back already)
+        return validate_item(_plain(row), self.fresh.catalogue, int(row[c.ADDED_AT]))
+
+    def apply(self, row: pd.DataFrame) -> None:
+        self.fresh.add_rows(row)
+
+    def answer(self, row: pd.DataFrame) -> dict[str, object]:
+        return {"item": self.to_row(row)}
+
+
+def _plain(row: Mapping[str, object]) -> dict[str, object]:
+    """A row read back from Parquet as plain Python (arrays -> lists)."""
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in row.items()}

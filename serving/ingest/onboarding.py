@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from marquee.data import contract as c
-from serving.ingest.events import EventLogError, InvalidEvent
+from serving.ingest.events import InvalidEvent
 from serving.state.catalogue import Catalogue
 from serving.state.records import Onboarding
 
@@ -49,70 +46,53 @@ def validate_onboarding(user_id: int, raw: object, known_genres: Iterable[str], 
     return Onboarding(int(user_id), tuple(genres), int(now))
 
 
-class OnboardingLog:
-    """Appends each answer as one JSON line to ``DIR/onboarding.jsonl`` (flushed and synced
-    before the answer is acknowledged); :meth:`read` gives them back in order."""
-
-    def __init__(self, data_dir: str | Path):
-        self.path = Path(data_dir) / ONBOARDING_LOG
-        self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise EventLogError(f"cannot create {self.path.parent}: {e}") from e
-
-    def append(self, answer: Onboarding) -> None:
-        line = json.dumps(answer.to_json()) + "\n"
-        with self._lock:
-            try:
-                with open(self.path, "a", encoding="utf-8") as fh:
-                    fh.write(line)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            except OSError as e:
-                raise EventLogError(f"could not append the onboarding answer of user "
-                                    f"{answer.user_id} to {self.path}: {e}. Check that the "
-                                    "folder exists, is writable and has free space.") from e
-
-    def read(self) -> list[Onboarding]:
-        if not self.path.is_file():
-            return []
-        out = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                d = json.loads(line)
-                out.append(Onboarding(int(d[c.USER_ID]), tuple(d[c.ONBOARDING_GENRES]),
-                                      int(d[c.TIMESTAMP])))
-        return out
+# The answers' log of earlier versions (one JSON line each); read at start-up if present.
+LEGACY_LOG = "onboarding.jsonl"
+# The write-ahead log's table of answers, compacted into DIR/onboarding/part-*.parquet.
+TABLE = "onboarding"
 
 
-class OnboardingIngest:
-    """Validate -> feature store -> log (when given), the path of every quiz answer. Known
-    genres are the catalogue's, re-read when an answer names one not seen yet (a title added
-    while serving may bring a genre)."""
+def read_legacy(folder: str | Path) -> list[dict[str, object]]:
+    """The answers ``DIR/onboarding.jsonl`` (written before the write-ahead log) holds."""
+    path = Path(folder) / LEGACY_LOG
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
 
-    def __init__(self, store: FeatureStore, catalogue: Catalogue, count: int = 3,
-                 log: OnboardingLog | None = None, now: Callable[[], float] = time.time):
-        self.store, self.catalogue, self.count, self.log, self._now = (
-            store, catalogue, count, log, now)
+
+class OnboardingWrites:
+    """The onboarding kind of the write path (``POST /v1/users/{id}/onboarding``): the quiz
+    answer of any user id (new ones included), stored as an online feature. Known genres are
+    the catalogue's, re-read when an answer names one not seen yet (a title added while serving
+    may bring a genre)."""
+
+    name, table, exclusive = "onboarding", TABLE, False
+
+    def __init__(self, store: FeatureStore, catalogue: Catalogue, count: int = 3):
+        self.store, self.catalogue, self.count = store, catalogue, count
         self._genres = self._catalogue_genres()
 
     def _catalogue_genres(self) -> frozenset[str]:
         return frozenset(g for gs in list(self.catalogue.genres) for g in gs)
 
-    def accept(self, user_id: int, raw: object) -> Onboarding:
+    def validate(self, raw: object, now: int, user_id: int = 0) -> Onboarding:
         genres = raw.get("genres") if isinstance(raw, dict) else None
         if isinstance(genres, list) and not set(map(str, genres)) <= self._genres:
             self._genres = self._catalogue_genres()
-        answer = validate_onboarding(user_id, raw, self._genres, self.count, int(self._now()))
-        self.store.record_event(answer)
-        if self.log is not None:
-            self.log.append(answer)
-        return answer
+        return validate_onboarding(user_id, raw, self._genres, self.count, now)
 
-    def replay(self) -> int:
-        """Puts the logged answers back into the store (start-up); returns how many."""
-        answers = self.log.read() if self.log is not None else []
-        for answer in answers:
-            self.store.record_event(answer)
-        return len(answers)
+    def to_row(self, answer: Onboarding) -> dict[str, object]:
+        return answer.to_json()
+
+    def from_row(self, row: dict[str, object]) -> Onboarding:
+        genres = row[c.ONBOARDING_GENRES]
+        genres = genres.tolist() if hasattr(genres, "tolist") else list(genres)
+        return Onboarding(int(row[c.USER_ID]), tuple(str(g) for g in genres),
+                          int(row[c.TIMESTAMP]))
+
+    def apply(self, answer: Onboarding) -> None:
+        self.store.record_event(answer)
+
+    def answer(self, answer: Onboarding) -> dict[str, object]:
+        return {"onboarding": answer.to_json()}

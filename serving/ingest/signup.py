@@ -1,14 +1,15 @@
 """Signup: a user who joins while serving is known at once, without a pipeline run.
 
-    POST /v1/users --validate_user--> contract users row --EventLog(users)--> DIR/users/part-*
+    POST /v1/users --validate_user--> contract users row --write-ahead log--> DIR/users/part-*
                                           \\--UserStore.add--> events accepted, profile served
                                           \\--FeatureStore (a quiz answer)--> cached page stale
 
 A signup is one row of the contract's users table (``docs/data.md``); ``signup_at`` defaults to
 now. The users log is a contract ``users`` table in the event-log folder, so the next pipeline
 run reads the user together with their events in ``interactions/`` (referential integrity holds),
-and a restart puts the logged users back (:meth:`SignupIngest.replay`). Until then the user is
-this process's: another replica does not know them (as with titles added while serving).
+and a restart puts the logged users back (the write path's replay, ``serving.ingest.path``).
+Until then the user is this process's: another replica does not know them (as with titles
+added while serving).
 
 ``onboarding_genres``, when given, must be distinct genres some title has (the quiz's rule, any
 number of them) and is the user's quiz answer unless they already answered the quiz: an answer
@@ -24,20 +25,17 @@ for the id before it was a user (no profile, no maturity filter) is not served a
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections.abc import Callable, Collection, Container, Mapping
+from collections.abc import Collection, Container, Mapping
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from marquee.data import contract as c
-from serving.ingest.events import InvalidEvent, check_row
+from serving.ingest.events import InvalidEvent, check_not_ahead, check_row
 from serving.state.feature_store import StoreUnavailable
 from serving.state.records import Onboarding
 
 if TYPE_CHECKING:
-    from serving.ingest.events import EventLog
     from serving.state.catalogue import Catalogue, UserStore
     from serving.state.feature_store import FeatureStore
 
@@ -91,60 +89,56 @@ def _check_new(user_id: int, users: Container[int]) -> None:
                            "id (changing a profile needs a pipeline run)"], duplicate=True)
 
 
-class SignupIngest:
-    """Validate -> users log -> user store -> feature store, the path of every signup.
+class SignupWrites:
+    """The signups kind of the write path (``POST /v1/users``): a contract users row, its
+    ``signup_at`` (default: now) no further ahead than the allowed skew, its id new. Applied,
+    the user is known at once: their events are accepted and their profile served. The quiz
+    answer it carries (or the genres it names) bumps the user's generation, so no page cached
+    for the id before is served; a store that cannot take it is logged, not raised (the user is
+    added and logged, and the homepage reads the row's genres from the profile anyway)."""
 
-    ``accept`` raises InvalidUser (answer 400, or 409 for a known id) or EventLogError (answer
-    503: nothing was added). It returns the typed row once the row is in a closed part file and
-    the user in ``users``, so an event of theirs is accepted from then on. A store that cannot
-    take the signup's quiz answer afterwards (StoreUnavailable) is logged, not raised: the user
-    is added and logged, and the homepage reads the row's genres from the profile anyway.
-    """
+    name, table, exclusive = "users", c.USERS, True
 
     def __init__(self, users: UserStore, store: FeatureStore, catalogue: Catalogue,
-                 log: EventLog | None = None, now: Callable[[], float] = time.time):
-        self.users, self.store, self.catalogue, self.log, self._now = (
-            users, store, catalogue, log, now)
-        self._lock = threading.Lock()
+                 max_future_skew_s: float = 300.0):
+        self.users, self.store, self.catalogue, self.skew = users, store, catalogue, (
+            max_future_skew_s)
         self._genres = self._catalogue_genres()
 
     def _catalogue_genres(self) -> frozenset[str]:
         return frozenset(g for gs in list(self.catalogue.genres) for g in gs)
 
-    def accept(self, raw: object) -> dict[str, object]:
+    def validate(self, raw: object, now: int) -> dict[str, object]:
         picked = raw.get(c.ONBOARDING_GENRES) if isinstance(raw, Mapping) else None
         if isinstance(picked, list) and not set(map(str, picked)) <= self._genres:
             self._genres = self._catalogue_genres()  # a title added since may bring a genre
-        now = int(self._now())
         row = validate_user(raw, self.users, self._genres, now)
-        user_id = row[c.USER_ID]
-        with self._lock:  # one signup at a time: the id check and the append stay together
-            _check_new(user_id, self.users)
-            if self.log is not None:
-                self.log.append(row)
-                self.log.flush()
-            self.users.add(pd.DataFrame([row]))
-        self._answer(user_id, tuple(row[c.ONBOARDING_GENRES] or ()), now)
+        problems = check_not_ahead(c.SIGNUP_AT, int(row[c.SIGNUP_AT]), now, self.skew)
+        if problems:
+            raise InvalidUser(problems)
         return row
 
-    def _answer(self, user_id: int, genres: tuple[str, ...], now: int) -> None:
-        """Records the user's quiz answer (theirs if any, else the row's genres): it bumps the
-        user's generation, so no page cached before the signup is served."""
+    def to_row(self, row: dict[str, object]) -> dict[str, object]:
+        return dict(row)
+
+    def from_row(self, row: Mapping[str, object]) -> dict[str, object] | None:
+        if int(row[c.USER_ID]) in self.users:
+            return None  # loaded with the dataset (or put back already)
+        plain = {k: (v.tolist() if hasattr(v, "tolist") and not isinstance(v, int | float)
+                     else v) for k, v in row.items()}
+        return validate_user(plain, self.users, self._catalogue_genres(),
+                             int(row[c.SIGNUP_AT]))
+
+    def apply(self, row: dict[str, object]) -> None:
+        self.users.add(pd.DataFrame([row]))
+        user_id, genres = int(row[c.USER_ID]), tuple(row[c.ONBOARDING_GENRES] or ())
         try:
             given = self.store.features(user_id).onboarding_genres
-            self.store.record_event(Onboarding(user_id, given or genres, now))
+            self.store.record_event(Onboarding(user_id, given or genres, int(row[c.SIGNUP_AT])))
         except StoreUnavailable as e:
             log.warning("user %s is signed up, but the feature store did not take the signup "
                         "(%s): a page cached for the id before may be served until it expires",
                         user_id, e)
 
-    def replay(self, users: pd.DataFrame) -> int:
-        """Adds logged users the store lacks (a restart with the same users log; the first row
-        of an id, as the validator keeps); returns how many. The rows were validated when they
-        were logged."""
-        users = users.drop_duplicates(c.USER_ID)
-        new = users[users[c.USER_ID].map(lambda u: int(u) not in self.users).astype(bool)]
-        if len(new):
-            with self._lock:
-                self.users.add(new)
-        return len(new)
+    def answer(self, row: dict[str, object]) -> dict[str, object]:
+        return {"user": dict(row)}

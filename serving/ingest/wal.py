@@ -590,7 +590,7 @@ class WriteAheadLog:
 
 
 class ParquetSink:
-    """A compaction sink writing each range as ``data_dir/<table>/part-<first_seq:016d>-
+    """A compaction sink writing each range as ``data_dir/<table>/part-w<first_seq:016d>-
     <last_seq:016d>-r<replica_id>.parquet``, atomically (a hidden temp name, fsync, rename,
     fsync of the folder), so a re-run of the same range replaces the same file.
 
@@ -598,10 +598,10 @@ class ParquetSink:
     checks; ``schema`` must be None); any other table needs ``schema`` (e.g. ONBOARDING_SCHEMA),
     and a row field outside it is a ValueError.
 
-    Name order: within one replica, part names sort in seq order. The old EventLog's
-    ``part-<10-digit unix seconds>-<n>.parquet`` sort AFTER these (a seq below 10**15 starts
-    with "0"), so a folder holding both is not in logging order; readers that care (replay) must
-    read the two kinds separately. Seqs of different replicas are unrelated.
+    Name order: within one replica, part names sort in seq order, and after the parts written
+    before the write-ahead log (``part-<10-digit unix seconds>-<n>.parquet``: "w" sorts after
+    the digits), so a folder's name order is its logging order per replica. Seqs of different
+    replicas are unrelated.
     """
 
     def __init__(self, data_dir: str | Path, table: str, replica_id: str = "0",
@@ -619,7 +619,7 @@ class ParquetSink:
 
     def __call__(self, rows: list[dict], first_seq: int, last_seq: int) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
-        final = self.folder / f"part-{first_seq:016d}-{last_seq:016d}-r{self.replica_id}.parquet"
+        final = self.folder / f"part-w{first_seq:016d}-{last_seq:016d}-r{self.replica_id}.parquet"
         tmp = final.with_name(f".{final.name}.tmp")  # not *.parquet: readers never list it
         try:
             if self.schema is None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent import futures
 from typing import Protocol, runtime_checkable
 
@@ -139,8 +139,9 @@ def positive_watches(interactions: pd.DataFrame, catalogue: Catalogue,
 class BuildContext:
     """What a source may be built from at start-up: the catalogue, the loaded interactions
     (None when the service has none), the serving config and the positive-watch threshold
-    (``data.min_watch_seconds``) and the service's clock. ``shared`` holds objects several steps use (the item-to-item
-    neighbours are built once for the source, the blend and the rows)."""
+    (``data.min_watch_seconds``) and the service's clock. ``shared`` holds objects several
+    steps use (the item-to-item neighbours are built once for the source, the blend and the
+    rows)."""
 
     catalogue: Catalogue
     interactions: pd.DataFrame | None
