@@ -97,16 +97,26 @@ def _install_errors(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, http_error)
 
 
-class _Timing:
-    """ASGI middleware: every request's route, status and seconds into the metrics."""
+class _Guard:
+    """ASGI middleware: a request head over ``max_header_bytes`` is a 431 (uvicorn's own bound
+    only applies to a head still arriving); every request's route, status and seconds go into
+    the metrics."""
 
-    def __init__(self, app, metrics: Metrics):
-        self.app, self.metrics = app, metrics
+    def __init__(self, app, metrics: Metrics, max_header_bytes: int):
+        self.app, self.metrics, self.max_header_bytes = app, metrics, max_header_bytes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start, status = time.perf_counter(), [500]
+        size = len(scope.get("raw_path", b"")) + len(scope.get("query_string", b"")) + sum(
+            len(k) + len(v) + 4 for k, v in scope["headers"])
+        if size > self.max_header_bytes:
+            response = _error(431, f"the request head is {size} bytes; at most "
+                                   f"{self.max_header_bytes} are accepted "
+                                   "(serving.limits.max_header_bytes)")
+            self.metrics.observe_request("unmatched", scope["method"], 431, 0.0)
+            return await response(scope, receive, send)
 
         async def send_status(message):
             if message["type"] == "http.response.start":
@@ -165,6 +175,6 @@ def create_app(service: HomepageService, writes: Writes, tokens: Tokens,
     for router in (routes.homepages, routes.writes, routes.ops):
         app.include_router(router)
     _install_errors(app)
-    app.add_middleware(_Timing, metrics=metrics)
+    app.add_middleware(_Guard, metrics=metrics, max_header_bytes=limits.max_header_bytes)
     app.openapi = _openapi(app)
     return app

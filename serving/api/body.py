@@ -88,7 +88,7 @@ async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes
     if length is not None and (not length.isdecimal() or int(length) > max_bytes):
         raise BadBody(413 if length.isdecimal() else 400,
                       f"Content-Length {length[:40]!r}: expected a decimal number of at most "
-                      f"{max_bytes} bytes")
+                      f"{max_bytes} bytes (serving.limits.max_body_bytes)")
     chunks, size = [], 0
 
     async def collect() -> None:
@@ -96,8 +96,8 @@ async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes
         async for chunk in request.stream():
             size += len(chunk)
             if size > max_bytes:
-                raise BadBody(413, f"the body is over {max_bytes} bytes; send one object "
-                                   "per request")
+                raise BadBody(413, f"the body is over the limit: at most {max_bytes} bytes "
+                                   "(serving.limits.max_body_bytes); send one object per request")
             chunks.append(chunk)
 
     try:

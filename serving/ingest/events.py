@@ -185,6 +185,9 @@ class EventWrites:
     def from_row(self, row: Mapping[str, object]) -> Event:
         return self.validator.validate(row)
 
+    def from_frame(self, frame: pd.DataFrame) -> list[Event | str]:
+        return self.validator.validate_frame(frame)
+
     def apply(self, event: Event) -> None:
         self.store.record_event(event)
 

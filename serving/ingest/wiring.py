@@ -98,8 +98,8 @@ def open_writes(service: HomepageService, event_log: str | Path, replica_id: str
     return Writes(path, wal, report)
 
 
-def _parts(folder: Path) -> Iterator[tuple[str, dict]]:
-    """Every row of the Parquet parts in ``folder``, in name order (logging order)."""
+def _parts(folder: Path) -> Iterator[tuple[str, pd.DataFrame]]:
+    """The Parquet parts in ``folder`` as frames, in name order (logging order)."""
     for path in sorted(folder.glob("*.parquet")):
         try:
             frame = c.open_parquet(path).read().to_pandas()
@@ -107,9 +107,7 @@ def _parts(folder: Path) -> Iterator[tuple[str, dict]]:
             log.warning("replay: %s is unreadable (%s: %s); its rows were not put back", path,
                         type(e).__name__, e)
             continue
-        frame = frame.astype(object).where(pd.notna(frame), None)
-        for n, row in enumerate(frame.to_dict("records")):
-            yield f"{path} row {n}", row
+        yield str(path), frame
 
 
 def _loaded_with_data(folder: Path, data_dir: str | Path | None) -> bool:
@@ -125,9 +123,9 @@ def replay(service: HomepageService, path: IngestPath, folder: Path,
     report = ReplayReport()
     path.replay("items", _parts(folder / c.ITEMS), report)
     path.replay("users", _parts(folder / c.USERS), report)
-    legacy = [(f"{folder / 'onboarding.jsonl'} line {n}", row)
-              for n, row in enumerate(read_legacy(folder))]
-    path.replay("onboarding", [*legacy, *_parts(folder / "onboarding")], report)
+    legacy = read_legacy(folder)
+    path.replay("onboarding", [*([(str(folder / "onboarding.jsonl"), pd.DataFrame(legacy))]
+                                 if legacy else []), *_parts(folder / "onboarding")], report)
     events = folder / c.INTERACTIONS
     if _loaded_with_data(events, data_dir):
         log.info("events in %s were loaded with the serving data (--data %s): not put back "
