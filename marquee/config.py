@@ -214,8 +214,8 @@ class LimitsConfig:
     # refused (a far-future event would drive trending).
     max_future_skew_seconds: float = 300.0
     # Seconds SIGTERM/SIGINT waits for requests in flight before the log is closed (the
-    # Kubernetes manifest's terminationGracePeriodSeconds is above it).
-    shutdown_grace_seconds: float = 20.0
+    # Kubernetes manifest's terminationGracePeriodSeconds is above it, with its preStop).
+    shutdown_grace_seconds: float = 15.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ has) and the contract's value rules (``marquee.data.validate``), and every probl
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, create_model
@@ -23,18 +23,34 @@ MAX_TEXT = 1_000  # characters of one text field
 MAX_LIST = 1_000  # entries of one list field
 
 
+# The contract's value rules a JSON schema can state (``marquee.data.validate`` checks them all
+# again, with the rest): column -> allowed values, or (least, most).
+CHOICES = {c.EVENT: c.EVENTS, c.DEVICE: c.DEVICES, c.MATURITY_RATING: c.MATURITY_RATINGS,
+           c.SUBSCRIPTION_TIER: c.SUBSCRIPTION_TIERS, c.AGE_BUCKET: c.AGE_BUCKETS}
+RANGES = {c.TIMESTAMP: (c.MIN_TIMESTAMP, c.MAX_TIMESTAMP),
+          c.ADDED_AT: (c.MIN_TIMESTAMP, c.MAX_TIMESTAMP),
+          c.SIGNUP_AT: (c.MIN_TIMESTAMP, c.MAX_TIMESTAMP),
+          c.WATCH_SECONDS: (0, 1e300), c.POSITION: (1, 10_000),
+          c.RATING: (c.MIN_RATING, c.MAX_RATING),
+          c.RELEASE_YEAR: (c.MIN_RELEASE_YEAR, c.MAX_RELEASE_YEAR),
+          c.DURATION_SECONDS: (1, 100 * 3600), c.USER_ID: (0, INT64[1]), c.ITEM_ID: (0, INT64[1])}
+NOT_BLANK = (c.TITLE, c.COUNTRY)
+
+
 def _annotation(column: c.Column) -> Any:
     t = column.type
+    if column.name in CHOICES:
+        return Literal[CHOICES[column.name]]
     if pa.types.is_int64(t) or pa.types.is_int32(t):
-        lo, hi = INT64 if pa.types.is_int64(t) else INT32
-        if column.name in (c.USER_ID, c.ITEM_ID):
-            lo = 0  # ids are non-negative
+        lo, hi = RANGES.get(column.name, INT64 if pa.types.is_int64(t) else INT32)
         return Annotated[StrictInt, Field(ge=lo, le=hi)]
     if pa.types.is_floating(t):
+        lo, hi = RANGES.get(column.name, (-1e300, 1e300))
         number = StrictInt | Annotated[StrictFloat, Field(allow_inf_nan=False)]
-        return Annotated[number, Field(ge=-1e300, le=1e300)]
+        return Annotated[number, Field(ge=lo, le=hi)]
     if pa.types.is_string(t):
-        return Annotated[StrictStr, Field(max_length=MAX_TEXT)]
+        pattern = r".*\S" if column.name in NOT_BLANK else None
+        return Annotated[StrictStr, Field(max_length=MAX_TEXT, pattern=pattern)]
     if pa.types.is_list(t):
         return Annotated[list[Annotated[StrictStr, Field(max_length=MAX_TEXT)]],
                          Field(max_length=MAX_LIST)]

@@ -34,7 +34,7 @@ from serving.ingest.items import TitleWrites
 from serving.ingest.onboarding import OnboardingWrites, read_legacy
 from serving.ingest.path import IngestPath, ReplayReport
 from serving.ingest.signup import SignupWrites
-from serving.ingest.wal import WriteAheadLog, parquet_sinks
+from serving.ingest.wal import WalLocked, WriteAheadLog, parquet_sinks
 from serving.state.resilient_store import ReplayGuard
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ def open_writes(service: HomepageService, event_log: str | Path, replica_id: str
                 f"folder first: mkdir {folder / table} && mv {single} "
                 f"{folder / table}/part-0000000000-0000.parquet, or log to another folder.")
     wal = WriteAheadLog(folder, replica_id, commit_interval_ms=commit_interval_ms)
+    adopt_orphans(folder, replica_id)
     sinks = parquet_sinks(folder, replica_id)
     compacted = wal.compact(sinks, seal=True)
     if compacted:
@@ -96,6 +97,29 @@ def open_writes(service: HomepageService, event_log: str | Path, replica_id: str
     report = replay(service, path, folder, data_dir)
     wal.start_compactor(sinks, compact_every_s)
     return Writes(path, wal, report)
+
+
+def adopt_orphans(folder: Path, replica_id: str) -> int:
+    """Compacts the log folders of other replicas whose writer is gone (their lock is free: a
+    pod killed without a graceful stop, whose name is never reused), so their acknowledged
+    writes reach the Parquet parts; returns how many writes. A live writer's folder is left."""
+    adopted = 0
+    for other in sorted(p.name for p in (folder / "wal").iterdir() if p.is_dir()):
+        if other == replica_id:
+            continue
+        try:
+            orphan = WriteAheadLog(folder, other)
+        except WalLocked:
+            continue  # a live replica
+        try:
+            n = orphan.compact(parquet_sinks(folder, other), seal=True)
+        finally:
+            orphan.close()
+        if n:
+            log.warning("event log: adopted %d write(s) of replica %s, which stopped without "
+                        "closing its log", n, other)
+        adopted += n
+    return adopted
 
 
 def _parts(folder: Path) -> Iterator[tuple[str, pd.DataFrame]]:
