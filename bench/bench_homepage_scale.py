@@ -31,11 +31,10 @@ import numpy as np
 import marquee  # noqa: F401
 from components.model_pusher.push_lib import CANDIDATE_TOWER, QUERY_TOWER, RANKER, versions
 from components.scann_indexer.index_lib import build_and_evaluate, load_index, save_index
-from marquee.config import IndexConfig, ServingConfig
+from marquee.config import Config, IndexConfig, ServingConfig
 from marquee.data.simulate import SimConfig, simulate
+from serving.build import build_service
 from serving.homepage.service import HomepageService
-from serving.models.in_process import InProcessBackend
-from serving.models.index_store import IndexStore
 from serving.state.catalogue import load_frames
 
 GENEROUS = dict(deadline_ms=60_000, query_deadline_ms=30_000, rank_deadline_ms=30_000)
@@ -97,9 +96,8 @@ def bench_size(real: Path, items: int, users: int, n: int, clients: int, tmp: Pa
         config = ServingConfig(cache_ttl_seconds=0, **GENEROUS)
         config = dataclasses.replace(config, sources=tuple(  # latency here, not deadlines
             dataclasses.replace(s, deadline_ms=30_000) for s in config.sources))
-        services[name] = HomepageService(InProcessBackend(base), IndexStore(base), catalogue,
-                                         user_store, config, interactions=interactions)
-        services[name].warm_up()
+        services[name] = build_service(Config(serving=config), None, base,
+                                       frames=(catalogue, user_store, interactions))
     full = [u for u in user_store.user_ids() if len(user_store.get(u).history) >= 5]
     picked = [full[i % len(full)] for i in range(n)]
     timings: dict[str, dict[str, list[float]]] = {name: {} for name in services}

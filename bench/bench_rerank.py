@@ -32,9 +32,7 @@ from marquee.config import load_config
 from marquee.data import contract as c
 from marquee.data.validate import load_dataset
 from marquee.evaluation.protocol import NO_ITEM, evaluate_rankings, leave_last_out
-from serving.homepage.service import HomepageService
-from serving.models.in_process import InProcessBackend
-from serving.models.index_store import IndexStore
+from serving.build import build_service
 from serving.state.catalogue import Catalogue, load_frames
 
 K = 50
@@ -81,8 +79,8 @@ def main() -> None:
                                   sources=tuple(dataclasses.replace(s, deadline_ms=30_000)
                                                 for s in cfg.sources), **GENEROUS)
         base = run / "serving"
-        svc = HomepageService(InProcessBackend(base), IndexStore(base), catalogue, users, cfg,
-                              interactions=interactions, min_watch_seconds=min_watch)
+        svc = build_service(dataclasses.replace(full, serving=cfg), None, base,
+                            frames=(catalogue, users, interactions))
         t = time.perf_counter()
         pages: dict[int, list[int]] = {}
 

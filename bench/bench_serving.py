@@ -15,12 +15,9 @@ from pathlib import Path
 import numpy as np
 
 import marquee  # noqa: F401
-from marquee.config import ServingConfig
+from marquee.config import Config, ServingConfig
 from marquee.dev.model_server import ModelServer
-from serving.homepage.service import HomepageService
-from serving.models.grpc import GrpcBackend
-from serving.models.in_process import InProcessBackend
-from serving.models.index_store import IndexStore
+from serving.build import build_service
 from serving.state.catalogue import load_frames
 
 
@@ -37,10 +34,10 @@ def main() -> None:
     ids = users.user_ids()
     with ModelServer(str(base), port=0, host="127.0.0.1") as server:
         services = {
-            "in_process": HomepageService(InProcessBackend(base), IndexStore(base), catalogue,
-                                          users, config, interactions=interactions),
-            "grpc": HomepageService(GrpcBackend(server.address, base), IndexStore(base),
-                                    catalogue, users, config, interactions=interactions),
+            "in_process": build_service(Config(serving=config), None, base,
+                                        frames=(catalogue, users, interactions)),
+            "grpc": build_service(Config(serving=config), None, base, server.address,
+                                  frames=(catalogue, users, interactions)),
         }
         timings: dict[str, dict[str, list[float]]] = {name: {} for name in services}
         for svc in services.values():

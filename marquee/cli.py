@@ -277,20 +277,25 @@ def features() -> None:
 @click.option("--ttl-hours", default=2.0, show_default=True,
               type=click.FloatRange(0, min_open=True),
               help="Hours until the loaded features expire; load again before then.")
-def features_load(run_dir: str, data_dir: str, redis_url: str, ttl_hours: float) -> None:
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="The pipeline's config: data.min_watch_seconds is what a positive watch is.")
+def features_load(run_dir: str, data_dir: str, redis_url: str, ttl_hours: float,
+                  config_file: str | None) -> None:
     """Per-user genre affinities, watch count and mean watch seconds, loaded into Redis under
     the run's latest pushed version (RUN_DIR/serving/query_tower/<version>)."""
+    from marquee.config import ConfigError, load_config
     from marquee.features_load import NoPushedVersion, latest_pushed_version, load_features
     from serving.state.feature_store import RedisStore, StoreUnavailable
 
     try:
+        min_watch = load_config(config_file).data.min_watch_seconds
         latest_pushed_version(run_dir)  # the cheap check first
         store = RedisStore.connect(redis_url, timeout_s=5.0)  # bulk writes: not 50 ms
         try:
-            summary = load_features(run_dir, data_dir, store, ttl_hours * 3600)
+            summary = load_features(run_dir, data_dir, store, ttl_hours * 3600, min_watch)
         finally:
             store.close()
-    except (NoPushedVersion, StoreUnavailable, ValueError) as e:  # ValueError: ContractError, URL
+    except (NoPushedVersion, StoreUnavailable, ConfigError, ValueError) as e:  # + contract, URL
         raise click.ClickException(str(e)) from e
     click.echo(str(summary))
 

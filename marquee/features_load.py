@@ -1,7 +1,8 @@
 """Batch user features for the online store: ``marquee features load RUN_DIR --data DIR``.
 
-From the positive watches (``watch_seconds`` >= ``WATCHED_THRESHOLD_SECONDS``) of a dataset in the
-contract, per user: the share of those watches whose title has each genre, their count and their
+From the positive watches (``marquee.artifacts.is_positive_watch`` with the config's
+``data.min_watch_seconds``, as serving and the pipeline count them) of a dataset in the contract,
+per user: the share of those watches whose title has each genre, their count and their
 mean watch seconds. They are loaded under the version of the run's latest pushed query tower
 (``RUN_DIR/serving/query_tower/<version>``), so serving can tell which model they were made for,
 with a TTL, so a loader that stops running makes them expire instead of going stale forever.
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from marquee.artifacts import QUERY_TOWER, versions
+from marquee.artifacts import QUERY_TOWER, is_positive_watch, versions
 from marquee.data import contract as c
 from serving.state.feature_store import BatchFeatures, FeatureStore
 
@@ -37,15 +38,16 @@ def latest_pushed_version(run_dir: str | Path) -> int:
     return found[-1]
 
 
-def compute_batch_features(interactions: pd.DataFrame,
-                           items: pd.DataFrame) -> dict[int, BatchFeatures]:
+def compute_batch_features(interactions: pd.DataFrame, items: pd.DataFrame,
+                           min_watch_seconds: float = c.WATCHED_THRESHOLD_SECONDS
+                           ) -> dict[int, BatchFeatures]:
     """Per user with at least one positive watch: genre shares, count, mean watch seconds.
 
     A title with several genres counts once for each; a title not in ``items`` counts in the
     count and the mean but gives no genre.
     """
-    positive = (interactions[c.EVENT] == c.EVENT_WATCH) & (
-        interactions[c.WATCH_SECONDS] >= c.WATCHED_THRESHOLD_SECONDS)
+    positive = is_positive_watch(interactions[c.EVENT], interactions[c.WATCH_SECONDS],
+                                 min_watch_seconds)
     watches = interactions.loc[positive, [c.USER_ID, c.ITEM_ID, c.WATCH_SECONDS]]
     watches = watches.reset_index(drop=True)
     totals = watches.groupby(c.USER_ID)[c.WATCH_SECONDS].agg(["size", "mean"])
@@ -80,13 +82,14 @@ class LoadSummary:
 
 
 def load_features(run_dir: str | Path, data_dir: str | Path, store: FeatureStore,
-                  ttl_s: float = DEFAULT_TTL_HOURS * 3600) -> LoadSummary:
+                  ttl_s: float = DEFAULT_TTL_HOURS * 3600,
+                  min_watch_seconds: float = c.WATCHED_THRESHOLD_SECONDS) -> LoadSummary:
     """Validates ``data_dir`` (rejects go to ``RUN_DIR/features_rejects.csv``), computes the
     batch features and loads them into ``store`` under the latest pushed version."""
     from marquee.data.validate import load_dataset
 
     version = latest_pushed_version(run_dir)  # before the slow part: fail fast
     ds = load_dataset(data_dir, rejects_path=Path(run_dir) / "features_rejects.csv")
-    rows = compute_batch_features(ds.interactions, ds.items)
+    rows = compute_batch_features(ds.interactions, ds.items, min_watch_seconds)
     users = store.load_batch_features(version, rows, ttl_s)
     return LoadSummary(version, users, sum(r.watch_count for r in rows.values()), ttl_s)

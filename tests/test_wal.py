@@ -20,15 +20,13 @@ import pytest
 
 from marquee.data import contract as c
 from serving.ingest import wal as w
+from serving.ingest.sinks import ParquetSink, parquet_sinks
 from serving.ingest.wal import (
-    ONBOARDING,
-    ParquetSink,
     WalClosed,
     WalError,
     WalLocked,
     WalUnavailable,
     WriteAheadLog,
-    parquet_sinks,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -333,7 +331,7 @@ def write_routes(log: WriteAheadLog) -> None:
                          c.SUBSCRIPTION_TIER: "basic", c.AGE_BUCKET: None,
                          c.ONBOARDING_GENRES: None})
     log.append(c.INTERACTIONS, interaction(7, 71, 1_700_000_060))
-    log.append(ONBOARDING, {c.USER_ID: 7, c.ONBOARDING_GENRES: ["Drama", "Comedy"],
+    log.append(c.ONBOARDING, {c.USER_ID: 7, c.ONBOARDING_GENRES: ["Drama", "Comedy"],
                             c.TIMESTAMP: 1_700_000_100})
 
 
@@ -352,7 +350,7 @@ def test_compaction_writes_contract_parts_and_hides_the_records(tmp_path):
     assert events.columns.tolist() == c.column_names(c.INTERACTIONS)
     [file] = c.table_files(data, c.USERS)  # what the pipeline reads
     assert file.name == name and pd.read_parquet(file)[c.COUNTRY].tolist() == ["SE"]
-    quiz = pd.read_parquet(data / ONBOARDING / name)
+    quiz = pd.read_parquet(data / c.ONBOARDING / name)
     assert quiz[c.ONBOARDING_GENRES].map(list).tolist() == [["Drama", "Comedy"]]
     with WriteAheadLog(tmp_path) as log:
         assert log.recovery.compacted_seq == 4 and log.recovery.records == 1
@@ -396,23 +394,23 @@ def test_a_table_without_a_sink_is_named(tmp_path):
     with WriteAheadLog(tmp_path) as log:
         write_routes(log)
         sinks = {c.INTERACTIONS: lambda rows, a, b: calls.append(rows)}
-        with pytest.raises(WalError, match=f"{ONBOARDING}, {c.USERS} but no sink"):
+        with pytest.raises(WalError, match=f"{c.ONBOARDING}, {c.USERS} but no sink"):
             log.compact(sinks, seal=True)
         assert calls == [] and seqs(log) == [1, 2, 3, 4]
 
 
 def test_parquet_sink_refuses_what_the_contract_would(tmp_path):
     with pytest.raises(ValueError, match="give a schema"):
-        ParquetSink(tmp_path, ONBOARDING)
+        ParquetSink(tmp_path, c.ONBOARDING)
     (tmp_path / f"{c.USERS}.parquet").touch()
     with pytest.raises(c.ContractError, match="single file"):
         ParquetSink(tmp_path, c.USERS)
-    sink = parquet_sinks(tmp_path / "d")[ONBOARDING]
+    sink = parquet_sinks(tmp_path / "d")[c.ONBOARDING]
     with pytest.raises(ValueError, match=r"field\(s\) genres not in"):
         sink([{c.USER_ID: 1, "genres": ["x"], c.TIMESTAMP: 1}], 1, 1)
     with pytest.raises(ValueError, match=f"null or missing {c.ONBOARDING_GENRES}"):
         sink([{c.USER_ID: 1, c.TIMESTAMP: 1}], 1, 1)
-    assert list((tmp_path / "d" / ONBOARDING).iterdir()) == []  # no temp file left
+    assert list((tmp_path / "d" / c.ONBOARDING).iterdir()) == []  # no temp file left
 
 
 def test_background_compactor_survives_a_failing_sink(tmp_path):

@@ -27,6 +27,9 @@ INTERACTIONS = "interactions"
 ITEMS = "items"
 USERS = "users"
 TABLES = (USERS, ITEMS, INTERACTIONS)
+# The onboarding quiz answers serving logs beside the tables (DIR/onboarding/); no table of the
+# dataset contract (a user's answer reaches the users table's onboarding_genres by an export).
+ONBOARDING = "onboarding"
 
 # Column names, spelled once.
 USER_ID = "user_id"

@@ -98,31 +98,28 @@ class StackScores:
     then numpy (``serving.homepage.ranking.blend``, the function the API ranks with)."""
 
     def __init__(self, train_dir: Path, serving_dir: Path, split: Split, config: Config):
-        from marquee.config import ServingConfig, SourceConfig
-        from serving.homepage.service import HomepageService
-        from serving.models.in_process import InProcessBackend
-        from serving.models.index_store import IndexStore
-        from serving.state.catalogue import load_frames
+        from marquee.config import SourceConfig
+        from serving.build import build_service
 
-        catalogue, self.users, interactions = load_frames(train_dir,
-                                                          config.data.min_watch_seconds)
-        self.backend = InProcessBackend(serving_dir)
-        indexes = IndexStore(serving_dir)
-        self.index = indexes.get(self.backend.query_version)
+        # The served stack (serving.build.build_service, what `marquee serve` runs) with the
+        # two-tower part alone, for every user: only the collaborative source (in every
+        # cold-start stage), no re-rank steps, no rows; every blend signal computed (weights
+        # 1: the order is re-blended from the signals per Blend).
+        evaluated = dataclasses.replace(config, serving=dataclasses.replace(
+            config.serving, k=RETRIEVAL_K, candidates=RETRIEVAL_K, deadline_ms=1e9,
+            query_deadline_ms=1e9, rank_deadline_ms=1e9,
+            history_length=config.data.history_length,
+            sources=(SourceConfig("collaborative", RETRIEVAL_K, deadline_ms=1e9),),
+            rerank=(), because_you_watched=0, item_to_item_weight=1.0, popularity_weight=1.0,
+            cache_ttl_seconds=0))
+        self.service = build_service(evaluated, train_dir, serving_dir)
+        if self.service.backend.name == "unavailable":
+            raise ValueError(f"no model could be loaded from {serving_dir}: "
+                             f"{self.service.backend.reason}")
+        self.users, self.backend = self.service.users, self.service.backend
+        self.index = self.service.indexes.get(self.backend.serving_version())
         self.allowed = set(split.catalogue.tolist())
         self.first = split.test.groupby(c.USER_ID)[c.TIMESTAMP].min().to_dict()
-        self.service = HomepageService(
-            self.backend, indexes, catalogue, self.users,
-            # The two-tower stack alone, for every user: only the collaborative source (in
-            # every cold-start stage), no re-rank steps, no rows; every blend signal computed
-            # (weights 1: the order is re-blended from the signals per Blend).
-            ServingConfig(k=RETRIEVAL_K, candidates=RETRIEVAL_K, deadline_ms=1e9,
-                          query_deadline_ms=1e9, rank_deadline_ms=1e9,
-                          history_length=config.data.history_length,
-                          sources=(SourceConfig("collaborative", RETRIEVAL_K, deadline_ms=1e9),),
-                          rerank=(), because_you_watched=0, item_to_item_weight=1.0,
-                          popularity_weight=1.0, cache_ttl_seconds=0),
-            interactions=interactions, min_watch_seconds=config.data.min_watch_seconds)
         self._cache: dict[int, tuple] = {}
 
     def _candidates(self, user: int, ids) -> list[int]:

@@ -48,8 +48,6 @@ def validate_onboarding(user_id: int, raw: object, known_genres: Iterable[str], 
 
 # The answers' log of earlier versions (one JSON line each); read at start-up if present.
 LEGACY_LOG = "onboarding.jsonl"
-# The write-ahead log's table of answers, compacted into DIR/onboarding/part-*.parquet.
-TABLE = "onboarding"
 
 
 def read_legacy(folder: str | Path) -> list[dict[str, object]]:
@@ -67,7 +65,7 @@ class OnboardingWrites:
     the catalogue's, re-read when an answer names one not seen yet (a title added while serving
     may bring a genre)."""
 
-    name, table, exclusive = "onboarding", TABLE, False
+    name, table, exclusive = "onboarding", c.ONBOARDING, False
 
     def __init__(self, store: FeatureStore, catalogue: Catalogue, count: int = 3):
         self.store, self.catalogue, self.count = store, catalogue, count

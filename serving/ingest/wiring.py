@@ -34,7 +34,8 @@ from serving.ingest.items import TitleWrites
 from serving.ingest.onboarding import OnboardingWrites, read_legacy
 from serving.ingest.path import IngestPath, ReplayReport
 from serving.ingest.signup import SignupWrites
-from serving.ingest.wal import WalLocked, WriteAheadLog, parquet_sinks
+from serving.ingest.sinks import parquet_sinks
+from serving.ingest.wal import WalLocked, WriteAheadLog
 from serving.state.resilient_store import ReplayGuard
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ def replay(service: HomepageService, path: IngestPath, folder: Path,
     path.replay("users", _parts(folder / c.USERS), report)
     legacy = read_legacy(folder)
     path.replay("onboarding", [*([(str(folder / "onboarding.jsonl"), pd.DataFrame(legacy))]
-                                 if legacy else []), *_parts(folder / "onboarding")], report)
+                                 if legacy else []), *_parts(folder / c.ONBOARDING)], report)
     events = folder / c.INTERACTIONS
     if _loaded_with_data(events, data_dir):
         log.info("events in %s were loaded with the serving data (--data %s): not put back "
