@@ -4,6 +4,7 @@ checked-in OpenAPI document, and /metrics through Prometheus' own format checker
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from marquee.config import AuthConfig, LimitsConfig, TokenConfig
+from marquee.config import AuthConfig, LimitsConfig, ServingConfig, TokenConfig
 from serving.api.app import create_app
 from serving.api.security import Tokens
 from serving.ingest.wiring import no_writes
@@ -314,3 +315,23 @@ def test_metrics_pass_prometheus_format_checker(api):
     check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
                            text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_a_model_server_failure_on_a_page_names_its_kind_not_the_servers_address(model_base):
+    import grpc
+
+    from serving.models.tf_serving_client import ServerUnavailableError
+    from tests.test_homepage import FixedModelBackend
+
+    e = ServerUnavailableError(grpc.StatusCode.UNAVAILABLE, "failed to connect to all "
+                               "addresses; last error: 10.1.2.3:8500: Connection refused",
+                               "Predict", "query_tower", "10.1.2.3:8500")
+    assert "10.1.2.3" in str(e)  # the log keeps the details
+    only = (dataclasses.replace(ServingConfig().sources[0], deadline_ms=30_000),)
+    svc = make(model_base, FixedModelBackend(fail=e), sources=only)
+    with running(svc) as a:
+        status, _, body = http(a.port, "GET", f"/v1/users/{FULL}/homepage")
+    page = json.loads(body)
+    assert status == 200 and page["fallback"], page
+    assert page["reason"] == "ServerUnavailableError: Predict 'query_tower': UNAVAILABLE"
+    assert "10.1.2.3" not in body.decode() and "8500" not in body.decode()

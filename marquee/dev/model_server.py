@@ -28,342 +28,39 @@ reported END with its error by GetModelStatus; the old version keeps serving.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
 from concurrent import futures
 from pathlib import Path
 
 import grpc
-import numpy as np
-import tensorflow as tf
-from google.protobuf import text_format
-from tensorflow.core.framework import tensor_pb2, types_pb2
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
-    get_model_status_pb2,
     model_service_pb2_grpc,
-    predict_pb2,
     prediction_service_pb2_grpc,
 )
-from tensorflow_serving.config import model_server_config_pb2
-from tensorflow_serving.config.file_system_storage_path_source_pb2 import (
-    FileSystemStoragePathSourceConfig,
+
+from marquee.dev.predict import fill_tensor_proto, predict, tensor_proto  # noqa: F401
+from marquee.dev.registry import (  # noqa: F401  (re-exported: the server's API)
+    DEFAULT_POLL_SECONDS,
+    MAX_MESSAGE_BYTES,
+    SAVED_MODEL_PB,
+    ModelSource,
+    Servable,
+    ServableRegistry,
+    ServingStatus,
+    State,
+    VersionPolicy,
+    _error_code,
+    load_servable,
+    read_model_config,
+    saved_model_versions,
 )
 
-from serving.models.tf_serving_client import to_ndarray
-
 log = logging.getLogger(__name__)
-
-DEFAULT_POLL_SECONDS = 1.0
-DEFAULT_SIGNATURE = "serving_default"
-SERVE_TAG = "serve"
-SAVED_MODEL_PB = "saved_model.pb"
-# TF Serving allows messages up to INT32_MAX bytes; a 1,000-candidate batch is a few MB.
-MAX_MESSAGE_BYTES = 2**31 - 1
-
-VersionPolicy = FileSystemStoragePathSourceConfig.ServableVersionPolicy
-State = get_model_status_pb2.ModelVersionStatus.State
-_GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}  # tensorflow.error.Code -> gRPC
-
-
-class ServingStatus(Exception):
-    """A request error carrying the gRPC status code TF Serving answers with."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(f"{code.name}: {message}")
-        self.code, self.message = code, message
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSource:
-    """One model to serve: where its version directories live and which of them to serve."""
-
-    name: str
-    base_path: Path
-    policy: VersionPolicy = dataclasses.field(default_factory=VersionPolicy)
-    labels: Mapping[str, int] = dataclasses.field(default_factory=dict)
-
-    def aspired(self, on_disk: Sequence[int]) -> list[int]:
-        """The versions to serve among ``on_disk``, by TF Serving's version policy."""
-        on_disk = sorted(on_disk)
-        choice = self.policy.WhichOneof("policy_choice")
-        if choice == "all":
-            return on_disk
-        if choice == "specific":
-            return [v for v in on_disk if v in set(self.policy.specific.versions)]
-        return on_disk[-max(1, self.policy.latest.num_versions):]
-
-
-def saved_model_versions(model_dir: Path) -> list[int]:
-    """Integer version directories of ``model_dir`` that hold a SavedModel, ascending."""
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir()
-                  if p.name.isascii() and p.name.isdigit() and (p / SAVED_MODEL_PB).is_file())
-
-
-def read_model_config(path: str | Path) -> list[ModelSource]:
-    """The models of a TF Serving ``--model_config_file`` (text-format ``ModelServerConfig``)."""
-    path = Path(path)
-    try:
-        config = text_format.Parse(path.read_text(), model_server_config_pb2.ModelServerConfig())
-    except text_format.ParseError as e:
-        raise ValueError(f"{path}: not a TF Serving model config (text-format ModelServerConfig "
-                         f"with model_config_list {{ config {{ name base_path }} }}): {e}") from e
-    if config.WhichOneof("config") != "model_config_list":
-        raise ValueError(f"{path}: only model_config_list is supported, not custom_model_config")
-    sources = []
-    for c in config.model_config_list.config:
-        if not c.name or not c.base_path:
-            raise ValueError(f"{path}: every config needs a name and a base_path; got {c}")
-        if c.model_platform not in ("", "tensorflow"):
-            raise ValueError(f"{path}: model {c.name}: model_platform {c.model_platform!r} is "
-                             "not supported; this server serves TensorFlow SavedModels only")
-        sources.append(ModelSource(c.name, Path(c.base_path), c.model_version_policy,
-                                   dict(c.version_labels)))
-    names = [s.name for s in sources]
-    if len(set(names)) != len(names):
-        raise ValueError(f"{path}: model names must be unique; got {names}")
-    return sources
-
-
-@dataclasses.dataclass(frozen=True)
-class Servable:
-    """One loaded version of a model: its signature functions and their SignatureDefs."""
-
-    name: str
-    version: int
-    functions: Mapping[str, tf.types.experimental.ConcreteFunction]
-    signature_defs: Mapping[str, meta_graph_pb2.SignatureDef]
-    module: object  # keeps the loaded SavedModel (variables) alive while any request holds this
-    # Serialises this version's calls: concurrent calls of a loaded signature with different
-    # batch sizes corrupt the heap in TF 2.16 (serving.models.backends.InProcessBackend says more).
-    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, compare=False)
-
-
-def load_servable(name: str, version: int, path: Path) -> Servable:
-    """Loads ``path``'s MetaGraph tagged "serve", as TF Serving does."""
-    saved_model = saved_model_pb2.SavedModel()
-    saved_model.ParseFromString((path / SAVED_MODEL_PB).read_bytes())
-    meta = [m for m in saved_model.meta_graphs if SERVE_TAG in m.meta_info_def.tags]
-    if not meta:
-        tags = [list(m.meta_info_def.tags) for m in saved_model.meta_graphs]
-        raise ValueError(f"{path}: no MetaGraph tagged {SERVE_TAG!r} (tags: {tags})")
-    module = tf.saved_model.load(str(path), tags=[SERVE_TAG])
-    return Servable(name, version, dict(module.signatures), dict(meta[0].signature_def), module)
-
-
-class ServableRegistry:
-    """The versions being served and every version's state, swapped under one lock."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._servables: dict[str, dict[int, Servable]] = {}
-        self._labels: dict[str, Mapping[str, int]] = {}
-        # (state, tensorflow.error.Code, message) per model and version, kept after unload (END)
-        self._states: dict[str, dict[int, tuple[int, int, str]]] = {}
-
-    def loaded(self, name: str) -> list[int]:
-        with self._lock:
-            return sorted(self._servables.get(name, {}))
-
-    def names(self) -> list[str]:
-        with self._lock:
-            return list(self._servables)
-
-    def set_labels(self, name: str, labels: Mapping[str, int]) -> None:
-        with self._lock:
-            self._labels[name] = labels
-
-    def set_state(self, name: str, version: int, state: int, code: int = 0, msg: str = "") -> None:
-        with self._lock:
-            self._states.setdefault(name, {})[version] = (state, code, msg)
-
-    # Writers replace a model's version dict rather than change it: a reader's snapshot stays valid.
-    def add(self, servable: Servable) -> None:
-        with self._lock:
-            versions = self._servables.get(servable.name, {})
-            self._servables[servable.name] = {**versions, servable.version: servable}
-            self._states.setdefault(servable.name, {})[servable.version] = (State.AVAILABLE, 0, "")
-
-    def remove(self, name: str, version: int) -> None:
-        with self._lock:
-            versions = {v: s for v, s in self._servables.get(name, {}).items() if v != version}
-            if versions:
-                self._servables[name] = versions
-            else:
-                self._servables.pop(name, None)
-            self._states.setdefault(name, {})[version] = (State.END, 0, "")
-
-    def resolve(self, spec) -> Servable:
-        """The servable a ``ModelSpec`` asks for: its version, its label's, or the latest."""
-        if not spec.name:
-            raise ServingStatus(grpc.StatusCode.INVALID_ARGUMENT,
-                                "ModelSpec has no name specified.")
-        with self._lock:
-            versions = self._servables.get(spec.name, {})
-            labels = self._labels.get(spec.name, {})
-        choice = spec.WhichOneof("version_choice")
-        if choice is None:
-            if not versions:
-                raise ServingStatus(grpc.StatusCode.NOT_FOUND,
-                                    f"Servable not found for request: Latest({spec.name})")
-            return versions[max(versions)]
-        if choice == "version_label":
-            if spec.version_label not in labels:
-                raise ServingStatus(grpc.StatusCode.INVALID_ARGUMENT,
-                                    f"Unrecognized servable version label: {spec.version_label}")
-            version = labels[spec.version_label]
-        else:
-            version = spec.version.value
-        if version not in versions:
-            raise ServingStatus(grpc.StatusCode.NOT_FOUND,
-                                f"Servable not found for request: Specific({spec.name}, {version})")
-        return versions[version]
-
-    def status(self, spec) -> get_model_status_pb2.GetModelStatusResponse:
-        with self._lock:
-            states = dict(self._states.get(spec.name, {}))
-        if spec.HasField("version"):
-            version = spec.version.value
-            if version not in states:
-                raise ServingStatus(grpc.StatusCode.NOT_FOUND,
-                                    f"Could not find version {version} of model {spec.name}")
-            states = {version: states[version]}
-        elif not states:
-            raise ServingStatus(grpc.StatusCode.NOT_FOUND,
-                                f"Could not find any versions of model {spec.name}")
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for version, (state, code, msg) in sorted(states.items()):
-            status = response.model_version_status.add(version=version, state=state)
-            status.status.error_code, status.status.error_message = code, msg
-        return response
-
-
-def _error_code(e: Exception) -> int:
-    return e.error_code if isinstance(e, tf.errors.OpError) else tf.errors.UNKNOWN
-
-
-def _dtype(enum: int) -> str:
-    return types_pb2.DataType.Name(enum) if enum in types_pb2.DataType.values() else str(enum)
-
-
-def _shape(dims) -> str:
-    return "[" + ",".join(str(d.size) for d in dims) + "]"
-
-
-def _check_input(alias: str, tensor, info: meta_graph_pb2.TensorInfo) -> tf.Tensor:
-    """The request tensor for one signature input, after TF Serving's dtype and shape checks."""
-    if tensor.dtype != info.dtype:
-        raise ServingStatus(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"Expected input {alias} to be {_dtype(info.dtype)} but got "
-                            f"{_dtype(tensor.dtype)}.")
-    want, got = info.tensor_shape, tensor.tensor_shape
-    if not want.unknown_rank and (
-            len(want.dim) != len(got.dim)
-            or any(w.size not in (-1, g.size) for w, g in zip(want.dim, got.dim, strict=True))):
-        raise ServingStatus(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"input {alias}: shape {_shape(got.dim)} does not match the "
-                            f"signature's {_shape(want.dim)} (-1: any size)")
-    try:
-        return tf.convert_to_tensor(to_ndarray(tensor), dtype=tf.as_dtype(info.dtype))
-    except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
-        raise ServingStatus(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"tensor parsing error: {alias}") from e
-
-
-# TensorProto's typed value fields, which TF Serving's Predict answers in (Tensor::AsProtoField).
-# Packed fixed-width fields: field number and little-endian numpy dtype, written as raw bytes.
-_PACKED_FIELDS = {types_pb2.DT_FLOAT: (5, "<f4"), types_pb2.DT_DOUBLE: (6, "<f8")}
-_VALUE_FIELDS = {types_pb2.DT_INT8: "int_val", types_pb2.DT_INT16: "int_val",
-                 types_pb2.DT_INT32: "int_val", types_pb2.DT_UINT8: "int_val",
-                 types_pb2.DT_UINT16: "int_val", types_pb2.DT_INT64: "int64_val",
-                 types_pb2.DT_UINT32: "uint32_val", types_pb2.DT_UINT64: "uint64_val",
-                 types_pb2.DT_BOOL: "bool_val", types_pb2.DT_STRING: "string_val"}
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    return bytes(out + bytes([n]))
-
-
-def fill_tensor_proto(proto: tensor_pb2.TensorProto, value: np.ndarray) -> None:
-    """Writes ``value`` into an empty ``proto`` the way TF Serving's Predict answers: in the typed
-    value fields (``float_val``, ``int64_val``, ``string_val``...), not ``tensor_content``, so a
-    client reading ``float_val`` directly, as many non-Python ones do, works against both."""
-    dtype = tf.as_dtype(value.dtype).as_datatype_enum
-    if dtype not in _PACKED_FIELDS and dtype not in _VALUE_FIELDS:
-        proto.CopyFrom(tf.make_tensor_proto(value))  # half, bfloat16, complex: rare in our models
-        return
-    proto.dtype = dtype
-    proto.tensor_shape.CopyFrom(tf.TensorShape(value.shape).as_proto())
-    if dtype in _PACKED_FIELDS:  # filled in place by one C++ parse, not a Python loop
-        field, little_endian = _PACKED_FIELDS[dtype]
-        data = np.ascontiguousarray(value, little_endian).tobytes()
-        proto.MergeFromString(bytes([field << 3 | 2]) + _varint(len(data)) + data)
-    else:
-        getattr(proto, _VALUE_FIELDS[dtype]).extend(value.ravel().tolist())
-
-
-def tensor_proto(value: np.ndarray) -> tensor_pb2.TensorProto:
-    """``value`` as a TensorProto in TF Serving's answer encoding (see ``fill_tensor_proto``)."""
-    proto = tensor_pb2.TensorProto()
-    fill_tensor_proto(proto, value)
-    return proto
-
-
-def predict(servable: Servable, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
-    """Runs one PredictRequest on ``servable``, validating it the way TF Serving does."""
-    name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-    signature, function = servable.signature_defs.get(name), servable.functions.get(name)
-    if signature is None or function is None:
-        raise ServingStatus(grpc.StatusCode.FAILED_PRECONDITION,
-                            f'Serving signature key "{name}" not found.')
-    sent, expected = sorted(request.inputs), sorted(signature.inputs)
-    if len(sent) != len(expected):
-        raise ServingStatus(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"input size does not match signature: {len(sent)}!={len(expected)} "
-            f"len({{{','.join(sent)}}}) != len({{{','.join(expected)}}}). "
-            f"Sent extra: {{{','.join(sorted(set(sent) - set(expected)))}}}. "
-            f"Missing but required: {{{','.join(sorted(set(expected) - set(sent)))}}}.")
-    for alias in sent:
-        if alias not in signature.inputs:
-            raise ServingStatus(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"input tensor alias not found in signature: {alias}. Inputs "
-                                f"expected to be in the set {{{','.join(expected)}}}.")
-    wanted = list(request.output_filter) or list(signature.outputs)
-    for i, alias in enumerate(wanted):
-        if alias not in signature.outputs:
-            raise ServingStatus(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"output tensor alias not found in signature: {alias} Outputs "
-                                f"expected to be in the set {{{','.join(sorted(signature.outputs))}"
-                                "}.")
-        if alias in wanted[:i]:
-            raise ServingStatus(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"duplicate output tensor alias: {alias}")
-    inputs = {a: _check_input(a, request.inputs[a], signature.inputs[a]) for a in sent}
-    try:
-        with servable.lock:
-            outputs = function(**inputs)
-    except tf.errors.OpError as e:
-        raise ServingStatus(_GRPC_CODES[e.error_code], e.message) from e
-    response = predict_pb2.PredictResponse()
-    response.model_spec.name = request.model_spec.name
-    response.model_spec.signature_name = name
-    response.model_spec.version.value = servable.version
-    for alias in wanted:
-        fill_tensor_proto(response.outputs[alias], outputs[alias].numpy())
-    return response
 
 
 def _rpc(method):
