@@ -30,7 +30,7 @@ from marquee.data import contract as c  # noqa: E402
 from serving.state.feature_store import BatchFeatures, EmbeddedStore, RedisStore  # noqa: E402
 from serving.state.records import Event  # noqa: E402
 from serving.state.resilient_store import ResilientStore  # noqa: E402
-from tests.test_feature_store import REDIS_SERVER, RedisServer  # noqa: E402
+from tests.redis_server import REDIS_SERVER, RedisServer  # noqa: E402
 
 USER, MODEL_VERSION = 1, 7
 PAGE = {"user_id": USER, "model_version": MODEL_VERSION, "fallback": False, "items": [

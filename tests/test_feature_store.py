@@ -3,16 +3,14 @@ wrapper), the wrapper through a real Redis outage and restart, event validation,
 and the batch features loader.
 
 Redis tests run a real ``redis-server`` on a free loopback port in a temporary folder (no
-persistence); they are skipped when the binary is missing (CI's ``.ci/run`` installs it).
+persistence; ``tests/redis_server.py``); they are skipped when the binary is missing (CI's
+``.ci/run`` installs it). Redis restarting empty or flushed: ``tests/test_redis_restart.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +28,9 @@ from marquee.features_load import (
     latest_pushed_version,
     load_features,
 )
-from serving.ingest.events import EventIngest, EventLog, EventLogError, EventValidator, InvalidEvent
+from serving.ingest.events import EventValidator, EventWrites, InvalidEvent
+from serving.ingest.sinks import ParquetSink
+from serving.ingest.wal import WriteAheadLog
 from serving.state.feature_store import (
     NO_GENERATION,
     BatchFeatures,
@@ -41,59 +41,11 @@ from serving.state.feature_store import (
 )
 from serving.state.records import Event, Onboarding
 from serving.state.resilient_store import ResilientStore
-
-REDIS_SERVER = shutil.which("redis-server")
-needs_redis = pytest.mark.skipif(
-    REDIS_SERVER is None,
-    reason="redis-server is not installed: `apt-get install -y redis-server` (CI's .ci/run does)")
+from tests.redis_server import REDIS_SERVER, RedisServer, free_port, needs_redis
 
 T0 = 1_700_000_000
 RECENT = 3  # recent watches kept, small enough to see the cap by hand
 PAGE = {"user_id": 1, "items": [{"item_id": 10, "score": 0.5}], "model_version": 7}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    """A throwaway ``redis-server`` (no persistence) on a loopback port; restartable on it."""
-
-    def __init__(self, workdir: Path, port: int | None = None):
-        self.workdir, self.port = workdir, port or free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, timeout_s: float = 10.0) -> RedisServer:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        client = redis.Redis(port=self.port, socket_timeout=0.2, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                client.ping()
-                return self
-            except redis.ConnectionError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"redis-server on port {self.port} did not start") from None
-                time.sleep(0.02)
-            finally:
-                client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        self.proc = None
 
 
 def watch(user: int, item: int, ts: int, seconds: float = 600.0, device: str = "tv") -> Event:
@@ -178,8 +130,11 @@ def test_an_onboarding_answer_is_a_feature_and_invalidates_the_cache(harness):
     assert f.onboarding_genres == ("comedy", "drama", "horror")  # in the order picked
     assert f.generation == 2 and f.recent_watches == (10,) and f.session_length == 1
     assert s.get_cached(1, 7) is None  # what the user should see changed
-    s.record_event(Onboarding(1, ("scifi", "drama", "horror"), T0 + 2))
+    s.record_event(Onboarding(1, ("scifi", "drama", "horror"), T0 + 3))
     assert s.features(1).onboarding_genres == ("scifi", "drama", "horror")  # the latest wins
+    s.record_event(Onboarding(1, ("comedy", "scifi", "drama"), T0 + 2))  # arrives late
+    assert s.features(1).onboarding_genres == ("scifi", "drama", "horror")  # by timestamp
+    assert s.features(1).generation == 4  # each answer still counts as a change
     assert s.features(2).onboarding_genres == ()
 
 
@@ -349,13 +304,15 @@ def test_resilient_store_falls_back_when_redis_dies_and_recovers_when_it_returns
         while not store.redis_up and time.monotonic() < deadline:
             time.sleep(0.05)
         assert store.redis_up, "the wrapper did not reconnect within 10 s"
-        f = store.features(1)  # from Redis: only the replayed watch (the old data died with it)
-        assert f.recent_watches == (20,) and f.generation == 1
+        # From Redis, re-seeded from the copy (its sentinel died with the data): both watches,
+        # not only the queued one; generation one above the copy's 2.
+        f = store.features(1)
+        assert f.recent_watches == (20, 10) and f.generation == 3
         assert store.put_cached(1, 7, PAGE, 60, generation=f.generation)
         assert store.get_cached(1, 7) == PAGE  # the cache is used again
         stats = store.stats()
         assert stats["fallbacks_total"] == 5 and stats["replay_pending"] == 0
-        assert stats["redis_up"] == 1
+        assert stats["redis_up"] == 1 and stats["redis_reseeds_total"] == 1
     finally:
         store.close()
         server.stop()
@@ -428,22 +385,20 @@ def tiny_dataset(path: Path) -> Path:
     return path
 
 
-def test_event_log_writes_part_files_the_validator_accepts(tmp_path):
+def test_logged_events_compact_into_part_files_the_validator_accepts(tmp_path):
     data = tiny_dataset(tmp_path / "data")
     events = [watch(1 + n % 2, (10, 20, 30)[n % 3], T0 + n) for n in range(6)]
     events.append(impression(2, 30, T0 + 10))
-    log = EventLog(data, flush_rows=2, rows_per_file=3, clock=lambda: T0)
-    for e in events[:4]:
-        log.append(e)
-    # 4 appended, flushed 2 at a time: one full file of 3, one row in the open file.
-    assert [p.name for p in c.table_files(data, c.INTERACTIONS)] == [
-        "part-1700000000-0000.parquet"]
-    for e in events[4:]:
-        log.append(e)
-    log.close()
+    sinks = {c.INTERACTIONS: ParquetSink(data, c.INTERACTIONS)}  # users, items: single files
+    with WriteAheadLog(data) as log:
+        for e in events[:4]:
+            log.append(c.INTERACTIONS, e.to_row())
+        assert log.compact(sinks, seal=True) == 4
+        for e in events[4:]:
+            log.append(c.INTERACTIONS, e.to_row())
+        assert log.compact(sinks, seal=True) == 3
     files = c.table_files(data, c.INTERACTIONS)
-    assert [pq.read_metadata(p).num_rows for p in files] == [3, 3, 1]
-    assert not list((data / c.INTERACTIONS).glob("*.inprogress"))
+    assert [pq.read_metadata(p).num_rows for p in files] == [4, 3]
     report = validate_dataset(data)
     assert report.ok and report.tables[c.INTERACTIONS].rows == 7
     assert report.tables[c.INTERACTIONS].rejected == 0
@@ -452,45 +407,24 @@ def test_event_log_writes_part_files_the_validator_accepts(tmp_path):
     assert back[c.POSITION].isna().tolist() == [True] * 6 + [False]
 
 
-def test_event_log_refuses_a_single_file_table_and_says_how_to_move_it(tmp_path):
+def test_the_log_refuses_a_single_file_table_and_says_how_to_move_it(tmp_path):
     data = tiny_dataset(tmp_path / "data")
     c.write_table(data, c.INTERACTIONS, {k: [v] for k, v in watch(1, 10, T0).to_row().items()})
-    with pytest.raises(ValueError, match=r"mkdir .*interactions && mv .*interactions.parquet"):
-        EventLog(data)
+    with pytest.raises(ValueError, match=r"interactions.parquet is a single file.*move it into "
+                                         r"the folder first \(as .*interactions/part-0"):
+        ParquetSink(data, c.INTERACTIONS)
 
 
-def test_a_failed_log_append_is_an_error_not_a_silent_loss(tmp_path):
-    data = tiny_dataset(tmp_path / "data")
-    log = EventLog(data, flush_rows=2)
-    log.append(watch(1, 10, T0))
-    shutil.rmtree(data / c.INTERACTIONS)
-    (data / c.INTERACTIONS).write_text("not a folder")  # the log's folder is gone
-    with pytest.raises(EventLogError, match="could not append 2 row"):
-        log.append(watch(1, 20, T0 + 1))
-    assert [r[c.ITEM_ID] for r in log._buffer] == [10]  # acknowledged earlier: still pending
-
-
-@needs_redis
-def test_ingest_reports_a_store_failure_and_logs_nothing(tmp_path):
-    data = tiny_dataset(tmp_path / "data")
-    dead = RedisStore.connect(f"redis://127.0.0.1:{free_port()}/0", check=False)
-    with EventLog(data, flush_rows=1) as log:
-        ingest = EventIngest(EventValidator({1, 2}, {10, 20, 30}), dead, log)
-        with pytest.raises(StoreUnavailable, match="redis-server"):
-            ingest.accept(watch(1, 10, T0).to_row())
-    assert not list((data / c.INTERACTIONS).glob("*.parquet"))
-
-
-def test_ingest_records_then_logs_an_accepted_event(tmp_path):
-    data = tiny_dataset(tmp_path / "data")
+def test_the_events_kind_validates_and_records_an_accepted_event():
     store = EmbeddedStore()
-    with EventLog(data, flush_rows=1) as log:
-        ingest = EventIngest(EventValidator({1, 2}, {10, 20, 30}), store, log)
-        event = ingest.accept(watch(1, 10, T0).to_row())
-        with pytest.raises(InvalidEvent):
-            ingest.accept({**watch(1, 10, T0).to_row(), c.ITEM_ID: 99})
+    kind = EventWrites(EventValidator({1, 2}, {10, 20, 30}), store)
+    event = kind.validate(watch(1, 10, T0).to_row(), now=T0)
+    with pytest.raises(InvalidEvent, match="not in the catalogue"):
+        kind.validate({**watch(1, 10, T0).to_row(), c.ITEM_ID: 99}, now=T0)
+    with pytest.raises(InvalidEvent, match="ahead of the server's clock"):
+        kind.validate(watch(1, 10, T0 + 3600).to_row(), now=T0)
+    kind.apply(event)
     assert store.features(1).recent_watches == (10,)
-    assert pd.read_parquet(data / c.INTERACTIONS)[c.ITEM_ID].tolist() == [event.item_id]
 
 
 # ----------------------------------------------------------------------------- batch loader
@@ -518,9 +452,11 @@ def test_batch_features_by_hand():
 
 def test_load_features_versions_by_the_latest_push(tmp_path):
     data = tiny_dataset(tmp_path / "data")
-    with EventLog(data) as log:
-        for e in (watch(1, 10, T0, 600), watch(1, 20, T0 + 1, 200), watch(2, 30, T0, 50)):
-            log.append(e)
+    rows = [e.to_row() for e in (watch(1, 10, T0, 600), watch(1, 20, T0 + 1, 200),
+                                 watch(2, 30, T0, 50))]
+    (data / c.INTERACTIONS).mkdir()
+    with c.TableWriter(data / c.INTERACTIONS / "part-0.parquet", c.INTERACTIONS) as w:
+        w.write({k: [r[k] for r in rows] for k in rows[0]})
     run = tmp_path / "run"
     with pytest.raises(NoPushedVersion, match="marquee pipeline run"):
         latest_pushed_version(run)

@@ -29,6 +29,7 @@ import pandas as pd
 
 from serving.ingest.events import InvalidEvent
 from serving.ingest.wal import WalUnavailable, WriteAheadLog
+from serving.state.feature_store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,9 @@ class IngestPath:
 
     def accept(self, name: str, raw: object, **params: Any) -> dict[str, object]:
         """Takes one write; returns the answer body. Raises InvalidEvent (400/409),
-        WritesUnavailable or WalUnavailable (503: nothing was changed)."""
+        WritesUnavailable or WalUnavailable (503: nothing was changed). Once the write is in
+        the log it is accepted: a store that cannot take it now (Redis down with its queue
+        full) is logged and said in the answer, and the write applies at the next start-up."""
         kind = self.kinds[name]
         now = int(self._now())
         if not kind.exclusive:
@@ -126,10 +129,17 @@ class IngestPath:
             with self._locks[name]:  # the uniqueness check and the append stay together
                 value = kind.validate(raw, now, **params)
                 self._log(kind, value)
-        kind.apply(value)
+        answer = kind.answer(value)
+        try:
+            kind.apply(value)
+        except StoreUnavailable as e:  # durable already: a 503 would make the client resend it
+            log.error("%s stored durably but not applied to the online state (%s); it is "
+                      "applied when the log is put back at the next start-up", name, e)
+            return {**answer, "warning": "stored durably; the online features did not take it "
+                                         f"yet ({e}); it applies at the next start-up"}
         for hook in self.hooks[name]:
             hook(value)
-        return kind.answer(value)
+        return answer
 
     def _log(self, kind: WriteKind, value: Any) -> None:
         if self.wal is None:

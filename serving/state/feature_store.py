@@ -13,8 +13,9 @@ by :meth:`FeatureStore.features`):
 - ``last_device`` and ``last_event_at``: of the latest event by timestamp;
 - ``generation``: bumped by every watch and quiz answer (what the user should see changed); 0
   for a new user;
-- ``onboarding_genres``: the latest onboarding quiz answer (a
-  :class:`~serving.state.records.Onboarding` passed to ``record_event``);
+- ``onboarding_genres``: the latest onboarding quiz answer by timestamp (a
+  :class:`~serving.state.records.Onboarding` passed to ``record_event``; of two with one
+  timestamp, the one recorded last);
 - batch features (genre affinities, watch count, mean watch seconds) with the version they were
   loaded with (``marquee features load``), gone after their TTL.
 
@@ -24,11 +25,18 @@ version never reads the previous version's entries. ``put_cached`` with the gene
 features the page was computed from stores nothing if a watch arrived meanwhile.
 
 Redis layout (``P`` = prefix, ``{U}`` = user id as a hash tag, so one user's keys share a cluster
-slot): ``P:u:{U}:recent`` LIST, ``P:u:{U}:watched`` SET, ``P:u:{U}:state`` HASH (session_length,
-last_event_at, last_device, generation, onboarding as JSON), ``P:u:{U}:batch`` HASH (version +
-features, JSON values, expiring), ``P:u:{U}:cache:<model version>`` STRING (JSON, expiring),
-``P:batch:version`` STRING.
+slot): ``P:u:{U}:recent`` LIST, ``P:u:{U}:recent_at`` LIST (the timestamps of ``recent``, index
+by index, so that two copies of a user merge by time), ``P:u:{U}:watched`` SET,
+``P:u:{U}:state`` HASH (session_length, last_event_at, last_device, generation, onboarding as
+JSON, onboarding_at), ``P:u:{U}:batch`` HASH (version + features, JSON values, expiring),
+``P:u:{U}:cache:<model version>`` STRING (JSON, expiring), ``P:batch:version`` STRING,
+``P:epoch`` STRING (the sentinel: set once by the first ResilientStore to see this Redis, never
+expiring; gone = Redis lost its data, see ``resilient_store``).
 An event is one Lua script (atomic, one round trip); a feature read is one MULTI/EXEC pipeline.
+
+Re-seeding (``ResilientStore`` after Redis lost its data): :meth:`EmbeddedStore.snapshot` and
+:meth:`EmbeddedStore.export_batch` give a process's copy, :meth:`RedisStore.merge_users` and
+:meth:`RedisStore.merge_batch` merge it into Redis (see :class:`UserSnapshot` for the rule).
 """
 
 from __future__ import annotations
@@ -86,8 +94,59 @@ class UserFeatures:
     onboarding_genres: tuple[str, ...] = ()
 
 
+@dataclasses.dataclass(frozen=True)
+class UserSnapshot:
+    """One user's online state as a store holds it, to re-seed Redis from (``merge_users``).
+
+    recent: ``(item_id, timestamp)`` of the recent positive watches, most recent first in
+      arrival order (as ``UserFeatures.recent_watches``), at most ``recent_length``.
+    onboarding_at: the timestamp of ``onboarding`` (the answer); None: never answered.
+
+    Merging a snapshot into what Redis holds for the user (nothing, after a restart; or what
+    another replica merged, or events recorded since) gives: ``watched`` the union; ``recent``
+    the two lists merged by timestamp (each list's own order kept, Redis's first on a tie), an
+    entry both hold (same item and timestamp: the same event) once, capped at
+    ``recent_length``; ``last_event_at``, ``last_device`` and ``session_length`` of the copy
+    with the later last event (a tie: the longer session; two replicas that each saw part of
+    one session give the longer part, not the sum); the answer with the later ``onboarding_at``
+    (a tie: Redis's); ``generation`` one more than the larger of the two, so a page cached
+    from either is stale. Merging the same snapshot twice changes nothing but ``generation``.
+    """
+
+    user_id: int
+    recent: tuple[tuple[int, int], ...] = ()
+    watched: frozenset[int] = frozenset()
+    session_length: int = 0
+    last_event_at: int | None = None
+    last_device: str | None = None
+    generation: int = 0
+    onboarding: tuple[str, ...] = ()
+    onboarding_at: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSnapshot:
+    """The batch features a store holds, with the time each has left (``merge_batch``).
+
+    version: the store's batch version (``batch_version()``), None if none or expired.
+    rows: user id -> ``(version, ttl_s, row)``; rows of an older load not in the latest keep
+      their own version.
+    """
+
+    version: int | None
+    version_ttl_s: float
+    rows: Mapping[int, tuple[int, float, BatchFeatures]]
+
+
 class StoreUnavailable(RuntimeError):
     """The store cannot be reached; the message says where and how to fix it."""
+
+
+class RedisDataLost(StoreUnavailable):
+    """Redis answers but its sentinel (``P:epoch``) is not the one this client expects: it was
+    restarted without persistence or flushed, so what it holds now is not the users' state.
+    Raised by :meth:`RedisStore.features` once ``RedisStore.epoch`` is set (ResilientStore sets
+    it, answers from its copy and re-seeds Redis)."""
 
 
 class FeatureStore(Protocol):
@@ -152,19 +211,27 @@ def next_session_length(length: int, last_event_at: int | None, timestamp: int,
 
 @dataclasses.dataclass
 class _UserState:
-    recent: deque
+    recent: deque  # (item_id, timestamp), most recent first
     watched: set = dataclasses.field(default_factory=set)
     session_length: int = 0
     last_event_at: int | None = None
     last_device: str | None = None
     generation: int = 0
     onboarding: tuple[str, ...] = ()
+    onboarding_at: int | None = None
 
 
 class EmbeddedStore:
     """In-process store (the default: nothing to run). Thread-safe (one lock); per process, so
     replicas do not share it. TTLs follow ``clock`` (seconds, injectable for tests); expired
-    entries are dropped when read and swept every ``sweep_every`` writes."""
+    entries are dropped when read and swept every ``sweep_every`` writes.
+
+    What bounds it: one entry per user with an event or answer since start-up (users are never
+    dropped: bounded by the number of users); per user, ``recent`` by ``recent_length`` and the
+    answer by one, but ``watched`` not at all (every title the user watched, so at most the
+    catalogue; a heavy user over years of events is the large case). Cache entries and batch
+    rows go when they expire (swept), so they are bounded by what one TTL brings.
+    """
 
     def __init__(self, recent_length: int = RECENT_LENGTH,
                  session_gap_s: int = SESSION_GAP_SECONDS,
@@ -188,7 +255,8 @@ class EmbeddedStore:
             if s is None:
                 s = self._users[event.user_id] = _UserState(deque(maxlen=self.recent_length))
             if isinstance(event, Onboarding):
-                s.onboarding = tuple(event.genres)
+                if s.onboarding_at is None or event.timestamp >= s.onboarding_at:
+                    s.onboarding, s.onboarding_at = tuple(event.genres), event.timestamp
                 s.generation += 1
                 return
             s.session_length = next_session_length(s.session_length, s.last_event_at,
@@ -199,7 +267,7 @@ class EmbeddedStore:
                 s.watched.add(event.item_id)
                 s.generation += 1
                 if is_positive_watch(event.event, event.watch_seconds, self.min_watch_seconds):
-                    s.recent.appendleft(event.item_id)
+                    s.recent.appendleft((event.item_id, event.timestamp))
 
     def features(self, user_id: int) -> UserFeatures:
         user_id = int(user_id)
@@ -211,7 +279,7 @@ class EmbeddedStore:
                 batch = None
             s = self._users.get(user_id)
             base = UserFeatures(user_id) if s is None else UserFeatures(
-                user_id, tuple(s.recent), frozenset(s.watched), s.session_length,
+                user_id, tuple(i for i, _ in s.recent), frozenset(s.watched), s.session_length,
                 s.last_device, s.last_event_at, s.generation, onboarding_genres=s.onboarding)
         if batch is None:
             return base
@@ -271,13 +339,39 @@ class EmbeddedStore:
         with self._lock:
             return {"embedded_users": len(self._users), "embedded_cache_entries": len(self._cache)}
 
+    def user_ids(self) -> list[int]:
+        """Every user this store holds online state for (an event or an answer)."""
+        with self._lock:
+            return list(self._users)
+
+    def snapshot(self, user_id: int) -> UserSnapshot | None:
+        """The user's online state (None: none), consistent as of one moment."""
+        with self._lock:
+            s = self._users.get(int(user_id))
+            if s is None:
+                return None
+            return UserSnapshot(int(user_id), tuple(s.recent), frozenset(s.watched),
+                                s.session_length, s.last_event_at, s.last_device, s.generation,
+                                s.onboarding, s.onboarding_at)
+
+    def export_batch(self) -> BatchSnapshot:
+        """The unexpired batch features and the batch version, with the time each has left."""
+        with self._lock:
+            now = self._clock()
+            v = self._batch_version
+            live = v is not None and v[0] > now
+            return BatchSnapshot(
+                v[1] if live else None, v[0] - now if live else 0.0,
+                {u: (version, expires - now, row)
+                 for u, (expires, version, row) in self._batch.items() if expires > now})
+
     def close(self) -> None:
         pass
 
 
 # ----------------------------------------------------------------------------- redis
 
-# KEYS: recent, watched, state. ARGV: item, timestamp, is_watch, is_positive, device,
+# KEYS: recent, watched, state, recent_at. ARGV: item, timestamp, is_watch, is_positive, device,
 # recent_length, session_gap_s. Mirrors EmbeddedStore.record_event / next_session_length.
 _RECORD = """
 local ts = tonumber(ARGV[2])
@@ -297,9 +391,92 @@ if ARGV[3] == '1' then
   if ARGV[4] == '1' then
     redis.call('LPUSH', KEYS[1], ARGV[1])
     redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[6]) - 1)
+    redis.call('LPUSH', KEYS[4], ARGV[2])
+    redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[6]) - 1)
   end
 end
 return len
+"""
+
+# KEYS: state. ARGV: genres JSON, timestamp. The later answer by timestamp (a tie: this one).
+_ANSWER = """
+local at = tonumber(redis.call('HGET', KEYS[1], 'onboarding_at') or '')
+if at == nil or tonumber(ARGV[2]) >= at then
+  redis.call('HSET', KEYS[1], 'onboarding', ARGV[1], 'onboarding_at', ARGV[2])
+end
+return redis.call('HINCRBY', KEYS[1], 'generation', 1)
+"""
+
+# KEYS: recent, recent_at, watched, state. ARGV: recent_length, a UserSnapshot as JSON (ids and
+# timestamps as strings; a field that is None is left out). The merge rule of UserSnapshot.
+_MERGE_USER = """
+local cap = tonumber(ARGV[1])
+local s = cjson.decode(ARGV[2])
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+local stamps = redis.call('LRANGE', KEYS[2], 0, -1)
+local theirs, ours = {}, {}
+for i, item in ipairs(items) do
+  local at = stamps[i] or '0'  -- a list written before recent_at existed: oldest
+  theirs[i] = {item, tonumber(at), at}
+end
+for i, p in ipairs(s.recent) do ours[i] = {p[1], tonumber(p[2]), p[2]} end
+for _, p in ipairs(ours) do  -- an event both hold: once
+  for i, q in ipairs(theirs) do
+    if q[1] == p[1] and q[2] == p[2] then table.remove(theirs, i) break end
+  end
+end
+local merged, i, j = {}, 1, 1
+while #merged < cap and (ours[i] or theirs[j]) do
+  if theirs[j] == nil or (ours[i] and ours[i][2] > theirs[j][2]) then
+    merged[#merged + 1] = ours[i]; i = i + 1
+  else
+    merged[#merged + 1] = theirs[j]; j = j + 1
+  end
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+for _, p in ipairs(merged) do
+  redis.call('RPUSH', KEYS[1], p[1])
+  redis.call('RPUSH', KEYS[2], p[3])
+end
+for k = 1, #s.watched, 1000 do
+  redis.call('SADD', KEYS[3], unpack(s.watched, k, math.min(k + 999, #s.watched)))
+end
+local st = redis.call('HMGET', KEYS[4], 'last_event_at', 'session_length', 'generation',
+                      'onboarding', 'onboarding_at')
+if s.last_event_at then
+  local last, mine = tonumber(st[1]), tonumber(s.last_event_at)
+  if last == nil or mine > last then
+    redis.call('HSET', KEYS[4], 'last_event_at', s.last_event_at, 'last_device', s.last_device,
+               'session_length', s.session_length)
+  elseif mine == last then
+    redis.call('HSET', KEYS[4], 'session_length',
+               math.max(tonumber(s.session_length), tonumber(st[2]) or 0))
+  end
+end
+if s.onboarding_at and (not st[4] or tonumber(st[5]) == nil
+                        or tonumber(s.onboarding_at) > tonumber(st[5])) then
+  redis.call('HSET', KEYS[4], 'onboarding', s.onboarding, 'onboarding_at', s.onboarding_at)
+end
+redis.call('HSET', KEYS[4], 'generation',
+           math.max(tonumber(st[3]) or 0, tonumber(s.generation)) + 1)
+return 1
+"""
+
+# KEYS: a batch row (HASH) or the batch version (STRING). ARGV: version, ttl ms, the row's
+# field/value pairs (none: the version key). Written unless Redis holds the same or a later one.
+_MERGE_BATCH = """
+local held
+if #ARGV > 2 then held = redis.call('HGET', KEYS[1], 'version')
+else held = redis.call('GET', KEYS[1]) end
+if held and tonumber(held) >= tonumber(ARGV[1]) then return 0 end
+if #ARGV > 2 then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return 1
 """
 
 # KEYS: cache entry, state. ARGV: payload JSON, ttl ms, expected generation ('' = current).
@@ -311,7 +488,7 @@ redis.call('SET', KEYS[1], '{"generation":' .. gen .. ',"payload":' .. ARGV[1] .
 return 1
 """
 
-_BATCH_CHUNK = 1000  # users per pipeline round trip when loading
+_BATCH_CHUNK = 1000  # users per pipeline round trip when loading (or merging)
 
 
 class RedisStore:
@@ -320,6 +497,10 @@ class RedisStore:
     Build it with :meth:`connect`. Connection and timeout errors raise StoreUnavailable at once:
     redis-py's retries are off, so a call blocks for at most the socket timeout (50 ms by
     default); ResilientStore turns that into a fallback.
+
+    ``epoch``: the sentinel value (``P:epoch``) this client expects, set by :meth:`claim_epoch`
+    (None: not checked). While set, :meth:`features` reads the sentinel in the same MULTI and
+    raises :class:`RedisDataLost` if it changed, so no read is answered from an emptied Redis.
     """
 
     def __init__(self, client: redis.Redis, url: str = "redis", prefix: str = "marquee",
@@ -330,8 +511,12 @@ class RedisStore:
         self.client, self.url, self.prefix = client, url, prefix
         self.recent_length, self.session_gap_s = recent_length, session_gap_s
         self.min_watch_seconds = min_watch_seconds  # the config's data.min_watch_seconds
+        self.epoch: str | None = None
         self._record = client.register_script(_RECORD)
+        self._answer = client.register_script(_ANSWER)
         self._put = client.register_script(_PUT_CACHED)
+        self._merge_user = client.register_script(_MERGE_USER)
+        self._merge_batch = client.register_script(_MERGE_BATCH)
 
     @classmethod
     def connect(cls, url: str, timeout_s: float = 0.05, check: bool = True,
@@ -368,24 +553,48 @@ class RedisStore:
     def ping(self) -> None:
         self._run(self.client.ping)
 
+    @property
+    def epoch_key(self) -> str:
+        return f"{self.prefix}:epoch"
+
+    def claim_epoch(self, candidate: str) -> str:
+        """Sets the sentinel to ``candidate`` unless one is set (SET NX: the first to claim
+        keeps it) and adopts the one now set as ``epoch``, which it returns."""
+        def claim():
+            pipe = self.client.pipeline(transaction=True)
+            pipe.set(self.epoch_key, candidate, nx=True)
+            pipe.get(self.epoch_key)
+            return pipe.execute()[1]
+
+        self.epoch = self._run(claim)
+        return self.epoch
+
+    def read_epoch(self) -> tuple[str | None, int | None]:
+        """The sentinel (None: gone) and the batch version (None: none), in one round trip."""
+        def read():
+            pipe = self.client.pipeline(transaction=True)
+            pipe.get(self.epoch_key)
+            pipe.get(f"{self.prefix}:batch:version")
+            return pipe.execute()
+
+        epoch, version = self._run(read)
+        return epoch, None if version is None else int(json.loads(version))
+
     def record_event(self, event: Event | Onboarding) -> None:
         u = event.user_id
         if isinstance(event, Onboarding):
-            def answer():
-                pipe = self.client.pipeline(transaction=True)
-                pipe.hset(self._key(u, "state"), "onboarding", json.dumps(list(event.genres)))
-                pipe.hincrby(self._key(u, "state"), "generation", 1)
-                return pipe.execute()
-            self._run(answer)
+            self._run(lambda: self._answer(keys=[self._key(u, "state")], args=[
+                json.dumps(list(event.genres)), int(event.timestamp)]))
             return
         self._run(lambda: self._record(
-            keys=[self._key(u, "recent"), self._key(u, "watched"), self._key(u, "state")],
+            keys=[self._key(u, "recent"), self._key(u, "watched"), self._key(u, "state"),
+                  self._key(u, "recent_at")],
             args=[event.item_id, event.timestamp, int(event.is_watch), int(bool(is_positive_watch(
                       event.event, event.watch_seconds, self.min_watch_seconds))),
                   event.device, self.recent_length, self.session_gap_s]))
 
     def features(self, user_id: int) -> UserFeatures:
-        user_id = int(user_id)
+        user_id, expected = int(user_id), self.epoch
 
         def read():
             pipe = self.client.pipeline(transaction=True)  # one consistent snapshot
@@ -393,9 +602,17 @@ class RedisStore:
             pipe.smembers(self._key(user_id, "watched"))
             pipe.hgetall(self._key(user_id, "state"))
             pipe.hgetall(self._key(user_id, "batch"))
+            if expected is not None:
+                pipe.get(self.epoch_key)
             return pipe.execute()
 
-        recent, watched, state, batch = self._run(read)
+        recent, watched, state, batch, *epoch = self._run(read)
+        if epoch and epoch[0] != expected:
+            raise RedisDataLost(
+                f"Redis at {self.url} lost its data: its sentinel {self.epoch_key} is "
+                f"{epoch[0]!r}, not {expected!r} (restarted without persistence, or flushed). "
+                "ResilientStore answers from its copy and re-seeds it; enable persistence "
+                "(appendonly yes) to keep the data across restarts.")
         last_at = state.get("last_event_at")
         out = UserFeatures(
             user_id, tuple(int(i) for i in recent), frozenset(int(i) for i in watched),
@@ -456,6 +673,58 @@ class RedisStore:
                   self._key(user_id, "state")],
             args=[text, ms, "" if generation is None else int(generation)]))
         return bool(stored)
+
+    def merge_users(self, snapshots: list[UserSnapshot]) -> int:
+        """Merges each user's state into what Redis holds for them (the rule of
+        :class:`UserSnapshot`), one script per user, pipelined. Returns users merged."""
+        def merge():
+            pipe = self.client.pipeline(transaction=False)
+            for n, s in enumerate(snapshots, 1):
+                u = s.user_id
+                snap = {"recent": [[str(i), str(t)] for i, t in s.recent],
+                        "watched": [str(i) for i in sorted(s.watched)],
+                        "session_length": s.session_length, "generation": s.generation}
+                if s.last_event_at is not None:
+                    snap.update(last_event_at=str(s.last_event_at), last_device=s.last_device)
+                if s.onboarding_at is not None:
+                    snap.update(onboarding=json.dumps(list(s.onboarding)),
+                                onboarding_at=str(s.onboarding_at))
+                self._merge_user(
+                    keys=[self._key(u, "recent"), self._key(u, "recent_at"),
+                          self._key(u, "watched"), self._key(u, "state")],
+                    args=[self.recent_length, json.dumps(snap)], client=pipe)
+                if n % _BATCH_CHUNK == 0:
+                    pipe.execute()
+            pipe.execute()
+
+        self._run(merge)
+        return len(snapshots)
+
+    def merge_batch(self, batch: BatchSnapshot) -> int:
+        """Writes each batch row (and the batch version) with the time it has left, unless
+        Redis holds the same or a later version of it. Returns the rows written."""
+        def merge():
+            pipe, written = self.client.pipeline(transaction=False), 0
+            for n, (user_id, (version, ttl_s, row)) in enumerate(batch.rows.items(), 1):
+                if ttl_s <= 0:
+                    continue
+                fields = {k: json.dumps(v) for k, v in dataclasses.asdict(row).items()}
+                fields["version"] = json.dumps(int(version))
+                self._merge_batch(keys=[self._key(user_id, "batch")], args=[
+                    int(version), _ttl_ms(ttl_s), *(x for kv in fields.items() for x in kv)],
+                    client=pipe)
+                if n % _BATCH_CHUNK == 0:
+                    written += sum(pipe.execute())
+            if batch.version is not None and batch.version_ttl_s > 0:
+                self._merge_batch(keys=[f"{self.prefix}:batch:version"],
+                                  args=[int(batch.version), _ttl_ms(batch.version_ttl_s)],
+                                  client=pipe)
+                written += sum(pipe.execute()[:-1])
+            else:
+                written += sum(pipe.execute())
+            return written
+
+        return self._run(merge)
 
     def stats(self) -> dict[str, float]:
         return {}
