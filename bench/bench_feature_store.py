@@ -27,8 +27,9 @@ sys.path.insert(0, str(REPO))
 
 import marquee  # noqa: E402, F401  (sets the environment before anything imports TensorFlow)
 from marquee.data import contract as c  # noqa: E402
-from serving.state.feature_store import BatchFeatures, EmbeddedStore, RedisStore  # noqa: E402
+from serving.state.feature_store import BatchFeatures, EmbeddedStore  # noqa: E402
 from serving.state.records import Event  # noqa: E402
+from serving.state.redis_store import RedisStore  # noqa: E402
 from serving.state.resilient_store import ResilientStore  # noqa: E402
 from tests.redis_server import REDIS_SERVER, RedisServer  # noqa: E402
 

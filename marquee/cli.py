@@ -285,7 +285,8 @@ def features_load(run_dir: str, data_dir: str, redis_url: str, ttl_hours: float,
     the run's latest pushed version (RUN_DIR/serving/query_tower/<version>)."""
     from marquee.config import ConfigError, load_config
     from marquee.features_load import NoPushedVersion, latest_pushed_version, load_features
-    from serving.state.feature_store import RedisStore, StoreUnavailable
+    from serving.state.feature_store import StoreUnavailable
+    from serving.state.redis_store import RedisStore
 
     try:
         min_watch = load_config(config_file).data.min_watch_seconds

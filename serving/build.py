@@ -16,7 +16,8 @@ from serving.models.in_process import InProcessBackend
 from serving.models.index_store import IndexStore
 from serving.models.query import NoPushedModel
 from serving.state.catalogue import load_frames
-from serving.state.feature_store import EmbeddedStore, FeatureStore, RedisStore
+from serving.state.feature_store import EmbeddedStore, FeatureStore
+from serving.state.redis_store import RedisStore
 from serving.state.resilient_store import ResilientStore
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,8 @@
-"""A restart puts back the events earlier runs logged (``serving.build.attach_logs``): on the tiny
-catalogue of ``test_homepage``, with real part files of the event log, the embedded store, a real
-``redis-server`` (the one of ``test_feature_store``) and real HTTP on loopback.
+"""A restart puts back the events earlier runs logged (``serving.ingest.wiring.open_writes``: the
+write-ahead log compacted into Parquet parts, each row put back through the write path minus the
+log append): on the tiny catalogue of ``test_homepage``, with a real write-ahead log and its
+parts, the embedded store, a real ``redis-server`` (the one of ``test_feature_store``) and real
+HTTP on loopback.
 
 In the tiny world user LIGHT (2) has watched item 1; their homepage leads with item 6, and a
 watch of 6 makes the first row "Because you watched Title 6" (6 is co-watched with 7 by user
@@ -16,16 +18,18 @@ import redis
 
 from marquee.config import Config, ServingConfig
 from marquee.data import contract as c
-from serving.api.legacy_http import ApiServer
-from serving.build import attach_logs, build_service
+from serving.build import build_service
 from serving.homepage.service import HomepageService
-from serving.ingest.events import EventLog
+from serving.ingest.wal import WriteAheadLog
+from serving.ingest.wiring import open_writes
 from serving.models.index_store import IndexStore
-from serving.state.feature_store import RedisStore, UserFeatures
+from serving.state.feature_store import UserFeatures
+from serving.state.records import Event
+from serving.state.redis_store import RedisStore
 from serving.state.resilient_store import ResilientStore
-from tests import test_feature_store, test_homepage
-from tests.http_client import get, post
-from tests.test_feature_store import RedisServer, impression, needs_redis, watch
+from tests import test_homepage
+from tests.http_client import get, post, running
+from tests.redis_server import REDIS_SERVER, RedisServer, needs_redis
 from tests.test_homepage import (
     DAY,
     GENEROUS,
@@ -40,14 +44,41 @@ from tests.test_homepage import (
 from tests.test_signup import _write_dataset
 
 model_base = test_homepage.model_base  # the tiny model base fixture, shared
-redis_server = test_feature_store.redis_server  # a throwaway redis-server for this module
 HOUR = 3600
 
 
-def close(paths) -> None:
-    """What ``marquee serve`` does on exit: the open part file is closed under its name."""
-    for log in paths.logs:
-        log.close()
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    """A throwaway redis-server for this module."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed: `apt-get install -y redis-server`")
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+def watch(user: int, item: int, ts: int, seconds: float = 600.0, device: str = "tv") -> Event:
+    return Event(user, item, ts, c.EVENT_WATCH, seconds, device)
+
+
+def impression(user: int, item: int, ts: int, device: str = "tv") -> Event:
+    return Event(user, item, ts, c.EVENT_IMPRESSION, 0.0, device, position=1)
+
+
+def restart(service: HomepageService, event_log, data_dir=None):
+    """What ``marquee serve --event-log`` does at start-up and on exit, with no request between:
+    compact and put back what the log holds, then drain and close it. Returns the Writes."""
+    writes = open_writes(service, event_log, data_dir=data_dir)
+    writes.close()
+    return writes
+
+
+def log_directly(event_log, *events) -> None:
+    """Logs ``events`` as an earlier run did, without applying them to any state (the process
+    stopped before its store took them), and leaves them in the log uncompacted."""
+    with WriteAheadLog(event_log) as wal:
+        for event in events:
+            wal.append(c.INTERACTIONS, event.to_row())
 
 
 def logged(event_log) -> pd.DataFrame:
@@ -66,20 +97,17 @@ def info(caplog):
 
 def test_a_watch_is_still_excluded_and_named_after_a_restart_over_http(model_base, tmp_path):
     svc = make(model_base)
-    w = attach_logs(svc, tmp_path)
     home = f"/v1/users/{LIGHT}/homepage"
-    with ApiServer(svc, 0, "127.0.0.1", ingest=w.ingest) as api:
+    with running(svc, event_log=tmp_path) as api:
         before = json.loads(get(api.port, home)[1])
         assert before["items"][0]["item_id"] == 6, before  # what the watch must remove
         status, body = post(api.port, "/v1/events", watch(LIGHT, 6, NOW).to_row())
         assert status == 200, body
-    close(w)
 
     restarted = make(model_base)  # the same data, the same event log folder
-    w2 = attach_logs(restarted, tmp_path)
-    with ApiServer(restarted, 0, "127.0.0.1", ingest=w2.ingest) as api:
+    with running(restarted, event_log=tmp_path) as api:
+        assert api.writes.report.applied == {"events": 1}
         page = json.loads(get(api.port, home)[1])
-    close(w2)
     assert not page["fallback"] and page["stage"] == "light", page
     assert 6 not in [p["item_id"] for p in page["items"]]
     assert page["rows"][0]["title"] == "Because you watched Title 6"
@@ -108,25 +136,26 @@ EVENTS = [
 
 def test_a_restart_puts_the_online_features_back_as_they_were(model_base, tmp_path, info):
     svc = make(model_base)
-    w = attach_logs(svc, tmp_path)
+    w = open_writes(svc, tmp_path)
     for event in EVENTS:
-        w.ingest.accept(event.to_row())
-    close(w)
+        w.path.accept("events", event.to_row())
+    w.close()
     expected = UserFeatures(LIGHT, recent_watches=(9, 8, 7, 6), watched=frozenset({6, 7, 8, 9, 10}),
                             session_length=1, last_device="tv", last_event_at=NOW + 3 * HOUR,
                             generation=5)
     assert svc.store.features(LIGHT) == expected
 
     restarted = make(model_base)
-    close(attach_logs(restarted, tmp_path))
+    assert restart(restarted, tmp_path).report.applied == {"events": 6}
     assert restarted.store.features(LIGHT) == expected
-    assert "put back 6 event(s) logged by earlier runs (1 part file(s)" in info.text
+    assert f"event log {tmp_path}: put back 6 events" in info.text
     assert "feature store: 6 recorded, 0 held already" in info.text
     assert len(logged(tmp_path)) == 6  # nothing appended by the restart
-    # attaching again finds everything in the store: nothing is recorded twice
-    close(attach_logs(restarted, tmp_path))
+    # opening again finds everything in the store: nothing is recorded twice
+    restart(restarted, tmp_path)
     assert restarted.store.features(LIGHT) == expected
     assert "feature store: 0 recorded, 6 held already" in info.text
+    assert len(logged(tmp_path)) == 6
 
 
 def test_events_the_data_loaded_are_not_put_back_again(model_base, tmp_path, info):
@@ -134,13 +163,13 @@ def test_events_the_data_loaded_are_not_put_back_again(model_base, tmp_path, inf
     _write_dataset(tmp_path)  # users 1-4 and 100-105; item 11 nobody watched
     config = ServingConfig(k=6, **GENEROUS)
     svc = build_service(Config(serving=config), tmp_path, model_base)
-    w = attach_logs(svc, tmp_path, data_dir=tmp_path)
-    w.ingest.accept(watch(LIGHT, 11, NOW).to_row())
-    close(w)
+    w = open_writes(svc, tmp_path, data_dir=tmp_path)
+    w.path.accept("events", watch(LIGHT, 11, NOW).to_row())
+    w.close()  # compacted into the dataset's interactions folder, beside its part
 
     restarted = build_service(Config(serving=config), tmp_path, model_base)
     assert restarted.users.get(LIGHT).history == (11,)  # loaded from the dataset folder
-    close(attach_logs(restarted, tmp_path, data_dir=tmp_path))
+    assert "events" not in restart(restarted, tmp_path, data_dir=tmp_path).report.applied
     assert "were loaded with the serving data" in info.text
     assert restarted.store.features(LIGHT).recent_watches == ()
     assert restarted.profile(LIGHT)[0].history == (11,)  # once, not (11, 11)
@@ -151,26 +180,31 @@ def test_events_the_data_loaded_are_not_put_back_again(model_base, tmp_path, inf
 
 def test_a_damaged_file_and_a_row_that_no_longer_validates_are_skipped_and_named(
         model_base, tmp_path, info):
-    with EventLog(tmp_path) as log:
-        log.append(watch(LIGHT, 6, NOW))
-        log.append(watch(LIGHT, 99, NOW + 1))  # a title the catalogue no longer holds
-        log.append(watch(LIGHT, 7, NOW + 2))
-    good = log.files[0]
+    log_directly(tmp_path, watch(LIGHT, 6, NOW),
+                 watch(LIGHT, 99, NOW + 1),  # a title the catalogue no longer holds
+                 watch(LIGHT, 7, NOW + 2))
+    # the earlier run was killed in the middle of its next append: a torn record at the tail
+    (segment,) = (tmp_path / "wal" / "0").glob("seg-*.wal")
+    size = segment.stat().st_size
+    with open(segment, "ab") as fh:
+        fh.write(b"\x40\x00")  # 2 of the 8 header bytes
     folder = tmp_path / c.INTERACTIONS
+    folder.mkdir()
     (folder / "part-0000000001-0000.parquet").write_bytes(b"PAR1 half a file")
-    (folder / "part-9999999999-0000.parquet.inprogress").write_bytes(b"PAR1 no footer")
 
     svc = make(model_base)
-    close(attach_logs(svc, tmp_path))  # does not raise
+    restart(svc, tmp_path)  # does not raise
     assert svc.store.features(LIGHT).recent_watches == (7, 6)  # the two good rows
-    assert (f"{folder / 'part-0000000001-0000.parquet'}: unreadable from row 0 on"
-            in info.text)
-    assert f"{good} row 1: item_id: 99 is not in the catalogue" in info.text
-    assert "part-9999999999-0000.parquet.inprogress was never closed" in info.text
-    assert ("put back 2 event(s) logged by earlier runs (2 part file(s)" in info.text)
-    assert "skipped 1 row(s) that no longer validate and 2 unreadable file(s)" in info.text
+    assert f"{segment.name} at byte {size}: partial header (2 of 8 bytes); truncated" in info.text
+    assert not segment.exists()  # compacted at open: the three good records
+    good = folder / "part-w0000000000000001-0000000000000003-r0.parquet"
+    assert pd.read_parquet(good)[c.ITEM_ID].tolist() == [6, 99, 7]
+    assert f"{folder / 'part-0000000001-0000.parquet'} is unreadable" in info.text
+    assert any(f"{good} row 1: " in m and "item_id: 99 is not in the catalogue" in m
+               for m in info.messages), info.messages
+    assert "put back 2 events; skipped 1 that no longer validate" in info.text
     warned = [r.message for r in info.records if r.levelno == logging.WARNING]
-    assert len(warned) == 4 and warned[-1].startswith("put back 2 event(s)"), warned
+    assert len(warned) == 4 and warned[-1].startswith(f"event log {tmp_path}: put back 2"), warned
 
 
 # ----------------------------------------------------------------------------- redis
@@ -189,18 +223,17 @@ def test_redis_that_outlived_the_restart_gets_no_event_twice(model_base, redis_s
                                                               tmp_path, info):
     redis.Redis.from_url(redis_server.url).flushall()
     svc = on_redis(model_base, redis_server.url)
-    w = attach_logs(svc, tmp_path)
-    w.ingest.accept(watch(LIGHT, 6, NOW).to_row())
-    w.ingest.accept(watch(LIGHT, 7, NOW + 60).to_row())
-    close(w)
+    w = open_writes(svc, tmp_path)
+    w.path.accept("events", watch(LIGHT, 6, NOW).to_row())
+    w.path.accept("events", watch(LIGHT, 7, NOW + 60).to_row())
+    w.close()
     svc.store.close()
     # A watch the log holds and Redis does not (accepted while Redis was down; the process
     # stopped before its queue drained): logged here without the store.
-    with EventLog(tmp_path) as log:
-        log.append(watch(LIGHT, 8, NOW + 120))
+    log_directly(tmp_path, watch(LIGHT, 8, NOW + 120))
 
     restarted = on_redis(model_base, redis_server.url)
-    close(attach_logs(restarted, tmp_path))
+    restart(restarted, tmp_path)
     # By hand: Redis held 6 and 7 (last event NOW + 60); only 8 is later, so only 8 is
     # recorded: one more watch (generation 3) in the same session (3 events).
     features = restarted.store.features(LIGHT)
@@ -224,26 +257,23 @@ def test_redis_that_outlived_the_restart_gets_no_event_twice(model_base, redis_s
     # Redis lost everything (restarted without persistence): every event goes back, once.
     redis.Redis.from_url(redis_server.url).flushall()
     again = on_redis(model_base, redis_server.url)
-    close(attach_logs(again, tmp_path))
+    restart(again, tmp_path)
     features = again.store.features(LIGHT)
     assert features.recent_watches == (8, 7, 6) and features.generation == 3
     again.store.close()
     assert len(logged(tmp_path)) == 3
 
 
-
 @needs_redis
 def test_when_redis_cannot_be_read_nothing_is_queued_for_it(model_base, tmp_path, info):
     """Redis may hold the logged events: unread, they must not be queued to be recorded there
     again when it is back, only kept in this process's copy."""
-    with EventLog(tmp_path) as log:
-        log.append(watch(LIGHT, 6, NOW))
-        log.append(watch(LIGHT, 7, NOW + 60))
+    log_directly(tmp_path, watch(LIGHT, 6, NOW), watch(LIGHT, 7, NOW + 60))
     server = RedisServer(tmp_path / "redis").start()
     svc = on_redis(model_base, server.url)
     server.stop()  # after start-up's check, before the replay reads Redis
     try:
-        close(attach_logs(svc, tmp_path))
+        restart(svc, tmp_path)
         assert svc.store.stats()["replay_pending"] == 0
         assert svc.store.fallback.features(LIGHT).recent_watches == (7, 6)
         assert ("feature store: 0 recorded, 0 held already, 2 not recorded (Redis could not "

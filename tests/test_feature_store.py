@@ -36,10 +36,10 @@ from serving.state.feature_store import (
     BatchFeatures,
     EmbeddedStore,
     FeatureStore,
-    RedisStore,
     StoreUnavailable,
 )
 from serving.state.records import Event, Onboarding
+from serving.state.redis_store import RedisStore
 from serving.state.resilient_store import ResilientStore
 from tests.redis_server import REDIS_SERVER, RedisServer, free_port, needs_redis
 

@@ -19,14 +19,9 @@ import pytest
 import redis
 
 from marquee.data import contract as c
-from serving.state.feature_store import (
-    NO_GENERATION,
-    BatchFeatures,
-    EmbeddedStore,
-    RedisStore,
-    UserSnapshot,
-)
+from serving.state.feature_store import NO_GENERATION, BatchFeatures, EmbeddedStore, UserSnapshot
 from serving.state.records import Event, Onboarding
+from serving.state.redis_store import RedisStore
 from serving.state.resilient_store import ResilientStore
 from tests.redis_server import REDIS_SERVER, RedisServer
 

@@ -80,11 +80,11 @@ from serving.state.feature_store import (
     EmbeddedStore,
     FeatureStore,
     RedisDataLost,
-    RedisStore,
     StoreUnavailable,
     UserFeatures,
 )
 from serving.state.records import Event, Onboarding
+from serving.state.redis_store import RedisStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
