@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_redesign.py [--data build/ml100k] \\
         [--model-base build/ml-run/serving] [--config configs/movielens.yaml] \\
-        [--baseline c9925fc] [--n 400] [--rounds 4]
+        [--baseline c9925fc] [--n 400] [--rounds 50] [--with-minors]
 
 Two trees serve the same workload: ``before``, a detached worktree of ``--baseline`` (created
 under /tmp if missing, run through PYTHONPATH), and ``after``, this checkout. Each runs in its
@@ -23,8 +23,21 @@ the config on, and every deadline raised so that no source is skipped; in-proces
 - **Latency**: after warm-up (the service's own plus 20 homepages of users outside the timed
   set), ``--n`` cache-miss homepages over users with >= 5 watches (the config's positive
   rule) at the dataset's last timestamp, in ``--rounds`` alternating rounds (before, after,
-  before, after, ...) so both trees see the same machine. Printed: median and p99 of
-  ``timings_ms["total"]`` and of every stage, per tree, and the ratio after / before.
+  before, after, ...) so both trees see the same machine; short rounds, because on a shared
+  2-core machine the load moves within seconds (4 rounds of 100 once gave round ratios from
+  0.46 to 1.08). Printed: median and p99 of
+  ``timings_ms["total"]`` and of every stage, per tree, the ratio after / before, the median
+  of each round, and a bootstrap 95% interval of the ratio (how much of it is noise); and
+  ``cpu``, the process CPU time of the request (all threads: a load on the machine moves it
+  far less than the wall times), and the load average. The
+  stages are each tree's own: after's ``query_tower`` also builds the query's features,
+  which before does untimed ahead of the stage; ``total`` is the same span in both.
+
+Under-18 users are left out unless ``--with-minors``: every MovieLens title is unrated, and
+since 3a16033 the MovieLens config's ``maturity`` step allows unrated titles for minors
+(``unrated: allow``), an argument the baseline's step does not take. It is dropped for a tree
+that lacks it (printed), which for everyone but minors changes nothing, while a baseline minor
+gets an empty page; leaving minors out keeps the work per request the same in both trees.
 
 Details (every transition, per-request timings) go to ``build/bench_redesign/``.
 """
@@ -51,22 +64,42 @@ MIN_WATCHES = 5
 TARGET_RATIO = 1.0  # the redesign must not be slower
 ORCHESTRATOR = {"before": "homepage.py", "after": "homepage/service.py"}
 GENEROUS_MS = 30_000.0
+BOOTSTRAP = 2000
 
 
 # --------------------------------------------------------------------------- worker side
 
 
+def _rerank_for(tree: str, steps: tuple[dict, ...]) -> tuple[tuple[dict, ...], list[str]]:
+    """The re-rank steps as ``tree`` can build them: arguments its step lacks are dropped
+    (a config newer than the baseline), and named."""
+    from serving.rerank import STEPS
+
+    out, dropped = [], []
+    for step in steps:
+        cls = STEPS.get(step.get("step"))
+        if cls is None or not dataclasses.is_dataclass(cls):
+            out.append(step)
+            continue
+        known = {f.name for f in dataclasses.fields(cls)} | {"step"}
+        dropped += [f"{step['step']}.{k}={v}" for k, v in step.items() if k not in known]
+        out.append({k: v for k, v in step.items() if k in known})
+    return tuple(out), dropped
+
+
 def _config(tree: str, path: str):
-    """The config of ``path`` with the page cache off and no deadline that could skip a step."""
+    """(the config of ``path`` with the page cache off and no deadline that could skip a step,
+    the re-rank arguments ``tree`` does not know and were dropped)."""
     from marquee.config import load_config
 
     cfg = load_config(path)
     s = cfg.serving
+    rerank, dropped = _rerank_for(tree, s.rerank)
     serving = dataclasses.replace(
         s, cache_ttl_seconds=0, deadline_ms=2 * GENEROUS_MS, query_deadline_ms=GENEROUS_MS,
-        rank_deadline_ms=GENEROUS_MS,
+        rank_deadline_ms=GENEROUS_MS, rerank=rerank,
         sources=tuple(dataclasses.replace(x, deadline_ms=GENEROUS_MS) for x in s.sources))
-    return dataclasses.replace(cfg, serving=serving)
+    return dataclasses.replace(cfg, serving=serving), dropped
 
 
 def _build(tree: str, cfg, data: str, model_base: str):
@@ -172,10 +205,12 @@ def _run(service, users: list[int], timestamp: int) -> dict:
     timings: list[dict[str, float]] = []
     bad: list[str] = []
     for u in users:
+        cpu = time.process_time()
         page = service.homepage(u, timestamp=timestamp)
-        timings.append(dict(page.timings_ms))
-        if page.fallback or page.degraded or page.skipped or page.cached:
-            bad.append(f"user {u}: fallback={page.fallback} reason={page.reason} "
+        timings.append(dict(page.timings_ms, cpu=(time.process_time() - cpu) * 1000))
+        if page.fallback or page.degraded or page.skipped or page.cached or not page.items:
+            bad.append(f"user {u}: {len(page.items)} titles, fallback={page.fallback} "
+                       f"reason={page.reason} "
                        f"degraded={page.degraded} skipped={dict(page.skipped)} "
                        f"cached={page.cached}")
     return {"timings": timings, "bad": bad}
@@ -190,7 +225,7 @@ def worker(args: argparse.Namespace) -> None:
     import serving
 
     serving_dir = Path(serving.__file__).resolve().parent
-    cfg = _config(args.worker, args.config)
+    cfg, dropped = _config(args.worker, args.config)
     t = time.perf_counter()
     service, how = _build(args.worker, cfg, args.data, args.model_base)
     build_s = time.perf_counter() - t
@@ -201,7 +236,7 @@ def worker(args: argparse.Namespace) -> None:
         "serving": str(serving_dir), "marquee": marquee.__file__, "build": how,
         "build_s": build_s, "warm_s": time.perf_counter() - t,
         "sources": [s.name for s in cfg.serving.sources],
-        "rerank": [r["step"] for r in cfg.serving.rerank],
+        "rerank": [r["step"] for r in cfg.serving.rerank], "dropped": dropped,
         "because_you_watched": cfg.serving.because_you_watched,
         "backend": type(service.backend).__name__}) + "\n")
     for line in sys.stdin:
@@ -272,15 +307,33 @@ def baseline_tree(commit: str) -> Path:
     return path
 
 
-def workload(data: str, min_watch_seconds: float) -> tuple[list[int], int]:
-    """Users with >= MIN_WATCHES positive watches (sorted), and the dataset's last timestamp."""
+def _revision(root: Path) -> str:
+    """The commit of ``root``, and how many files under serving/ differ from it."""
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "serving"],
+                           capture_output=True, text=True).stdout.splitlines()
+    return f"{head} + {len(dirty)} uncommitted change(s) in serving/" if dirty else head
+
+
+def workload(data: str, min_watch_seconds: float,
+             minors: bool) -> tuple[list[int], int, int]:
+    """(users with >= MIN_WATCHES positive watches, sorted, without the under-18s unless
+    ``minors``; the dataset's last timestamp; the under-18s left out)."""
     import pandas as pd
 
     df = pd.read_parquet(Path(data) / "interactions.parquet",
                          columns=["user_id", "timestamp", "event", "watch_seconds"])
     watches = df[(df["event"] == "watch") & (df["watch_seconds"] >= min_watch_seconds)]
     counts = watches.groupby("user_id").size()
-    return sorted(int(u) for u in counts[counts >= MIN_WATCHES].index), int(df["timestamp"].max())
+    users = {int(u) for u in counts[counts >= MIN_WATCHES].index}
+    left_out = set()
+    if not minors:
+        profiles = pd.read_parquet(Path(data) / "users.parquet", columns=["user_id",
+                                                                          "age_bucket"])
+        left_out = users & set(profiles.loc[profiles["age_bucket"] == "under-18",
+                                            "user_id"].astype(int))
+    return sorted(users - left_out), int(df["timestamp"].max()), len(left_out)
 
 
 def _fmt(v: float) -> str:
@@ -297,7 +350,7 @@ def print_hops(traces: dict[str, dict]) -> None:
     b, a = traces["before"], traces["after"]
     print(f"Hops: one uncached homepage of user {b['user']} (a call from one serving file "
           "into another)")
-    print(f"{'':<44}{'before':>10}{'after':>10}{'change':>10}")
+    print(f"{'':<50}{'before':>10}{'after':>10}{'change':>10}")
     rows = [("distinct module transitions (caller -> callee)", "transitions"),
             ("cross-module calls", "cross_calls"),
             ("orchestrator entered from another serving file", "orchestrator_reentries"),
@@ -305,7 +358,7 @@ def print_hops(traces: dict[str, dict]) -> None:
             ("Python calls into serving/ (all)", "serving_calls")]
     for label, key in rows:
         x, y = (len(b["files"]), len(a["files"])) if key is None else (b[key], a[key])
-        print(f"{label[:43]:<44}{x:>10}{y:>10}{y - x:>+10}")
+        print(f"{label:<50}{x:>10}{y:>10}{y - x:>+10}")
     for name, t in traces.items():
         print(f"\n{name}: orchestrator serving/{t['orchestrator']}, entered from "
               f"{', '.join(t['orchestrator_reentry_from']) or 'no other serving file'}; "
@@ -322,6 +375,8 @@ def print_hops(traces: dict[str, dict]) -> None:
 
 
 def print_latency(timings: dict[str, list[dict]], n_users: int, rounds: int) -> None:
+    import numpy as np
+
     print(f"\nLatency: {sum(len(v) for v in timings.values()) // 2} cache-miss homepages per "
           f"tree ({rounds} alternating rounds, {n_users} distinct users with >= {MIN_WATCHES} "
           "watches); timings_ms, ms")
@@ -329,23 +384,40 @@ def print_latency(timings: dict[str, list[dict]], n_users: int, rounds: int) -> 
     for pages in timings.values():
         for p in pages:
             stages += [s for s in p if s not in stages]
-    stages.sort(key=lambda s: s == "total")
-    print(f"{'stage':<14}{'before p50':>11}{'p99':>9}{'after p50':>11}{'p99':>9}"
+    stages.sort(key=lambda s: (s == "total") + 2 * (s == "cpu"))
+    print(f"{'stage (cpu: CPU ms)':<22}{'before p50':>11}{'p99':>9}{'after p50':>11}{'p99':>9}"
           f"{'ratio p50':>11}{'ratio p99':>11}")
     for stage in stages:
         x = [p[stage] for p in timings["before"] if stage in p]
         y = [p[stage] for p in timings["after"] if stage in p]
         r50 = _pct(y, 50) / _pct(x, 50) if x and y and _pct(x, 50) > 0 else float("nan")
         r99 = _pct(y, 99) / _pct(x, 99) if x and y and _pct(x, 99) > 0 else float("nan")
-        print(f"{stage:<14}{_fmt(_pct(x, 50)):>11}{_fmt(_pct(x, 99)):>9}{_fmt(_pct(y, 50)):>11}"
+        print(f"{stage:<22}{_fmt(_pct(x, 50)):>11}{_fmt(_pct(x, 99)):>9}{_fmt(_pct(y, 50)):>11}"
               f"{_fmt(_pct(y, 99)):>9}{_fmt(r50):>11}{_fmt(r99):>11}")
-    total = {k: [p["total"] for p in v] for k, v in timings.items()}
-    print()
+    total = {k: np.array([p["total"] for p in v]) for k, v in timings.items()}
+    per = -(-len(total["before"]) // rounds)
+    medians = [(np.median(total["before"][i:i + per]), np.median(total["after"][i:i + per]))
+               for i in range(0, len(total["before"]), per)]
+    ratios = np.array([a / b for b, a in medians])
+    print(f"\nper round ({len(medians)} rounds), median total after / before: median "
+          f"{np.median(ratios):.3f}, range {ratios.min():.3f}-{ratios.max():.3f}; before's "
+          f"round medians {min(b for b, _ in medians):.2f}-{max(b for b, _ in medians):.2f} ms")
+    rng = np.random.default_rng(0)  # the spread of the ratio over resampled requests
+    boot = {k: rng.choice(v, size=(BOOTSTRAP, len(v))) for k, v in total.items()}
     for q, label in ((50, "median"), (99, "p99")):
-        r = _pct(total["after"], q) / _pct(total["before"], q)
+        r = np.percentile(total["after"], q) / np.percentile(total["before"], q)
+        lo, hi = np.percentile(np.percentile(boot["after"], q, axis=1)
+                               / np.percentile(boot["before"], q, axis=1), [2.5, 97.5])
         verdict = "met" if r <= TARGET_RATIO else "MISSED"
         print(f"target: {label} total after / before <= {TARGET_RATIO:.2f} (the redesign must "
-              f"not be slower): {r:.3f}, {verdict}")
+              f"not be slower): {r:.3f} (bootstrap 95% {lo:.3f}-{hi:.3f}), {verdict}")
+    cpu = {k: np.array([p["cpu"] for p in v]) for k, v in timings.items()}
+    boot = {k: rng.choice(v, size=(BOOTSTRAP, len(v))) for k, v in cpu.items()}
+    lo, hi = np.percentile(np.median(boot["after"], axis=1) / np.median(boot["before"], axis=1),
+                           [2.5, 97.5])
+    print(f"CPU per homepage, median after / before: "
+          f"{np.median(cpu['after']) / np.median(cpu['before']):.3f} (bootstrap 95% "
+          f"{lo:.3f}-{hi:.3f}); the machine's load moves it less than the wall times")
 
 
 def main() -> None:
@@ -355,7 +427,10 @@ def main() -> None:
     ap.add_argument("--config", default=str(REPO / "configs" / "movielens.yaml"))
     ap.add_argument("--baseline", default=BASELINE, help="commit of the flat serving/")
     ap.add_argument("--n", type=int, default=400, help="homepages per tree")
-    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=50,
+                    help="alternations; short rounds keep a load change on one tree's side")
+    ap.add_argument("--with-minors", action="store_true",
+                    help="time the under-18 users too (see the docstring)")
     ap.add_argument("--worker", choices=["before", "after"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -367,7 +442,8 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     from marquee.config import load_config
 
-    users, timestamp = workload(args.data, load_config(args.config).data.min_watch_seconds)
+    users, timestamp, minors = workload(args.data, load_config(args.config).data.min_watch_seconds,
+                                        args.with_minors)
     if len(users) < 2 + WARM_USERS:
         raise SystemExit(f"{len(users)} users with >= {MIN_WATCHES} watches in {args.data}: "
                          f"too few for a trace user, {WARM_USERS} warm-up users and a timed set")
@@ -376,18 +452,29 @@ def main() -> None:
     first = {"warm": warm, "timestamp": timestamp}
     roots = {"before": baseline_tree(args.baseline), "after": REPO}
     trees: dict[str, Tree] = {}
+    load_start = os.getloadavg()[0]
     try:
         for name, root in roots.items():  # one at a time: both load TensorFlow
             trees[name] = Tree(name, root, args, first)
         for t in trees.values():
             i = t.info
-            print(f"{t.name:<7} {t.root} (serving: {i['serving']}; marquee: {i['marquee']})")
+            print(f"{t.name:<7} {t.root} at {_revision(t.root)} (serving: {i['serving']}; "
+                  f"marquee: {i['marquee']})")
             print(f"        {i['build']}: {i['build_s']:.1f} s, warm-up {i['warm_s']:.1f} s, "
                   f"backend {i['backend']}")
         i = trees["after"].info
         print(f"sources {i['sources']}, re-rank {i['rerank']}, because_you_watched "
               f"{i['because_you_watched']}; cache off, deadlines {GENEROUS_MS:g} ms; "
-              f"timestamp {timestamp}\n")
+              f"timestamp {timestamp}")
+        for t in trees.values():
+            if t.info["dropped"]:
+                print(f"{t.name}: re-rank arguments of {args.config} its steps do not take, "
+                      f"dropped: {', '.join(t.info['dropped'])}")
+        if minors:
+            print(f"{minors} under-18 users left out (--with-minors keeps them): how a minor's "
+                  "page treats unrated titles is a config and behaviour change apart from the "
+                  "restructure")
+        print()
         traces = {name: t.ask({"cmd": "trace", "user": traced, "timestamp": timestamp})
                   for name, t in trees.items()}
         print_hops(traces)
@@ -400,10 +487,14 @@ def main() -> None:
                 out = t.ask({"cmd": "run", "users": chunk, "timestamp": timestamp})
                 timings[name] += out["timings"]
                 bad[name] += out["bad"]
+        load_end = os.getloadavg()[0]
         print_latency(timings, len(set(timed)), args.rounds)
+        print(f"load average (1 min) {load_start:.2f} at the start, {load_end:.2f} after the "
+              f"timed rounds, on {os.cpu_count()} cores: other processes share the machine")
         for name, b in bad.items():
             if b:
-                print(f"NOTE: {name}: {len(b)} page(s) not on the full path, e.g. {b[0]}")
+                print(f"NOTE: {name}: {len(b)} of {len(timings[name])} pages not full pages "
+                      f"from every source (kept in the figures), e.g. {b[0]}")
         (OUT / "hops.json").write_text(json.dumps(traces, indent=1))
         (OUT / "timings.json").write_text(json.dumps(timings))
     finally:
