@@ -32,6 +32,11 @@ class PopularityFallback:
         """The item's popularity (train positives): the fallback's ranking score."""
         return self._popularity.get(int(item_id), 0.0)
 
+    def scores(self, item_ids) -> np.ndarray:
+        """``[N]`` popularity of each id (0 for a title it does not know), in one call."""
+        get = self._popularity.get
+        return np.fromiter((get(int(i), 0.0) for i in item_ids), np.float64, len(item_ids))
+
     def genres_of(self, history: Sequence[int], onboarding: Sequence[str]) -> list[str]:
         """Onboarding genres first, then the genres of the history by frequency."""
         counts = Counter(g for i in history if int(i) in self.catalogue.row

@@ -88,7 +88,7 @@ class RankStep:
         if cfg.item_to_item_weight and self.item_to_item is not None:
             out[ITEM_TO_ITEM] = self.item_to_item.score(profile.history, ids)
         if cfg.popularity_weight:
-            out[POPULARITY] = np.array([self.fallback.score(i) for i in ids], np.float64)
+            out[POPULARITY] = self.fallback.scores(ids)
         return out
 
     def _blend(self, retrieval: np.ndarray, outputs: dict[str, np.ndarray]) -> np.ndarray:

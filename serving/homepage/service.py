@@ -299,8 +299,8 @@ class HomepageService:
         items = self.fallback.recommend(max(req.k * 4, req.k + len(profile.watched)),
                                         set(profile.watched), genres)
         ctx = RerankContext(profile, req.timestamp, req.seed)
-        kept = self.filters.apply(scored(self.catalogue, items, [
-            self.fallback.score(i) for i in items]), ctx)[: req.k]
+        kept = self.filters.apply(scored(self.catalogue, items, self.fallback.scores(items)),
+                                  ctx)[: req.k]
         if not kept:
             reason += "; the popularity fallback has no title either that the filters allow"
         return Homepage(req.page.user_id, [
