@@ -202,7 +202,8 @@ def test_a_damaged_file_and_a_row_that_no_longer_validates_are_skipped_and_named
     assert f"{folder / 'part-0000000001-0000.parquet'} is unreadable" in info.text
     assert any(f"{good} row 1: " in m and "item_id: 99 is not in the catalogue" in m
                for m in info.messages), info.messages
-    assert "put back 2 events; skipped 1 that no longer validate" in info.text
+    assert ("put back 2 events; skipped 1 that no longer validate; 1 part file(s) unreadable"
+            in info.text)
     warned = [r.message for r in info.records if r.levelno == logging.WARNING]
     assert len(warned) == 4 and warned[-1].startswith(f"event log {tmp_path}: put back 2"), warned
 

@@ -1,6 +1,7 @@
 """Freshness and onboarding on the tiny catalogue of ``test_homepage``: a title added while serving
 (validation, catalogue growth, the side index beside ScaNN, the items log), the onboarding quiz,
-trending refreshed from live events, and both write routes over real HTTP."""
+trending refreshed from live events, and both write routes over real HTTP. Writes take the one
+write path (``serving.ingest.wiring.open_writes``): validate -> write-ahead log -> state."""
 
 import json
 
@@ -11,17 +12,16 @@ import pytest
 from components.scann_indexer.index_lib import build_and_evaluate, save_index
 from marquee.config import IndexConfig
 from marquee.data import contract as c
-from serving.api.legacy_http import ApiServer
-from serving.build import attach_logs
 from serving.ingest.events import InvalidEvent
-from serving.ingest.items import InvalidItem, validate_item
-from serving.ingest.onboarding import OnboardingIngest, OnboardingLog, validate_onboarding
+from serving.ingest.items import InvalidItem, TitleWrites, validate_item
+from serving.ingest.onboarding import validate_onboarding
+from serving.ingest.wiring import open_writes
 from serving.models.errors import ModelUnavailable
 from serving.models.live_index import LiveIndex
 from serving.sources.base import SourceRequest
 from serving.state.records import Event
 from tests import test_homepage
-from tests.http_client import get, post
+from tests.http_client import get, post, running
 from tests.test_homepage import (
     FULL,
     ITEM_IDS,
@@ -47,6 +47,16 @@ def title(item_id=NEW_ITEM, **changes) -> dict:
             c.CAST: ["actor1"], c.DIRECTOR: "dir1", c.RELEASE_YEAR: 2024,
             c.DURATION_SECONDS: 5400, c.ADDED_AT: NOW - 60, c.MATURITY_RATING: "PG",
             c.KEYWORDS: ["kw1"], **changes}
+
+
+def add_title(svc, raw: dict) -> None:
+    """What ``POST /v1/items`` does to the state, without the log: validate, then apply."""
+    svc.fresh.add_rows(TitleWrites(svc.fresh).validate(raw, NOW))
+
+
+def parts(folder) -> list:
+    """The Parquet parts compaction wrote into ``folder``, in name (logging) order."""
+    return sorted(folder.glob("*.parquet"))
 
 
 class FreshBackend(FixedModelBackend):
@@ -148,7 +158,7 @@ def test_a_new_title_is_retrieved_by_its_metadata_embedding_without_a_pipeline_r
     backend = FreshBackend()
     svc = make(model_base, backend, because_you_watched=0)
     assert NEW_ITEM not in [p.item_id for p in svc.homepage(FULL, k=7).items]
-    svc.fresh.add(title(), now=NOW)
+    add_title(svc, title())
     page = svc.homepage(FULL, k=7)
     pick = next(p for p in page.items if p.item_id == NEW_ITEM)
     assert not page.fallback and page.degraded is None, page
@@ -169,7 +179,7 @@ def test_a_new_title_is_retrieved_by_its_metadata_embedding_without_a_pipeline_r
 def test_a_failed_embedding_keeps_serving_and_is_retried(model_base):
     backend = FreshBackend(fail_embed=ModelUnavailable("model server down"))
     svc = make(model_base, backend, because_you_watched=0)
-    svc.fresh.add(title(), now=NOW)
+    add_title(svc, title())
     page = svc.homepage(FULL, k=7)
     assert not page.fallback and page.degraded is None
     assert "collaborative" not in next((p.sources for p in page.items
@@ -182,20 +192,28 @@ def test_a_failed_embedding_keeps_serving_and_is_retried(model_base):
 
 def test_added_titles_are_logged_in_the_contract_and_put_back_on_restart(model_base, tmp_path):
     svc = make(model_base, FreshBackend())
-    logs = attach_logs(svc, tmp_path).logs
-    svc.fresh.add(title(), now=NOW)
-    svc.fresh.add(title(100, title="Another"), now=NOW)
-    files = sorted((tmp_path / c.ITEMS).glob("*.parquet"))
-    assert len(files) == 2  # one closed part file per title: durable when acknowledged
-    back = pd.concat([pd.read_parquet(p) for p in files])
+    w = open_writes(svc, tmp_path)
+    w.path.accept("items", title())
+    w.path.accept("items", title(100, title="Another"))
+    # durable when acknowledged: both are in the write-ahead log (seqs 1 and 2) already
+    assert [(r.seq, r.row[c.ITEM_ID]) for r in w.wal.records()] == [(1, NEW_ITEM), (2, 100)]
+    assert {NEW_ITEM, 100} <= set(svc.catalogue.row)
+    w.close()  # compacts the log: one contract part for the seq range 1-2
+    assert [p.name for p in parts(tmp_path / c.ITEMS)] == [
+        "part-w0000000000000001-0000000000000002-r0.parquet"]
+    back = pd.read_parquet(tmp_path / c.ITEMS)
     assert back[c.ITEM_ID].tolist() == [NEW_ITEM, 100]
+    assert back[c.TITLE].tolist() == ["Title Fresh", "Another"]
     assert back[c.GENRES].map(list).tolist() == [["scifi"], ["scifi"]]
+
     restarted = make(model_base, FreshBackend())
-    attach_logs(restarted, tmp_path)
+    w2 = open_writes(restarted, tmp_path)
+    assert w2.report.applied == {"items": 2}
     assert {NEW_ITEM, 100} <= set(restarted.catalogue.row)
     assert restarted.fresh.item_ids == [NEW_ITEM, 100]
-    for log in logs:
-        log.close()
+    w2.close()
+    # put back, not logged again: still the two rows of the first run
+    assert pd.read_parquet(tmp_path / c.ITEMS)[c.ITEM_ID].tolist() == [NEW_ITEM, 100]
 
 
 # ----------------------------------------------------------------------------- onboarding
@@ -215,13 +233,14 @@ def test_an_onboarding_answer_needs_three_distinct_known_genres():
     assert answer.genres == ("drama", "scifi", "comedy") and answer.timestamp == NOW
 
 
-def test_the_quiz_answer_shapes_the_next_homepage_of_a_new_user(model_base):
+def test_the_quiz_answer_shapes_the_next_homepage_of_a_new_user(model_base, tmp_path):
     svc = make(model_base, FreshBackend(), cache_ttl_seconds=600, because_you_watched=0,
                rerank=())
     before = svc.homepage(NEW)
     assert before.stage == "new" and svc.homepage(NEW).cached
-    OnboardingIngest(svc.store, svc.catalogue).accept(
-        NEW, {"genres": ["romance", "drama", "scifi"]})
+    w = open_writes(svc, tmp_path)
+    w.path.accept("onboarding", {"genres": ["romance", "drama", "scifi"]}, user_id=NEW)
+    w.close()
     after = svc.homepage(NEW)
     assert not after.cached  # the answer invalidated the cached page
     genres = [svc.catalogue.genres[svc.catalogue.row[p.item_id]][0] for p in after.items]
@@ -233,13 +252,37 @@ def test_the_quiz_answer_shapes_the_next_homepage_of_a_new_user(model_base):
 
 def test_onboarding_answers_are_logged_and_replayed(model_base, tmp_path):
     svc = make(model_base, FreshBackend())
-    ingest = OnboardingIngest(svc.store, svc.catalogue, log=OnboardingLog(tmp_path))
-    ingest.accept(7, {"genres": ["drama", "scifi", "comedy"]})
-    lines = (tmp_path / "onboarding.jsonl").read_text().splitlines()
-    assert [json.loads(x)[c.ONBOARDING_GENRES] for x in lines] == [["drama", "scifi", "comedy"]]
+    w = open_writes(svc, tmp_path)
+    answer = w.path.accept("onboarding", {"genres": ["drama", "scifi", "comedy"]}, user_id=7)
+    assert answer["onboarding"][c.USER_ID] == 7
+    w.close()  # compacted into DIR/onboarding/, the write-ahead log's table of answers
+    back = pd.read_parquet(tmp_path / "onboarding")
+    assert back[c.USER_ID].tolist() == [7]
+    assert back[c.ONBOARDING_GENRES].map(list).tolist() == [["drama", "scifi", "comedy"]]
     fresh = make(model_base, FreshBackend())
-    assert OnboardingIngest(fresh.store, fresh.catalogue, log=OnboardingLog(tmp_path)).replay() == 1
+    w2 = open_writes(fresh, tmp_path)
+    w2.close()
+    assert w2.report.applied == {"onboarding": 1}
     assert fresh.profile(7)[0].onboarding_genres == ("drama", "scifi", "comedy")
+
+
+def test_the_legacy_onboarding_log_is_still_put_back(model_base, tmp_path):
+    """Answers logged by earlier versions (``DIR/onboarding.jsonl``) are read at replay, before
+    the write-ahead log's, so a later answer of the same user wins."""
+    lines = [{c.USER_ID: 7, c.ONBOARDING_GENRES: ["drama", "scifi", "comedy"], c.TIMESTAMP: NOW},
+             {c.USER_ID: 8, c.ONBOARDING_GENRES: ["romance", "drama", "scifi"], c.TIMESTAMP: NOW}]
+    (tmp_path / "onboarding.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    svc = make(model_base, FreshBackend())
+    w = open_writes(svc, tmp_path)
+    assert w.report.applied == {"onboarding": 2}
+    w.path.accept("onboarding", {"genres": ["comedy", "romance", "scifi"]}, user_id=8)
+    w.close()
+    fresh = make(model_base, FreshBackend())
+    w2 = open_writes(fresh, tmp_path)
+    w2.close()
+    assert w2.report.applied == {"onboarding": 3}  # two legacy lines, one compacted answer
+    assert fresh.profile(7)[0].onboarding_genres == ("drama", "scifi", "comedy")
+    assert fresh.profile(8)[0].onboarding_genres == ("comedy", "romance", "scifi")
 
 
 # ----------------------------------------------------------------------------- trending
@@ -262,8 +305,7 @@ def test_trending_refreshes_from_live_watches_without_retraining(model_base):
 
 def test_titles_and_quiz_answers_over_http(model_base, tmp_path):
     svc = make(model_base, FreshBackend(), because_you_watched=0)
-    ingest, onboarding, _, logs = attach_logs(svc, tmp_path)
-    with ApiServer(svc, 0, "127.0.0.1", ingest=ingest, onboarding=onboarding) as api:
+    with running(svc, event_log=tmp_path) as api:
         status, body = post(api.port, "/v1/items", title())
         assert status == 200 and body["item"][c.ITEM_ID] == NEW_ITEM, body
         page = json.loads(get(api.port, f"/v1/users/{FULL}/homepage?k=7")[1])
@@ -271,7 +313,8 @@ def test_titles_and_quiz_answers_over_http(model_base, tmp_path):
         status, body = post(api.port, "/v1/items", title())
         assert status == 409 and "already in the catalogue" in body["error"]
         status, body = post(api.port, "/v1/items", {c.ITEM_ID: 5000})
-        assert status == 400 and len(body["problems"]) >= 4  # every missing field named
+        assert status == 400 and len(body["problems"]) >= 4, body  # every missing field named
+        assert all("Field required" in p for p in body["problems"]), body
         status, body = post(api.port, "/v1/users/77/onboarding",
                              {"genres": ["drama", "scifi", "comedy"]})
         assert status == 200 and body["onboarding"][c.ONBOARDING_GENRES] == [
@@ -279,15 +322,26 @@ def test_titles_and_quiz_answers_over_http(model_base, tmp_path):
         status, body = post(api.port, "/v1/users/77/onboarding", {"genres": ["drama"]})
         assert status == 400 and "expected 3 distinct genres" in body["problems"][0]
         status, body = post(api.port, "/v1/users/abc/onboarding", {"genres": []})
-        assert status == 400 and "user id must be an integer" in body["error"]
+        assert status == 400 and "user id must be a non-negative integer" in body["error"]
         metrics = get(api.port, "/metrics")[1]
-        assert 'marquee_items_total{outcome="accepted"} 1' in metrics
-        assert 'marquee_items_total{outcome="invalid"} 2' in metrics
-        assert 'marquee_onboarding_total{outcome="accepted"} 1' in metrics
-    for log in logs:
-        log.close()
-    with ApiServer(make(model_base, FreshBackend()), 0, "127.0.0.1") as api:  # no --event-log
-        for path, body in (("/v1/items", title(101)), ("/v1/events", {}),
+        assert 'marquee_writes_total{outcome="accepted",route="items"} 1.0' in metrics
+        assert 'marquee_writes_total{outcome="duplicate",route="items"} 1.0' in metrics
+        assert 'marquee_writes_total{outcome="invalid",route="items"} 1.0' in metrics
+        assert 'marquee_writes_total{outcome="accepted",route="onboarding"} 1.0' in metrics
+        assert 'marquee_writes_total{outcome="invalid",route="onboarding"} 2.0' in metrics
+    # only the accepted writes are logged
+    assert pd.read_parquet(tmp_path / c.ITEMS)[c.ITEM_ID].tolist() == [NEW_ITEM]
+    assert pd.read_parquet(tmp_path / "onboarding")[c.USER_ID].tolist() == [77]
+
+    # marquee serve without --event-log: valid writes are answered 503 and change nothing
+    bare = make(model_base, FreshBackend())
+    event = {c.USER_ID: FULL, c.ITEM_ID: 6, c.TIMESTAMP: NOW, c.EVENT: c.EVENT_WATCH,
+             c.WATCH_SECONDS: 600.0, c.DEVICE: "tv"}
+    with running(bare) as api:
+        for path, body in (("/v1/items", title(101)), ("/v1/events", event),
                            ("/v1/users/5/onboarding", {"genres": ["drama", "scifi", "comedy"]})):
             status, answer = post(api.port, path, body)
-            assert status == 503 and "--event-log" in answer["error"], path
+            assert status == 503 and "--event-log" in answer["error"], (path, answer)
+    assert 101 not in bare.catalogue.row
+    assert bare.store.features(FULL).watched == frozenset()
+    assert bare.store.features(5).onboarding_genres == ()

@@ -4,6 +4,7 @@ deadlines, the mismatch refusal and the HTTP API, on the models of a real pipeli
 import dataclasses
 import json
 import shutil
+import time
 
 import numpy as np
 import pandas as pd
@@ -13,15 +14,14 @@ from components.model_pusher.push_lib import RANKER, RETRIEVAL_INDEX, versions
 from marquee.config import ServingConfig, SourceConfig
 from marquee.data import contract as c
 from marquee.dev.model_server import ModelServer
-from serving.api.legacy_http import ApiServer
 from serving.homepage.service import HomepageService
-from serving.ingest.events import EventIngest, EventLog, EventValidator
+from serving.ingest.items import TitleWrites
 from serving.models.grpc import GrpcBackend
 from serving.models.in_process import InProcessBackend
 from serving.models.index_store import IndexStore
 from serving.state.catalogue import UserProfile, UserStore, load_frames
 from serving.state.feature_store import EmbeddedStore
-from tests.http_client import get, post
+from tests.http_client import get, post, running
 
 pytestmark = pytest.mark.slow
 
@@ -200,8 +200,9 @@ def _raw(row: dict) -> dict:
 
 def test_a_new_title_embeds_by_its_metadata_on_both_backends(world, model_server):
     """Clones of 20 titles (same metadata, new ids, no interactions) go through POST-equivalent
-    adds: the side index embeds them with the pushed candidate tower, alike on both backends,
-    each clone is retrievable, and its original is near it (closer than most titles)."""
+    adds (``TitleWrites`` validates, ``FreshItems.add_rows`` applies): the side index embeds
+    them with the pushed candidate tower, alike on both backends, each clone is retrievable,
+    and its original is near it (closer than most titles)."""
     from marquee.data.validate import load_dataset
 
     run, *_ = world
@@ -214,9 +215,10 @@ def test_a_new_title_embeds_by_its_metadata_on_both_backends(world, model_server
         catalogue, users, interactions = load_frames(run.data)  # its own: titles are added
         svc = HomepageService(backend, IndexStore(run.serving), catalogue, users, CONFIG,
                               interactions=interactions)
+        titles = TitleWrites(svc.fresh)
         for n, src in enumerate(sources):
             row = _raw(items[items[c.ITEM_ID] == src].iloc[0].to_dict())
-            svc.fresh.add({**row, c.ITEM_ID: 10**8 + n})
+            svc.fresh.add_rows(titles.validate({**row, c.ITEM_ID: 10**8 + n}, int(time.time())))
         version = versions(run.serving / RETRIEVAL_INDEX)[-1]
         main = svc.indexes.get(version)
         live = svc.fresh.live_index(version, main)
@@ -291,40 +293,44 @@ def test_index_from_another_run_is_refused(world, tmp_path):
 
 def test_http_api(world):
     run, _, users, _ = world
-    with ApiServer(service(world, InProcessBackend(run.serving)), port=0,
-                   host="127.0.0.1") as api:
+    with running(service(world, InProcessBackend(run.serving))) as api:
         user = _heavy_users(users)[0]
         status, body = get(api.port, f"/v1/users/{user}/homepage?k=5")
         page = json.loads(body)
         assert status == 200 and page["user_id"] == user and len(page["items"]) == 5
         assert page["fallback"] is False
         status, body = get(api.port, "/v1/users/abc/homepage")
-        assert status == 400 and "user id must be an integer, got 'abc'" in body
+        assert status == 400 and "user id must be a non-negative integer" in body
+        assert "got 'abc'" in body
         status, body = get(api.port, f"/v1/users/{user}/homepage?k=0")
         assert status == 400 and "k must be an integer between 1 and 500" in body
         assert get(api.port, "/nope")[0] == 404
         status, body = get(api.port, "/healthz")
         assert status == 200 and json.loads(body)["query_breaker"] == "closed"
+        assert json.loads(body)["writes"] == "off"  # no event log
         status, body = get(api.port, "/metrics")
-        assert "marquee_homepage_requests_total 1" in body
-        assert "marquee_http_errors_total 2" in body
+        assert 'marquee_homepage_total{outcome="personal"} 1.0' in body
+        home = 'route="/v1/users/{user_id}/homepage"'
+        assert f'marquee_http_requests_total{{method="GET",{home},status="200"}} 1.0' in body
+        assert f'marquee_http_requests_total{{method="GET",{home},status="400"}} 2.0' in body
+        assert ('marquee_http_requests_total{method="GET",route="unmatched",status="404"} 1.0'
+                in body)
 
 
 def test_events_update_the_homepage_and_its_cache(world, tmp_path):
     run, catalogue, users, _ = world
     svc = service(world, InProcessBackend(run.serving))
     assert isinstance(svc.store, EmbeddedStore)  # the default
-    events = EventLog(tmp_path / "events", flush_rows=1)
-    ingest = EventIngest(EventValidator(users, catalogue.row), svc.store, events)
     user = _heavy_users(users)[0]
     path = f"/v1/users/{user}/homepage"
-    with ApiServer(svc, port=0, host="127.0.0.1", ingest=ingest) as api:
+    with running(svc, event_log=tmp_path / "events") as api:
         first = json.loads(get(api.port, path)[1])
         second = json.loads(get(api.port, path)[1])
         assert not first["cached"] and second["cached"]
         assert second["items"] == first["items"]
         top = first["items"][0]["item_id"]
-        event = {c.USER_ID: user, c.ITEM_ID: top, c.TIMESTAMP: 1_800_000_000,
+        # in the past of the server's clock (an event far ahead of it is refused)
+        event = {c.USER_ID: user, c.ITEM_ID: top, c.TIMESTAMP: 1_700_000_000,
                  c.EVENT: c.EVENT_IMPRESSION, c.WATCH_SECONDS: 0, c.DEVICE: "tv", c.POSITION: 1}
         assert post(api.port, "/v1/events", event)[0] == 200
         assert json.loads(get(api.port, path)[1])["cached"]  # an impression keeps the page
@@ -334,12 +340,15 @@ def test_events_update_the_homepage_and_its_cache(world, tmp_path):
         third = json.loads(get(api.port, path)[1])
         assert not third["cached"] and top not in [p["item_id"] for p in third["items"]]
         status, body = post(api.port, "/v1/events", {**event, c.WATCH_SECONDS: -1})
-        assert status == 400 and body["problems"] == ["watch_seconds: -1 is negative"]
+        # refused and named: one problem, of the field, saying what arrived
+        assert status == 400 and len(body["problems"]) == 1, body
+        assert body["problems"][0].startswith("watch_seconds: ") and "-1" in body["problems"][0]
         metrics = get(api.port, "/metrics")[1]
-    events.close()
-    assert "marquee_homepage_cache_hits_total 2" in metrics
-    assert 'marquee_events_total{outcome="accepted"} 2' in metrics
-    assert 'marquee_events_total{outcome="invalid"} 1' in metrics
-    assert "marquee_feature_store_embedded_users 1" in metrics
+    assert 'marquee_homepage_total{outcome="cached"} 2.0' in metrics
+    assert 'marquee_writes_total{outcome="accepted",route="events"} 2.0' in metrics
+    assert 'marquee_writes_total{outcome="invalid",route="events"} 1.0' in metrics
+    assert "marquee_feature_store_embedded_users 1.0" in metrics
+    assert "marquee_wal_appended 2.0" in metrics
+    # the log is compacted on close: both accepted events, in order, as a contract part
     logged = pd.read_parquet(tmp_path / "events" / "interactions")
     assert logged[c.EVENT].tolist() == [c.EVENT_IMPRESSION, c.EVENT_WATCH]

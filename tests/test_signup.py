@@ -1,8 +1,10 @@
 """Signup while serving (``POST /v1/users``, ``serving/ingest/signup.py``) on the tiny catalogue of
 ``test_homepage``: validation, the user store growing under readers, the users log as a contract
-table the validator reads with the events that refer to it, restart, and the route over HTTP."""
+table the validator reads with the events that refer to it, restart, and the route over HTTP.
+Writes take the one write path (``serving.ingest.wiring.open_writes``)."""
 
 import csv
+import errno
 import json
 import threading
 
@@ -11,14 +13,13 @@ import pytest
 
 from marquee.data import contract as c
 from marquee.data.validate import load_dataset, validate_dataset
-from serving.api.legacy_http import ApiServer
-from serving.build import attach_logs
-from serving.ingest.events import EventLogError
-from serving.ingest.signup import InvalidUser, SignupIngest, validate_user
+from serving.ingest import wal
+from serving.ingest.signup import InvalidUser, validate_user
+from serving.ingest.wiring import open_writes
 from serving.state.catalogue import UserProfile, UserStore
-from serving.state.feature_store import EmbeddedStore, StoreUnavailable
+from serving.state.feature_store import StoreUnavailable
 from tests import test_homepage
-from tests.http_client import get, post
+from tests.http_client import get, post, running
 from tests.test_homepage import (
     DAY,
     FULL,
@@ -138,8 +139,7 @@ def test_the_user_store_adds_users_once_and_readers_see_them_whole():
 
 def test_a_signup_is_known_at_once_and_shapes_the_next_homepage(model_base, tmp_path):
     svc = make(model_base, FixedModelBackend(), because_you_watched=0, rerank=MATURITY_ONLY)
-    w = attach_logs(svc, tmp_path)
-    with ApiServer(svc, 0, "127.0.0.1", ingest=w.ingest, signup=w.signup) as api:
+    with running(svc, event_log=tmp_path) as api:
         status, body = post(api.port, "/v1/events", watch())
         assert status == 400 and "500 is not a known user" in body["error"]
         home = f"/v1/users/{NEW_USER}/homepage"
@@ -167,49 +167,66 @@ def test_a_signup_is_known_at_once_and_shapes_the_next_homepage(model_base, tmp_
         status, body = post(api.port, "/v1/users", user(FULL))  # in the loaded users table
         assert status == 409 and "1 is already a user" in body["error"]
         status, body = post(api.port, "/v1/users", user(501, **{c.SUBSCRIPTION_TIER: 3}))
-        assert status == 400 and body["problems"] == [
-            "subscription_tier: expected text, got 3"]
+        # one problem, naming the field and what arrived (the body schema's wording)
+        assert status == 400 and len(body["problems"]) == 1, body
+        assert body["problems"][0].startswith("subscription_tier: "), body
+        assert body["problems"][0].endswith("(got 3)"), body
         status, body = post(api.port, "/v1/users", [user(502)])
-        assert status == 400 and "expected a user: a JSON object" in body["problems"][0]
+        assert status == 400 and "expected one JSON object, got list" in body["error"], body
+        assert body["problems"][0].startswith("body: expected a JSON object with the fields "
+                                              "user_id, signup_at"), body
         metrics = get(api.port, "/metrics")[1]
-        assert 'marquee_users_total{outcome="accepted"} 1' in metrics
-        assert 'marquee_users_total{outcome="invalid"} 4' in metrics  # 409s included
-    for log in w.logs:
-        log.close()
+        assert 'marquee_writes_total{outcome="accepted",route="users"} 1.0' in metrics
+        assert 'marquee_writes_total{outcome="duplicate",route="users"} 2.0' in metrics
+        assert 'marquee_writes_total{outcome="invalid",route="users"} 2.0' in metrics
     assert 501 not in svc.users and 502 not in svc.users
+    # only the accepted signup is logged
+    assert pd.read_parquet(tmp_path / c.USERS)[c.USER_ID].tolist() == [NEW_USER]
 
 
-def test_without_an_event_log_or_when_the_log_fails_nobody_is_added(model_base):
+def test_without_an_event_log_or_when_the_log_fails_nobody_is_added(model_base, tmp_path,
+                                                                    monkeypatch):
     svc = make(model_base, FixedModelBackend())
-    with ApiServer(svc, 0, "127.0.0.1") as api:  # marquee serve without --event-log
+    with running(svc) as api:  # marquee serve without --event-log
         status, body = post(api.port, "/v1/users", user())
         assert status == 503 and "--event-log" in body["error"]
 
-    class FullDisk:
-        def append(self, row):
-            raise EventLogError("could not append 1 row(s) to DIR/users: No space left")
+    real_fsync, failing = wal.os.fsync, []
 
-    signup = SignupIngest(svc.users, svc.store, svc.catalogue, FullDisk())
-    with ApiServer(svc, 0, "127.0.0.1", signup=signup) as api:
+    def fsync(fd):  # the next fsync after failing.append(...) fails: the disk is full
+        if failing:
+            failing.clear()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(wal.os, "fsync", fsync)
+    with running(svc, event_log=tmp_path) as api:
+        failing.append(True)
         status, body = post(api.port, "/v1/users", user())
-        assert status == 503 and "No space left" in body["error"]
-        assert 'marquee_users_total{outcome="unavailable"} 1' in get(api.port, "/metrics")[1]
-    assert NEW_USER not in svc.users and svc.store.features(NEW_USER).generation == 0
+        assert status == 503 and "No space left on device" in body["error"], body
+        assert 'marquee_writes_total{outcome="unavailable",route="users"} 1.0' in get(
+            api.port, "/metrics")[1]
+        assert NEW_USER not in svc.users and svc.store.features(NEW_USER).generation == 0
+        assert api.writes.wal.stats()["failed"] == 1 and list(api.writes.wal.records()) == []
+        # one failed append blocks nothing: the retry is logged and applied
+        assert post(api.port, "/v1/users", user())[0] == 200
+        assert NEW_USER in svc.users
+    assert pd.read_parquet(tmp_path / c.USERS)[c.USER_ID].tolist() == [NEW_USER]  # once
 
 
-def test_a_store_that_fails_after_the_log_still_signs_the_user_up(model_base, tmp_path, caplog):
-    class DownStore(EmbeddedStore):
-        def record_event(self, event):
-            raise StoreUnavailable("Redis at redis://cache is down")
+def test_a_store_that_fails_after_the_log_still_signs_the_user_up(model_base, tmp_path, caplog,
+                                                                   monkeypatch):
+    def down(event):
+        raise StoreUnavailable("Redis at redis://cache is down")
 
     svc = make(model_base, FixedModelBackend())
-    w = attach_logs(svc, tmp_path)
-    signup = SignupIngest(svc.users, DownStore(), svc.catalogue, w.signup.log)
-    assert signup.accept(user())[c.USER_ID] == NEW_USER
-    assert NEW_USER in svc.users and len(list((tmp_path / c.USERS).glob("*.parquet"))) == 1
+    w = open_writes(svc, tmp_path)
+    monkeypatch.setattr(svc.store, "record_event", down)
+    assert w.path.accept("users", user())["user"][c.USER_ID] == NEW_USER
+    assert NEW_USER in svc.users
     assert "did not take the signup (Redis at redis://cache is down)" in caplog.text
-    for log in w.logs:
-        log.close()
+    w.close()
+    assert pd.read_parquet(tmp_path / c.USERS)[c.USER_ID].tolist() == [NEW_USER]
 
 
 # ----------------------------------------------------------------------------- the users log
@@ -239,19 +256,18 @@ def test_the_users_log_is_a_contract_table_the_validator_reads_with_their_events
         model_base, tmp_path):
     _write_dataset(tmp_path)
     svc = make(model_base, FixedModelBackend())
-    w = attach_logs(svc, tmp_path)
-    with ApiServer(svc, 0, "127.0.0.1", ingest=w.ingest, signup=w.signup) as api:
+    with running(svc, event_log=tmp_path) as api:
         assert post(api.port, "/v1/users", user())[0] == 200
         assert post(api.port, "/v1/users", user(501, **{c.AGE_BUCKET: None,
                                                         c.ONBOARDING_GENRES: None}))[0] == 200
         assert post(api.port, "/v1/events", watch(NEW_USER, 7))[0] == 200
         assert post(api.port, "/v1/events", watch(501, 3))[0] == 200
-    for log in w.logs:
-        log.close()  # the events' part file is closed here; each signup's at once
+    # closing the log compacted it: the four writes (seqs 1-4) into one part per table
 
     logged = sorted((tmp_path / c.USERS).glob("part-*.parquet"))
-    assert len(logged) == 3  # the dataset's part file, then one per signup
-    assert pd.read_parquet(logged[1])[c.USER_ID].tolist() == [NEW_USER]
+    assert [p.name for p in logged] == ["part-0000000000-0000.parquet",  # the dataset's
+                                        "part-w0000000000000001-0000000000000004-r0.parquet"]
+    assert pd.read_parquet(logged[1])[c.USER_ID].tolist() == [NEW_USER, 501]
     report = validate_dataset(tmp_path, rejects_path=tmp_path / "rejects.csv")
     assert report.ok and {t: r.rejected for t, r in report.tables.items()} == {
         c.USERS: 0, c.ITEMS: 0, c.INTERACTIONS: 0}, report.summary()
@@ -276,23 +292,31 @@ def test_the_users_log_is_a_contract_table_the_validator_reads_with_their_events
 def test_a_restart_puts_the_signups_back_and_the_quiz_answer_keeps_its_rank(model_base,
                                                                              tmp_path):
     svc = make(model_base, FixedModelBackend())
-    w = attach_logs(svc, tmp_path)
+    w = open_writes(svc, tmp_path)
     # the quiz first (any id may answer it), then the signup with other genres: the answer
     # outranks the row's genres, before the restart and after
-    w.onboarding.accept(NEW_USER, {"genres": ["comedy", "drama", "scifi"]})
-    w.signup.accept(user())
-    w.signup.accept(user(501, **{c.ONBOARDING_GENRES: ["romance", "comedy", "drama"]}))
+    w.path.accept("onboarding", {"genres": ["comedy", "drama", "scifi"]}, user_id=NEW_USER)
+    w.path.accept("users", user())
+    w.path.accept("users", user(501, **{c.ONBOARDING_GENRES: ["romance", "comedy", "drama"]}))
     expected = {NEW_USER: ("comedy", "drama", "scifi"), 501: ("romance", "comedy", "drama")}
     assert {u: svc.profile(u)[0].onboarding_genres for u in expected} == expected
+    w.close()
 
     restarted = make(model_base, FixedModelBackend())
-    w2 = attach_logs(restarted, tmp_path)
+    w2 = open_writes(restarted, tmp_path)
+    assert w2.report.applied == {"users": 2, "onboarding": 1}
     assert {NEW_USER, 501} <= set(restarted.users.user_ids())
     assert restarted.users.get(NEW_USER) == UserProfile(
         NEW_USER, "SE", "premium", "under-18", "unknown", ("romance", "drama", "scifi"))
     assert {u: restarted.profile(u)[0].onboarding_genres for u in expected} == expected
-    assert w2.ingest.accept(watch()).user_id == NEW_USER  # their events are accepted
-    # users the loaded users table already holds are not added twice
-    assert w2.signup.replay(pd.read_parquet(tmp_path / c.USERS)) == 0
-    for log in w.logs + w2.logs:
-        log.close()
+    # their events are accepted
+    assert w2.path.accept("events", watch())["event"][c.USER_ID] == NEW_USER
+    w2.close()
+    # users the state already holds are not added twice: a second replay into the same
+    # process finds both held
+    known = len(restarted.users.user_ids())
+    w3 = open_writes(restarted, tmp_path)
+    w3.close()
+    assert "users" not in w3.report.applied and w3.report.held == 2
+    assert len(restarted.users.user_ids()) == known
+    assert pd.read_parquet(tmp_path / c.USERS)[c.USER_ID].tolist() == [NEW_USER, 501]

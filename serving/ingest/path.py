@@ -77,6 +77,7 @@ class ReplayReport:
     applied: dict[str, int] = dataclasses.field(default_factory=dict)
     held: int = 0  # rows the state held already
     skipped: int = 0  # rows that no longer validate
+    unreadable: int = 0  # part files that could not be read (each named in the log)
     problems: list[str] = dataclasses.field(default_factory=list)
 
     def skip(self, message: str) -> None:
@@ -94,6 +95,8 @@ class ReplayReport:
             out += f"; skipped {self.skipped} that no longer validate"
             if self.skipped > len(self.problems):
                 out += f" (the first {len(self.problems)} are logged above)"
+        if self.unreadable:
+            out += f"; {self.unreadable} part file(s) unreadable (named above)"
         return out
 
 

@@ -123,14 +123,16 @@ def adopt_orphans(folder: Path, replica_id: str) -> int:
     return adopted
 
 
-def _parts(folder: Path) -> Iterator[tuple[str, pd.DataFrame]]:
-    """The Parquet parts in ``folder`` as frames, in name order (logging order)."""
+def _parts(folder: Path, report: ReplayReport) -> Iterator[tuple[str, pd.DataFrame]]:
+    """The Parquet parts in ``folder`` as frames, in name order (logging order); an unreadable
+    one is named in the log and counted in ``report``."""
     for path in sorted(folder.glob("*.parquet")):
         try:
             frame = c.open_parquet(path).read().to_pandas()
         except (OSError, pa.ArrowException, c.ContractError) as e:
             log.warning("replay: %s is unreadable (%s: %s); its rows were not put back", path,
                         type(e).__name__, e)
+            report.unreadable += 1
             continue
         yield str(path), frame
 
@@ -146,26 +148,26 @@ def _loaded_with_data(folder: Path, data_dir: str | Path | None) -> bool:
 def replay(service: HomepageService, path: IngestPath, folder: Path,
            data_dir: str | Path | None) -> ReplayReport:
     report = ReplayReport()
-    path.replay("items", _parts(folder / c.ITEMS), report)
-    path.replay("users", _parts(folder / c.USERS), report)
+    path.replay("items", _parts(folder / c.ITEMS, report), report)
+    path.replay("users", _parts(folder / c.USERS, report), report)
     legacy = read_legacy(folder)
-    path.replay("onboarding", [*([(str(folder / "onboarding.jsonl"), pd.DataFrame(legacy))]
-                                 if legacy else []), *_parts(folder / c.ONBOARDING)], report)
+    legacy_part = [(str(folder / "onboarding.jsonl"), pd.DataFrame(legacy))] if legacy else []
+    path.replay("onboarding", [*legacy_part, *_parts(folder / c.ONBOARDING, report)], report)
     events = folder / c.INTERACTIONS
     if _loaded_with_data(events, data_dir):
         log.info("events in %s were loaded with the serving data (--data %s): not put back "
                  "again", events, data_dir)
     else:
         guard = ReplayGuard(service.store)
-        path.replay("events", _parts(events), report, apply=guard.record_event)
+        path.replay("events", _parts(events, report), report, apply=guard.record_event)
         if guard.recorded or guard.held or guard.unavailable:
             log.info("event replay, feature store: %d recorded, %d held already%s",
                      guard.recorded, guard.held,
                      f", {guard.unavailable} not recorded ({guard.error})"
                      if guard.unavailable else "")
-    if report.applied or report.skipped:
-        (log.warning if report.skipped else log.info)("event log %s: %s", folder,
-                                                       report.summary())
+    if report.applied or report.skipped or report.unreadable:
+        level = log.warning if report.skipped or report.unreadable else log.info
+        level("event log %s: %s", folder, report.summary())
     if report.applied.get("events"):
         service.refresh_trending()  # with the watches put back, now rather than at the refresh
     return report
