@@ -352,3 +352,33 @@ def test_events_update_the_homepage_and_its_cache(world, tmp_path):
     # the log is compacted on close: both accepted events, in order, as a contract part
     logged = pd.read_parquet(tmp_path / "events" / "interactions")
     assert logged[c.EVENT].tolist() == [c.EVENT_IMPRESSION, c.EVENT_WATCH]
+
+
+# ----------------------------------------------------------------------------- evaluated = served
+
+
+def test_the_evaluated_stack_is_the_served_stack_in_process_and_over_grpc(world, model_server):
+    """``marquee evaluate``'s stack (StackScores) and ``build_service`` of the same config give
+    every user the same list, with the models in-process and behind the gRPC API."""
+    from marquee.config import Config
+    from marquee.evaluation.protocol import leave_last_out
+    from marquee.evaluation.stack import RETRIEVAL_K, Blend, StackScores
+    from serving.build import build_service
+
+    run, _, users, interactions = world
+    split = leave_last_out(interactions)
+    stack = StackScores(run.data, run.serving, split, Config())
+    weights = Blend(0.4, 0.15, 0.25)  # a blend as configs/movielens.yaml chooses
+    config = stack.served_config(weights)
+    served = {"in_process": build_service(config, run.data, run.serving),
+              "grpc": build_service(config, run.data, run.serving, model_server.address)}
+    picked = _heavy_users(users)[:10]
+    expected = stack.recommend(np.array(picked), weights)
+    for name, svc in served.items():
+        for row, user in enumerate(picked):
+            page = svc.homepage(user, RETRIEVAL_K, timestamp=int(stack.first.get(user, 0)))
+            assert not page.fallback and page.degraded is None, (name, page.reason)
+            ids = [p.item_id for p in page.items if p.item_id in stack.allowed]
+            want = [i for i in expected[row].tolist() if i >= 0]
+            assert ids[:len(want)] == want, (name, user)
+        svc.stop()

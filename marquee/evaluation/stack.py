@@ -112,6 +112,7 @@ class StackScores:
             sources=(SourceConfig("collaborative", RETRIEVAL_K, deadline_ms=1e9),),
             rerank=(), because_you_watched=0, item_to_item_weight=1.0, popularity_weight=1.0,
             cache_ttl_seconds=0))
+        self.evaluated = evaluated
         self.service = build_service(evaluated, train_dir, serving_dir)
         if self.service.backend.name == "unavailable":
             raise ValueError(f"no model could be loaded from {serving_dir}: "
@@ -151,6 +152,13 @@ class StackScores:
                                  np.array([p.item_to_item for p in picks], np.float64),
                                  np.array([p.popularity for p in picks], np.float64))
         return self._cache[user]
+
+    def served_config(self, weights: Blend) -> Config:
+        """The config whose ``build_service`` stack serves, per user, the list ``recommend``
+        gives for ``weights`` (the parity test checks it in-process and over gRPC)."""
+        return dataclasses.replace(self.evaluated, serving=dataclasses.replace(
+            self.evaluated.serving, ranker_weight=weights.ranker,
+            item_to_item_weight=weights.item_to_item, popularity_weight=weights.popularity))
 
     def recommend(self, user_ids: np.ndarray, weights: Blend) -> np.ndarray:
         """The stack's lists [B, 100] for a blend (``Blend(1.0)``: the ranker alone)."""
