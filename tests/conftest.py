@@ -54,3 +54,19 @@ def pipeline_run(tmp_path_factory) -> PipelineRun:
     simulate(tmp / "data", SimConfig(users=150, items=200, days=20, seed=1))
     summary = run_local(tmp / "data", tmp / "run", E2E_CONFIG)
     return PipelineRun(tmp, summary)
+
+
+# ----------------------------------------------------------------------------- redis
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    """A throwaway redis-server on a free loopback port for one test module
+    (``tests/redis_server.py``; ``.ci/run`` installs the binary)."""
+    from tests.redis_server import REDIS_SERVER, RedisServer
+
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed: `apt-get install -y redis-server`")
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()

@@ -29,7 +29,7 @@ from serving.state.redis_store import RedisStore
 from serving.state.resilient_store import ResilientStore
 from tests import test_homepage
 from tests.http_client import get, post, running
-from tests.redis_server import REDIS_SERVER, RedisServer, needs_redis
+from tests.redis_server import RedisServer, needs_redis
 from tests.test_homepage import (
     DAY,
     GENEROUS,
@@ -45,16 +45,6 @@ from tests.test_signup import _write_dataset
 
 model_base = test_homepage.model_base  # the tiny model base fixture, shared
 HOUR = 3600
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    """A throwaway redis-server for this module."""
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed: `apt-get install -y redis-server`")
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
 
 
 def watch(user: int, item: int, ts: int, seconds: float = 600.0, device: str = "tv") -> Event:

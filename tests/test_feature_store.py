@@ -41,7 +41,7 @@ from serving.state.feature_store import (
 from serving.state.records import Event, Onboarding
 from serving.state.redis_store import RedisStore
 from serving.state.resilient_store import ResilientStore
-from tests.redis_server import REDIS_SERVER, RedisServer, free_port, needs_redis
+from tests.redis_server import RedisServer, free_port, needs_redis
 
 T0 = 1_700_000_000
 RECENT = 3  # recent watches kept, small enough to see the cap by hand
@@ -57,15 +57,6 @@ def impression(user: int, item: int, ts: int, device: str = "tv") -> Event:
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed: `apt-get install -y redis-server`")
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
 
 
 class FakeClock:

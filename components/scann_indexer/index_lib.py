@@ -51,17 +51,10 @@ from marquee.retrieval_index import (  # noqa: F401  (re-exported: load with wha
     _check_matrix,
     _searcher_params,
     load_index,
+    scann,  # the one guarded import of ScaNN, with its install hint
+    scann_assets_pb2,
+    scann_pb2,
 )
-
-try:
-    import scann
-    from scann.proto import scann_pb2
-    from scann.scann_ops import scann_assets_pb2
-except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "components.scann_indexer needs ScaNN, which ships Linux x86-64 wheels only: "
-        "pip install scann==1.3.2 (pinned in pyproject.toml)"
-    ) from e
 
 # ScaNN's documented choice for asymmetric hashing, with the anisotropic threshold it recommends
 # for dot-product (maximum inner product) search.
