@@ -18,6 +18,7 @@ from serving.homepage.ranking import blend
 from serving.homepage.service import HomepageService
 from serving.models.errors import ModelUnavailable
 from serving.models.index_store import IndexStore
+from serving.models.query import ModelMismatch
 from serving.state.catalogue import Catalogue, UserProfile, UserStore
 from trainer import features as f
 from trainer.ranking import P_WATCH, WATCH_TIME_SECONDS
@@ -82,13 +83,27 @@ class FixedModelBackend:
             raise self.fail
         return np.tile(QUERY, (len(next(iter(inputs.values()))), 1)), 1
 
+    def _check(self, version):
+        if version not in (None, 1):
+            raise ModelMismatch(f"the double serves version 1 only, not {version}")
+
     def rank(self, inputs, timeout_s, version=None):
+        self._check(version)
+        if not self.ranker:
+            raise ModelUnavailable("the double has no ranker")
         self.calls["rank"] += 1
         ids = np.asarray(inputs[f.ITEM_ID], np.float64)
         return {P_WATCH: 1 / (1 + np.exp(-(ids - 6))), WATCH_TIME_SECONDS: 60 * ids}
 
     def has_ranker(self, version=None) -> bool:
-        return self.ranker
+        return self.ranker and version in (None, 1)
+
+    def candidate_embeddings(self, inputs, version, timeout_s):
+        """Title i embeds to ``[i / 10, 0, 0, 1]`` (the index's dim 4)."""
+        self._check(version)
+        ids = np.asarray(inputs[f.ITEM_ID], np.float32)
+        zeros = np.zeros_like(ids)
+        return np.stack([ids / 10, zeros, zeros, np.ones_like(ids)], axis=1)
 
     def serving_version(self) -> int:
         return 1

@@ -350,7 +350,8 @@ def test_pushers_model_config_file(base):
     with ModelServer(model_config_file=base / "models.config", host="127.0.0.1") as server, \
             grpc.insecure_channel(server.address) as channel:
         assert sorted(server.registry.names()) == ["candidate_tower", "query_tower"]
-        assert _status(channel, "query_tower") == [(2, AVAILABLE, 0)]
+        # the Pusher's config keeps two versions: the previous one serves through a push
+        assert _status(channel, "query_tower") == [(1, AVAILABLE, 0), (2, AVAILABLE, 0)]
 
 
 def test_model_config_file_policies_and_labels(zoo, tmp_path):

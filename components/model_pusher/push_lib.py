@@ -61,7 +61,9 @@ def next_version(base: str | Path, now: int | None = None) -> int:
 
 def model_config_text(base: str | Path) -> str:
     """TF Serving's ModelServerConfig (text proto) serving every pushed SavedModel in ``base``:
-    a local ``base`` by its absolute path, a remote one by its URI."""
+    a local ``base`` by its absolute path, a remote one by its URI. Each model keeps its two
+    newest versions loaded: while a push is under way (its towers there, its ranker not yet)
+    the client still serves the previous version whole, and asks for it by number."""
     base = os.fspath(base)
 
     def base_path(m: str) -> str:
@@ -69,7 +71,9 @@ def model_config_text(base: str | Path) -> str:
 
     entries = "".join(
         f'  config {{\n    name: "{m}"\n    base_path: "{base_path(m)}"\n'
-        f'    model_platform: "tensorflow"\n  }}\n' for m in SAVED_MODELS
+        f'    model_platform: "tensorflow"\n'
+        f'    model_version_policy {{\n      latest {{\n        num_versions: 2\n      }}\n    }}\n'
+        f'  }}\n' for m in SAVED_MODELS
         if versions(os.path.join(base, m)))
     return f"model_config_list {{\n{entries}}}\n"
 

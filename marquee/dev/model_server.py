@@ -154,7 +154,7 @@ class ModelServer:
         self.host, self.poll_seconds, self.port = host, poll_seconds, port
         self.registry = ServableRegistry()
         self._max_workers = max_workers
-        self._failed: set[tuple[str, int]] = set()
+        self._failed: dict[tuple[str, int], float] = {}  # -> when to try again
         self._skipped: set[str] = set()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -202,8 +202,12 @@ class ModelServer:
                     self.registry.remove(source.name, version)
                     log.info("unloaded %s version %d", source.name, version)
 
+    # Seconds before a version whose load failed is tried again (a folder still being copied;
+    # TF Serving retries too).
+    RETRY_FAILED_S = 2.0
+
     def _load(self, source: ModelSource, version: int) -> None:
-        if (source.name, version) in self._failed:
+        if time.monotonic() < self._failed.get((source.name, version), float("-inf")):
             return
         path = source.base_path / str(version)
         self.registry.set_state(source.name, version, State.LOADING)
@@ -211,12 +215,13 @@ class ModelServer:
         try:
             servable = load_servable(source.name, version, path)
         except Exception as e:  # any broken model: report it, keep serving the others
-            self._failed.add((source.name, version))
+            self._failed[(source.name, version)] = time.monotonic() + self.RETRY_FAILED_S
             self.registry.set_state(source.name, version, State.END, _error_code(e), str(e))
-            log.error("failed to load %s version %d from %s after %.2f s (not retried; push a "
-                      "new version): %s", source.name, version, path,
-                      time.perf_counter() - start, e)
+            log.error("failed to load %s version %d from %s after %.2f s (retried in %.0f s): "
+                      "%s", source.name, version, path, time.perf_counter() - start,
+                      self.RETRY_FAILED_S, e)
             return
+        self._failed.pop((source.name, version), None)
         self.registry.add(servable)
         log.info("loaded %s version %d from %s in %.2f s", source.name, version, path,
                  time.perf_counter() - start)

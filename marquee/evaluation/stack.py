@@ -140,11 +140,14 @@ class StackScores:
         return _rows(out, RETRIEVAL_K)
 
     def scores(self, user: int) -> tuple:
+        """The served page's candidates (all of them: the blend standardises each signal over
+        the request's candidates, so the order matches serving only over the same set) and
+        their signals; ``recommend`` keeps the protocol's allowed items after ordering."""
         if user not in self._cache:
             page = self.service.homepage(user, RETRIEVAL_K, timestamp=int(self.first.get(user, 0)))
             if page.fallback:
                 raise RuntimeError(f"the stack fell back for user {user}: {page.reason}")
-            picks = [p for p in page.items if p.item_id in self.allowed]
+            picks = page.items
             p_watch = (np.array([p.p_watch for p in picks]) if picks and
                        picks[0].p_watch is not None else None)
             self._cache[user] = (np.array([p.item_id for p in picks], np.int64),
@@ -172,7 +175,8 @@ class StackScores:
                 continue
             final = blend(retrieval, p_watch, weights.ranker, i2i, weights.item_to_item, pop,
                           weights.popularity)
-            out.append(ids[np.lexsort((ids, -final))].tolist())
+            ordered = ids[np.lexsort((ids, -final))].tolist()
+            out.append([i for i in ordered if i in self.allowed])
         return _rows(out, max(DEFAULT_KS))
 
 

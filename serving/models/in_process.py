@@ -22,7 +22,12 @@ from marquee.artifacts import (
 )
 from serving.models.errors import ModelUnavailable
 from serving.models.query import ModelMismatch, NoPushedModel
-from serving.models.versions import complete_versions, has_ranker, incomplete_versions
+from serving.models.versions import (
+    complete_versions,
+    has_ranker,
+    incomplete_versions,
+    newest_complete_version,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +112,7 @@ class InProcessBackend:
         if now - self._checked < self.check_every_s:
             return
         self._checked = now
-        newest = max(complete_versions(self.base), default=None)
+        newest = newest_complete_version(self.base)
         if (newest is None or newest <= self.query_version
                 or now < self._retry_at.get(newest, float("-inf"))):
             return
@@ -169,10 +174,10 @@ class InProcessBackend:
 
     def candidate_embeddings(self, inputs, version, timeout_s):
         m = self._version(version)
-        with self._lock:
-            if m.candidate is None:
-                m.candidate = _load(self.base / CANDIDATE_TOWER / str(version))
         tensors = {k: tf.constant(v) for k, v in inputs.items()}
+        # Loaded under this model's lock, not the backend's: requests of other models go on.
         with m.locks[CANDIDATE_TOWER]:
+            if m.candidate is None:
+                m.candidate = _load(self.base / CANDIDATE_TOWER / str(m.version))
             out = m.candidate(**tensors)
         return out[EMBEDDING].numpy()

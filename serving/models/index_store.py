@@ -13,6 +13,7 @@ from marquee.artifacts import (
     versions,
 )
 from marquee.retrieval_index import INDEX_FILE, RetrievalIndex, load_index
+from serving.models.errors import ModelUnavailable
 from serving.models.query import ModelMismatch, check_same_run, training_run_of
 
 
@@ -51,7 +52,13 @@ class IndexStore:
                 f"the query tower answered as version {query_version} but {index_dir} does not "
                 "exist; the index and the towers are pushed together, so the model base and the "
                 "model server are out of sync")
-        index = load_index(index_dir)
+        if not (index_dir / INDEX_FILE).is_file():
+            raise ModelUnavailable(f"{index_dir} holds no {INDEX_FILE}: the index of version "
+                                   f"{query_version} is still being copied (or the copy broke)")
+        try:
+            index = load_index(index_dir)
+        except ValueError as e:  # a model failure (the page falls back), not a bug of the page
+            raise ModelUnavailable(f"the index of version {query_version}: {e}") from e
         run = training_run_of(self.base / QUERY_TOWER / str(query_version))
         check_same_run(run, index.metadata.get("training_run", "?"), str(index_dir))
         with self._lock:
@@ -61,10 +68,11 @@ class IndexStore:
         return index
 
     def popularity(self) -> dict[int, float]:
-        """Train positives per item from the newest index's metadata ({} if none pushed)."""
-        vs = versions(self.base / RETRIEVAL_INDEX)
-        if not vs:
+        """Train positives per item from the newest whole index's metadata ({} if none)."""
+        whole = [v for v in versions(self.base / RETRIEVAL_INDEX)
+                 if (self.base / RETRIEVAL_INDEX / str(v) / INDEX_FILE).is_file()]
+        if not whole:
             return {}
-        meta = json.loads((self.base / RETRIEVAL_INDEX / str(vs[-1]) / INDEX_FILE).read_text())
+        meta = json.loads((self.base / RETRIEVAL_INDEX / str(whole[-1]) / INDEX_FILE).read_text())
         pop = meta.get("metadata", {}).get("popularity", {})
         return {int(k): float(v) for k, v in pop.items()}

@@ -1,21 +1,33 @@
 """Which pushed versions of a model base are complete, and the newest one to serve.
 
-The Pusher writes each model of a version under a temporary name and renames it into place
-(``marquee.io.publish_tree``), and on an object store copies the file a loader opens first last.
-A version is complete when its query tower, candidate tower and index are all there, each with
-that file; its ranker is optional (pushed only when blessed). Serving only ever loads complete
-versions, and all models of one page come from one version.
+A push (``components/model_pusher/push_lib.py``) copies the models of one version (the towers
+and the index; the ranker when blessed, after them), each under a temporary name renamed into
+place (``marquee.io.publish_tree``; on an object store the file a loader opens first is copied
+last), and then, as its last step, appends the version's line to ``BASE/pushes.jsonl`` naming the
+models it pushed. So a version is complete when the push log records it with the towers and
+the index, and every model that line names has the file a loader opens first. Until its line
+is written a version is a push under way, whatever is on disk already: the towers and the index
+alone cannot tell whether a ranker is still being copied.
+
+A base without a push log (laid out by hand) is judged by its files alone: the towers and the
+index each with that file, and a ranker folder, if there is one, with its own.
+
+Serving only ever loads complete versions, and all models of one page come from one version.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from pathlib import Path
 
 import tensorflow as tf
 
+from marquee import io
 from marquee.artifacts import (
     CANDIDATE_TOWER,
+    PUSH_LOG,
     QUERY_TOWER,
     RANKER,
     RETRIEVAL_INDEX,
@@ -24,19 +36,68 @@ from marquee.artifacts import (
 )
 from marquee.retrieval_index import INDEX_FILE
 
-# The file whose presence marks each model of a version as whole.
-REQUIRED = ((QUERY_TOWER, SAVED_MODEL_FILE), (CANDIDATE_TOWER, SAVED_MODEL_FILE),
-            (RETRIEVAL_INDEX, INDEX_FILE))
+log = logging.getLogger(__name__)
+
+# The models every servable version has, and the file whose presence marks each model as whole.
+REQUIRED = (QUERY_TOWER, CANDIDATE_TOWER, RETRIEVAL_INDEX)
+MARKER = {QUERY_TOWER: SAVED_MODEL_FILE, CANDIDATE_TOWER: SAVED_MODEL_FILE,
+          RETRIEVAL_INDEX: INDEX_FILE, RANKER: SAVED_MODEL_FILE}
 
 
-def _has(base: str | Path, model: str, version: int, marker: str) -> bool:
-    return tf.io.gfile.exists(os.path.join(os.fspath(base), model, str(version), marker))
+def _path(base: str | Path, model: str, version: int, *names: str) -> str:
+    return os.path.join(os.fspath(base), model, str(version), *names)
+
+
+def _has(base: str | Path, model: str, version: int) -> bool:
+    return tf.io.gfile.exists(_path(base, model, version, MARKER[model]))
+
+
+def pushed_models(base: str | Path) -> dict[int, frozenset[str]] | None:
+    """Version -> the models its push-log line names; None if ``base`` has no push log."""
+    path = os.path.join(os.fspath(base), PUSH_LOG)
+    if not tf.io.gfile.exists(path):
+        return None
+    out: dict[int, frozenset[str]] = {}
+    for n, line in enumerate(io.read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            version, models = int(record["version"]), frozenset(record["models"])
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("%s line %d is not a push record (%s: %s); its version is not served "
+                        "until the line is fixed", path, n, type(e).__name__, e)
+            continue
+        out[version] = out.get(version, frozenset()) | models
+    return out
+
+
+def is_complete(base: str | Path, version: int,
+                pushed: dict[int, frozenset[str]] | None) -> bool:
+    """Whether ``version`` is whole; ``pushed``: :func:`pushed_models` of ``base``."""
+    if pushed is None:
+        ranker_dir = _path(base, RANKER, version)
+        return (all(_has(base, m, version) for m in REQUIRED)
+                and (not tf.io.gfile.isdir(ranker_dir) or _has(base, RANKER, version)))
+    models = pushed.get(version, frozenset())
+    return set(REQUIRED) <= models and all(_has(base, m, version) for m in models if m in MARKER)
 
 
 def complete_versions(base: str | Path) -> list[int]:
-    """Versions (ascending) whose towers and index are all complete."""
-    candidates = set(versions(os.path.join(os.fspath(base), QUERY_TOWER)))
-    return sorted(v for v in candidates if all(_has(base, m, v, f) for m, f in REQUIRED))
+    """Versions (ascending) that are complete."""
+    pushed = pushed_models(base)
+    return [v for v in versions(os.path.join(os.fspath(base), QUERY_TOWER))
+            if is_complete(base, v, pushed)]
+
+
+def newest_complete_version(base: str | Path) -> int | None:
+    """The newest complete version (None if none), checking from the newest down: the check a
+    backend makes every few seconds, so it costs one version's files, not every version's."""
+    pushed = pushed_models(base)
+    for v in reversed(versions(os.path.join(os.fspath(base), QUERY_TOWER))):
+        if is_complete(base, v, pushed):
+            return v
+    return None
 
 
 def incomplete_versions(base: str | Path) -> list[int]:
@@ -46,5 +107,5 @@ def incomplete_versions(base: str | Path) -> list[int]:
 
 
 def has_ranker(base: str | Path, version: int) -> bool:
-    """Whether ``version`` carries a (blessed, complete) ranker."""
-    return _has(base, RANKER, version, SAVED_MODEL_FILE)
+    """Whether the (complete) ``version`` carries a ranker (pushed only when blessed)."""
+    return _has(base, RANKER, version)
