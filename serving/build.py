@@ -9,7 +9,7 @@ from pathlib import Path
 from marquee.config import Config, ServingConfig
 from marquee.data import contract as c
 from serving.homepage.service import HomepageService
-from serving.models.backends import UnavailableBackend
+from serving.models.backends import WaitingBackend
 from serving.models.errors import MODEL_ERRORS
 from serving.models.grpc import GrpcBackend
 from serving.models.in_process import InProcessBackend
@@ -54,8 +54,10 @@ def build_service(config: Config, data_dir: str | Path, model_base: str | Path,
         try:
             backend = InProcessBackend(model_base)
         except (NoPushedModel, OSError, ValueError) as e:  # serve the fallback, say why
-            log.error("no model loaded from %s (%s); serving popularity only", model_base, e)
-            backend = UnavailableBackend(f"no model loaded from {model_base}: {e}")
+            log.error("no model loaded from %s (%s); serving popularity until a push loads",
+                      model_base, e)
+            backend = WaitingBackend(lambda: InProcessBackend(model_base),
+                                     f"no model loaded from {model_base}: {e}")
     popularity = indexes.popularity() or users.popularity()
     service = HomepageService(backend, indexes, catalogue, users, config.serving,
                               popularity=popularity, interactions=interactions, store=store or

@@ -614,3 +614,33 @@ def test_the_page_cache_hits_again_after_a_push(zoo, follow):
     assert (again.model_version, again.cached) == (2, True)
     ranked = [p for p in first.items if p.p_watch is not None]
     assert ranked and all(p.p_watch == pytest.approx(2 / (2 + p.item_id)) for p in ranked)
+
+
+def test_a_server_started_before_the_first_push_serves_it_once_pushed(zoo, tmp_path,
+                                                                      monkeypatch):
+    """``marquee serve`` before any push: pages come from the sources that need no model
+    (degraded, saying why) until a push loads, then the models answer, without a restart."""
+    import dataclasses
+
+    from marquee.config import Config, ServingConfig
+    from serving.build import build_service
+    from serving.models.backends import WaitingBackend
+    from tests.test_homepage import GENEROUS, catalogue, interactions, users
+
+    monkeypatch.setattr(WaitingBackend, "RETRY_S", 0.2)
+    base = tmp_path / "models"
+    base.mkdir()
+    serving = ServingConfig(k=6, **GENEROUS)
+    serving = dataclasses.replace(serving, sources=tuple(
+        dataclasses.replace(s, deadline_ms=30_000) for s in serving.sources))
+    service = build_service(Config(serving=serving), None, base,
+                            frames=(catalogue(), users(), interactions()))
+    page = service.homepage(FULL)
+    assert service.backend.name == "unavailable" and page.model_version is None
+    assert "no complete pushed version" in page.degraded, page
+    push(zoo, base, 1)
+    eventually(lambda: service.homepage(FULL).model_version == 1, "the first push served")
+    page = service.homepage(FULL)
+    assert service.backend.name == "in_process" and page.degraded is None, page
+    assert any(p.p_watch is not None for p in page.items)
+    service.stop()

@@ -9,11 +9,17 @@ index and the query tower that answered come from the same training run.
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
 
-from serving.models.errors import ModelUnavailable
+from serving.models.errors import MODEL_ERRORS, ModelUnavailable
+
+log = logging.getLogger(__name__)
 
 
 class ModelBackend(Protocol):
@@ -62,3 +68,64 @@ class UnavailableBackend:
 
     def serving_version(self) -> int | None:
         return None
+
+
+class WaitingBackend:
+    """No model could be loaded at start-up (nothing pushed yet, or a broken push): until one
+    loads, every call fails like :class:`UnavailableBackend` (the fallback answers, with the
+    reason); every ``retry_s`` a background thread tries ``load()`` again, and once it returns
+    a backend every call goes to it. So a server started before the first push serves models
+    once they arrive, without a restart."""
+
+    RETRY_S = 10.0
+
+    def __init__(self, load: Callable[[], object], reason: str, retry_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self._load, self.reason, self._clock = load, reason, clock
+        self.retry_s = self.RETRY_S if retry_s is None else retry_s
+        self._backend = None
+        self._next = clock() + self.retry_s
+        self._lock = threading.Lock()
+        self._loading: threading.Thread | None = None
+
+    @property
+    def name(self) -> str:
+        return self._backend.name if self._backend is not None else "unavailable"
+
+    def _try(self) -> None:
+        try:
+            self._backend = self._load()
+            log.info("models loaded: serving them from now on (backend %s)", self._backend.name)
+        except MODEL_ERRORS + (ValueError,) as e:
+            self.reason = f"no model loaded yet: {e}"
+            self._next = self._clock() + self.retry_s
+
+    def _current(self):
+        if self._backend is None and self._clock() >= self._next:
+            with self._lock:
+                if self._loading is None or not self._loading.is_alive():
+                    self._next = float("inf")  # until this attempt ends
+                    self._loading = threading.Thread(target=self._try, daemon=True,
+                                                     name="load-models")
+                    self._loading.start()
+        if self._backend is None:
+            raise ModelUnavailable(self.reason)
+        return self._backend
+
+    def query_embeddings(self, inputs, timeout_s):
+        return self._current().query_embeddings(inputs, timeout_s)
+
+    def rank(self, inputs, timeout_s, version=None):
+        return self._current().rank(inputs, timeout_s, version)
+
+    def candidate_embeddings(self, inputs, version, timeout_s):
+        return self._current().candidate_embeddings(inputs, version, timeout_s)
+
+    def has_ranker(self, version=None) -> bool:
+        return self._backend is not None and self._backend.has_ranker(version)
+
+    def serving_version(self) -> int | None:
+        try:
+            return self._current().serving_version()
+        except ModelUnavailable:
+            return None
