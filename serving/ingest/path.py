@@ -124,14 +124,14 @@ class IngestPath:
         the log it is accepted: a store that cannot take it now (Redis down with its queue
         full) is logged and said in the answer, and the write applies at the next start-up."""
         kind = self.kinds[name]
-        now = int(self._now())
         if not kind.exclusive:
-            value = kind.validate(raw, now, **params)
-            self._log(kind, value)
-        else:
-            with self._locks[name]:  # the uniqueness check and the append stay together
-                value = kind.validate(raw, now, **params)
-                self._log(kind, value)
+            return self._accept(name, kind, raw, params)
+        with self._locks[name]:  # the uniqueness check, the append and the apply stay together
+            return self._accept(name, kind, raw, params)
+
+    def _accept(self, name: str, kind: WriteKind, raw: object, params: dict) -> dict:
+        value = kind.validate(raw, int(self._now()), **params)
+        self._log(kind, value)
         answer = kind.answer(value)
         try:
             kind.apply(value)
