@@ -128,7 +128,7 @@ def test_one_new_id_posted_at_once_from_many_threads_is_taken_once(model_base, t
         apply = kind.apply
         monkeypatch.setattr(kind, "apply", lambda v, apply=apply: (time.sleep(0.05), apply(v)))
 
-        def post(_):
+        def post(_, name=name, good=good, params=params):
             try:
                 writes.path.accept(name, dict(good), **params)
                 return "ok"
