@@ -6,11 +6,9 @@
 - ``light`` (from ``light_from`` to below ``full_from``): content-based from the watched items;
 - ``full`` (``full_from`` and more): the whole pipeline (two-tower retrieval, ranker, re-rank).
 
-The onboarding quiz (``POST /v1/users/{id}/onboarding``, :class:`OnboardingIngest`): a user picks
-``count`` (3) genres; the answer goes to the feature store (the next homepage of a ``new`` user is
-trending and popular titles in those genres, its cached page invalidated) and to an append-only
-log (``DIR/onboarding.jsonl``) replayed at start-up and merged into the users table's
-``onboarding_genres`` by the next data export.
+The onboarding quiz (``POST /v1/users/{id}/onboarding``, ``serving.ingest.onboarding``): a user
+picks ``count`` (3) genres; the answer goes to the durable log and the feature store, and the next
+homepage of a ``new`` user is trending and popular titles in those genres.
 
 :class:`BecauseYouWatched` builds one row per recent watch from :class:`ItemToItemSource`.
 """

@@ -1,6 +1,6 @@
 """Freshness: a title added while serving is retrievable within seconds, without retraining.
 
-    POST /v1/items --validate_item--> contract items row --EventLog(items)--> DIR/items/part-*
+    POST /v1/items --validate_item--> contract items row --write-ahead log--> DIR/items/part-*
                                           \\--Catalogue.add--> ranker / re-rank / content source
                                           \\--candidate tower (pushed version v)--> side index v
 

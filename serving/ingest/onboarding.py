@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from serving.state.feature_store import FeatureStore
 
 
-ONBOARDING_LOG = "onboarding.jsonl"
 
 
 def validate_onboarding(user_id: int, raw: object, known_genres: Iterable[str], count: int,
