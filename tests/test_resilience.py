@@ -76,18 +76,3 @@ def test_fallback_genres_from_onboarding_then_history():
     # history: items 2 and 5 are comedy, 4 horror; the quiz said drama
     assert fb.genres_of([2, 5, 4], ["drama"]) == ["drama", "comedy", "horror"]
     assert fb.genres_of([], ["western"]) == []  # a genre nobody has is dropped
-
-
-def test_latest_index_version_is_reread_at_most_once_per_ttl(tmp_path):
-    from serving.models.index_store import IndexStore
-
-    clock = Clock()
-    store = IndexStore(tmp_path, clock=clock)
-    assert store.latest_version() is None  # nothing pushed yet
-    (tmp_path / "retrieval_index" / "7").mkdir(parents=True)
-    assert store.latest_version() is None  # remembered for LATEST_TTL_S
-    clock.t = IndexStore.LATEST_TTL_S
-    assert store.latest_version() == 7
-    (tmp_path / "retrieval_index" / "8").mkdir()
-    clock.t += IndexStore.LATEST_TTL_S
-    assert store.latest_version() == 8

@@ -85,6 +85,13 @@ def homepage(request: Request, user_id: str,
 writes = APIRouter(tags=["writes"])
 
 
+def _body_doc(model) -> dict:
+    """The route's request body in the OpenAPI document: the body is read by ``model_body``
+    (strict JSON, bounded), not by FastAPI, so the document is given the model's schema."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": model.model_json_schema()}}}}
+
+
 async def _write(request: Request, route: str, model, **params) -> dict:
     raw, _ = await model_body(request, model)
     path = request.app.state.writes.path
@@ -94,8 +101,7 @@ async def _write(request: Request, route: str, model, **params) -> dict:
 
 
 @writes.post("/v1/events", response_model=Accepted, responses=ERRORS,
-             openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/json": {"schema": EventBody.model_json_schema()}}}},
+             openapi_extra=_body_doc(EventBody),
              summary="Record one interaction")
 async def post_event(request: Request,
                      principal: Annotated[Principal, Depends(access("events"))]) -> dict:
@@ -105,8 +111,7 @@ async def post_event(request: Request,
 
 
 @writes.post("/v1/users/{user_id}/onboarding", response_model=Accepted, responses=ERRORS,
-             openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/json": {"schema": OnboardingBody.model_json_schema()}}}},
+             openapi_extra=_body_doc(OnboardingBody),
              summary="Store a user's onboarding quiz answer")
 async def post_onboarding(request: Request, user_id: str,
                           principal: Annotated[Principal, Depends(access("events"))]) -> dict:
@@ -116,8 +121,7 @@ async def post_onboarding(request: Request, user_id: str,
 
 
 @writes.post("/v1/items", response_model=Accepted, responses=ERRORS,
-             openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/json": {"schema": ItemBody.model_json_schema()}}}},
+             openapi_extra=_body_doc(ItemBody),
              summary="Add a title while serving")
 async def post_item(request: Request,
                     principal: Annotated[Principal, Depends(access("admin"))]) -> dict:
@@ -127,8 +131,7 @@ async def post_item(request: Request,
 
 
 @writes.post("/v1/users", response_model=Accepted, responses=ERRORS,
-             openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/json": {"schema": UserBody.model_json_schema()}}}},
+             openapi_extra=_body_doc(UserBody),
              summary="Sign a user up while serving")
 async def post_user(request: Request,
                     principal: Annotated[Principal, Depends(access("admin"))]) -> dict:

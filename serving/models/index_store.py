@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 
 from marquee.artifacts import (
@@ -21,26 +20,10 @@ class IndexStore:
     """Loads the retrieval index pushed with a given query-tower version, and checks that both
     come from one training run (refusing a mismatched pair with ModelMismatch)."""
 
-    # How long the newest pushed version is remembered (it is read on every cached request).
-    LATEST_TTL_S = 1.0
-
-    def __init__(self, model_base: str | Path, clock=time.monotonic):
+    def __init__(self, model_base: str | Path):
         self.base = Path(model_base)
         self._lock = threading.Lock()
         self._cache: dict[int, RetrievalIndex] = {}
-        self._clock = clock
-        self._latest: tuple[float, int | None] = (float("-inf"), None)
-
-    def latest_version(self) -> int | None:
-        """The newest pushed index version (None before the first push), re-read from disk at
-        most every ``LATEST_TTL_S`` seconds instead of on every request."""
-        now = self._clock()
-        checked, version = self._latest
-        if now - checked >= self.LATEST_TTL_S:
-            pushed = versions(self.base / RETRIEVAL_INDEX)
-            version = pushed[-1] if pushed else None
-            self._latest = (now, version)
-        return version
 
     def get(self, query_version: int) -> RetrievalIndex:
         with self._lock:

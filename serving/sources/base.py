@@ -68,6 +68,10 @@ class SourceRequest:
 
 @runtime_checkable
 class CandidateSource(Protocol):
+    """A source may also offer hooks the service calls when it has them: ``observe(event)``
+    (an accepted write: trending's live watches), ``refresh_live(now)`` (the periodic refresh)
+    and ``add_rows(rows)`` (titles appended to the catalogue: the content source)."""
+
     name: str
 
     def candidates(self, request: SourceRequest, k: int) -> list[Candidate]:
