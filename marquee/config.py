@@ -23,6 +23,9 @@ from pathlib import Path
 
 import yaml
 
+from marquee.experiments.config import ExperimentConfig
+from marquee.monitoring.config import MonitorConfig
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
@@ -282,6 +285,10 @@ class ServingConfig:
     # Who may call which route, and the bounds on every client.
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
+    # Online experiments (marquee/experiments/config.py): A/B tests and interleaving, each arm an
+    # override of these settings and/or a pushed model version. Pages served while any is
+    # configured log their impressions (--event-log is then required).
+    experiments: tuple[ExperimentConfig, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,6 +300,7 @@ class Config:
     index: IndexConfig = IndexConfig()
     beam: BeamConfig = BeamConfig()
     serving: ServingConfig = ServingConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

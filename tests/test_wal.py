@@ -347,7 +347,7 @@ def test_compaction_writes_contract_parts_and_hides_the_records(tmp_path):
     name = "part-w0000000000000001-0000000000000004-r0.parquet"
     events = pd.read_parquet(data / c.INTERACTIONS / name)
     assert events[c.ITEM_ID].tolist() == [70, 71] and str(events[c.USER_ID].dtype) == "int64"
-    assert events.columns.tolist() == c.column_names(c.INTERACTIONS)
+    assert events.columns.tolist() == c.arrow_schema(c.INTERACTIONS).names
     [file] = c.table_files(data, c.USERS)  # what the pipeline reads
     assert file.name == name and pd.read_parquet(file)[c.COUNTRY].tolist() == ["SE"]
     quiz = pd.read_parquet(data / c.ONBOARDING / name)

@@ -54,6 +54,13 @@ COUNTRY = "country"
 SUBSCRIPTION_TIER = "subscription_tier"
 AGE_BUCKET = "age_bucket"
 ONBOARDING_GENRES = "onboarding_genres"
+# What serving logs with each impression (and a client may send with a watch): the page, and the
+# experiment and arm (or interleaving team) that served it. Optional and absent from most data.
+PAGE_ID = "page_id"
+EXPERIMENT = "experiment"
+ARM = "arm"
+EXPOSURE_COLUMNS = (PAGE_ID, EXPERIMENT, ARM)
+MAX_LABEL_LENGTH = 128  # characters of a page id, experiment id or arm name
 
 EVENT_IMPRESSION = "impression"
 EVENT_WATCH = "watch"
@@ -87,6 +94,9 @@ class Column:
       nullable: whether null is allowed.
       required: whether the column must be present (an optional column absent is all null).
       doc: one line for ``docs/data.md`` and error messages.
+      fill_absent: an optional column absent from a file is read as all null (True), or stays
+        absent (False: the serving log's exposure columns, which most data never has, so no
+        reader materialises a null column per row for them).
     """
 
     name: str
@@ -94,6 +104,7 @@ class Column:
     nullable: bool = False
     required: bool = True
     doc: str = ""
+    fill_absent: bool = True
 
 
 SCHEMAS: dict[str, tuple[Column, ...]] = {
@@ -106,6 +117,12 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
         Column(WATCH_SECONDS, pa.float64(), doc="seconds watched; 0 for an impression"),
         Column(DEVICE, pa.string(), doc=f"one of {', '.join(DEVICES)}"),
         Column(RATING, pa.float64(), nullable=True, doc="explicit rating 0.5-5; null if none"),
+        Column(PAGE_ID, pa.string(), nullable=True, required=False, fill_absent=False,
+               doc="the served page an impression was on (or a watch came from); optional"),
+        Column(EXPERIMENT, pa.string(), nullable=True, required=False, fill_absent=False,
+               doc="experiment id that served the impression; null outside experiments"),
+        Column(ARM, pa.string(), nullable=True, required=False, fill_absent=False,
+               doc="arm (interleaving: team) that served the impression; 'holdout' if held out"),
     ),
     ITEMS: (
         Column(ITEM_ID, pa.int64(), doc="unique id"),
@@ -130,11 +147,11 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
 }
 
 
-def arrow_schema(table: str) -> pa.Schema:
-    """The Arrow schema files of ``table`` are written with."""
-    return pa.schema(
-        [pa.field(c.name, c.type, nullable=c.nullable) for c in SCHEMAS[table]]
-    )
+def arrow_schema(table: str, include: tuple[str, ...] | list[str] = ()) -> pa.Schema:
+    """The Arrow schema files of ``table`` are written with: every column except those not
+    filled when absent (``Column.fill_absent``), which only when named in ``include``."""
+    return pa.schema([pa.field(c.name, c.type, nullable=c.nullable) for c in SCHEMAS[table]
+                      if c.fill_absent or c.name in include])
 
 
 def column_names(table: str) -> list[str]:
@@ -251,9 +268,11 @@ class TableWriter:
     is deleted, so a failed write never leaves a valid-looking half table.
     """
 
-    def __init__(self, path: str | Path, table: str):
+    def __init__(self, path: str | Path, table: str, include: tuple[str, ...] | list[str] = ()):
+        """``include``: optional columns not filled when absent (the exposure columns) this
+        file carries."""
         self.table = table
-        self.schema = arrow_schema(table)
+        self.schema = arrow_schema(table, include)
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = pq.ParquetWriter(self.path, self.schema)
@@ -261,11 +280,16 @@ class TableWriter:
 
     def write(self, columns) -> None:
         names = list(columns.keys())
-        unknown = sorted(set(names) - set(self.schema.names))
+        unknown = sorted(set(names) - set(column_names(self.table)))
         if unknown:
             raise ContractError(
                 f"{self.table}: column(s) {', '.join(unknown)} are not in the contract "
-                f"(its columns: {', '.join(self.schema.names)}); rename or remove them.")
+                f"(its columns: {', '.join(column_names(self.table))}); rename or remove them.")
+        extra = sorted(set(names) - set(self.schema.names))
+        if extra:
+            raise ContractError(
+                f"{self.table}: column(s) {', '.join(extra)} were not declared when "
+                f"{self.path} was opened; pass include={extra} to TableWriter.")
         required = {col.name for col in SCHEMAS[self.table] if col.required}
         missing = sorted(required - set(names))
         if missing:

@@ -179,6 +179,15 @@ class _Known:
     item_ids: set = dataclasses.field(default_factory=set)
 
 
+def _label_check(reasons: np.ndarray, name: str, s: pd.Series) -> None:
+    """A page id, experiment id or arm name: 1..MAX_LABEL_LENGTH printable ASCII characters."""
+    text = s.where(s.notna(), None)
+    bad = text.map(lambda v: v is not None and isinstance(v, str) and not (
+        0 < len(v) <= c.MAX_LABEL_LENGTH and v.isascii() and v.isprintable())).to_numpy(bool)
+    _add(reasons, bad, lambda i: f"{name}: expected 1-{c.MAX_LABEL_LENGTH} printable ASCII "
+         f"characters, got {str(text.iloc[i])[:40]!r}")
+
+
 def check_frame(
     table: str, frame: pd.DataFrame, known: _Known | None = None, check_refs: bool = True
 ) -> tuple[pd.DataFrame, np.ndarray]:
@@ -196,7 +205,8 @@ def check_frame(
     out = {}
     for name, col in cols.items():
         if name not in frame.columns:
-            out[name] = pd.Series([None] * len(frame), index=frame.index, dtype=object)
+            if col.fill_absent:
+                out[name] = pd.Series([None] * len(frame), index=frame.index, dtype=object)
             continue
         check = _list_reasons if pa.types.is_list(col.type) else _scalar_reasons
         values, r = check(name, frame[name], col)
@@ -216,6 +226,9 @@ def check_frame(
              "log the watch as its own 'watch' event")
         _range_check(reasons, c.POSITION, typed[c.POSITION], 1, 10_000)
         _range_check(reasons, c.RATING, typed[c.RATING], c.MIN_RATING, c.MAX_RATING)
+        for name in c.EXPOSURE_COLUMNS:
+            if name in typed.columns:
+                _label_check(reasons, name, typed[name])
         if check_refs:
             uid = typed[c.USER_ID].to_numpy()
             iid = typed[c.ITEM_ID].to_numpy()

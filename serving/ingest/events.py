@@ -88,7 +88,8 @@ def check_row(table: str, raw: object, what: str,
         probes.append(row)
     if table == c.INTERACTIONS:  # no uniqueness rule: one frame checks every probe at once
         typed, reasons = check_frame(table, pd.DataFrame(probes, dtype=object), check_refs=False)
-        value = {name: typed[name].iloc[k] for k, name in enumerate(columns)}
+        value = {name: typed[name].iloc[k] for k, name in enumerate(columns)
+                 if name in typed.columns}
     else:  # ids must be unique within a frame: each probe alone
         value, reasons = {}, []
         for name, row in zip(columns, probes, strict=True):
@@ -178,11 +179,14 @@ def _plain_event(raw: object, users: Container[int], items: Container[int]) -> E
           and _number(ws) and 0 <= ws <= 1e300 and (ev != c.EVENT_IMPRESSION or ws == 0)
           and (position is None or (_int(position) and 1 <= position <= 10_000))
           and (rating is None or (_number(rating) and c.MIN_RATING <= rating <= c.MAX_RATING)))
-    if not ok or user not in users or item not in items:
+    labels = {k: raw[k] for k in c.EXPOSURE_COLUMNS if raw.get(k) is not None}
+    if not ok or user not in users or item not in items or not all(
+            isinstance(v, str) and 0 < len(v) <= c.MAX_LABEL_LENGTH and v.isascii()
+            and v.isprintable() for v in labels.values()):
         return None
     return Event(user_id=user, item_id=item, timestamp=ts, event=ev, watch_seconds=float(ws),
                  device=device, position=position,
-                 rating=None if rating is None else float(rating))
+                 rating=None if rating is None else float(rating), **labels)
 
 
 def _event(value: Mapping[str, object]) -> Event:
@@ -192,7 +196,9 @@ def _event(value: Mapping[str, object]) -> Event:
         timestamp=int(value[c.TIMESTAMP]), event=str(value[c.EVENT]),
         watch_seconds=float(value[c.WATCH_SECONDS]), device=str(value[c.DEVICE]),
         position=None if pd.isna(value[c.POSITION]) else int(value[c.POSITION]),
-        rating=None if pd.isna(value[c.RATING]) else float(value[c.RATING]))
+        rating=None if pd.isna(value[c.RATING]) else float(value[c.RATING]),
+        **{k: str(value[k]) for k in c.EXPOSURE_COLUMNS
+           if k in value and value[k] is not None and not pd.isna(value[k])})
 
 
 def check_not_ahead(name: str, value: int, now: int, skew_s: float) -> list[str]:

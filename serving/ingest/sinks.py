@@ -36,7 +36,7 @@ class ParquetSink:
     """
 
     def __init__(self, data_dir: str | Path, table: str, replica_id: str = "0",
-                 schema: pa.Schema | None = None):
+                 schema: pa.Schema | None = None, prefix: str = "w"):
         if (table in c.TABLES) == (schema is not None):
             raise ValueError(f"{table}: give a schema for a table outside the contract "
                              f"({', '.join(c.TABLES)}), and none for a contract table")
@@ -47,15 +47,18 @@ class ParquetSink:
                                   f"to {self.folder}/; move it into the folder first (as "
                                   f"{self.folder}/part-0000000000-0000.parquet)")
         self.table, self.replica_id, self.schema = table, replica_id, schema
+        self.prefix = prefix  # "x": the served pages' impressions (serving.ingest.exposures)
 
     def __call__(self, rows: list[dict], first_seq: int, last_seq: int) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
-        final = self.folder / f"part-w{first_seq:016d}-{last_seq:016d}-r{self.replica_id}.parquet"
+        final = self.folder / (f"part-{self.prefix}{first_seq:016d}-{last_seq:016d}"
+                               f"-r{self.replica_id}.parquet")
         tmp = final.with_name(f".{final.name}.tmp")  # not *.parquet: readers never list it
         try:
             if self.schema is None:
                 names = list(dict.fromkeys(k for row in rows for k in row))
-                with c.TableWriter(tmp, self.table) as writer:
+                include = [k for k in c.EXPOSURE_COLUMNS if k in names]
+                with c.TableWriter(tmp, self.table, include) as writer:
                     writer.write({k: [row.get(k) for row in rows] for k in names})
             else:
                 pq.write_table(self._table(rows), tmp)

@@ -19,16 +19,26 @@ class Event:
     device: str  # contract.DEVICES
     position: int | None = None
     rating: float | None = None
+    # The exposure columns (contract.EXPOSURE_COLUMNS) when the client sent them: the page a
+    # watch came from, the experiment and arm it names.
+    page_id: str | None = None
+    experiment: str | None = None
+    arm: str | None = None
 
     @property
     def is_watch(self) -> bool:
         return self.event == c.EVENT_WATCH
 
     def to_row(self) -> dict[str, object]:
-        """The interactions row, keyed by the contract's column names."""
-        return {c.USER_ID: self.user_id, c.ITEM_ID: self.item_id, c.TIMESTAMP: self.timestamp,
-                c.EVENT: self.event, c.POSITION: self.position,
-                c.WATCH_SECONDS: self.watch_seconds, c.DEVICE: self.device, c.RATING: self.rating}
+        """The interactions row, keyed by the contract's column names (the exposure columns
+        only when set)."""
+        row = {c.USER_ID: self.user_id, c.ITEM_ID: self.item_id, c.TIMESTAMP: self.timestamp,
+               c.EVENT: self.event, c.POSITION: self.position,
+               c.WATCH_SECONDS: self.watch_seconds, c.DEVICE: self.device, c.RATING: self.rating}
+        for name in c.EXPOSURE_COLUMNS:
+            if getattr(self, name) is not None:
+                row[name] = getattr(self, name)
+        return row
 
 
 @dataclasses.dataclass(frozen=True)

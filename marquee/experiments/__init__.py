@@ -1,0 +1,1 @@
+"""Online experiments: assignment, interleaving, analysis and the closed-loop audience."""

@@ -1,0 +1,1 @@
+"""Monitoring: data drift and train/serve skew, embedding drift, exposure and diversity."""
