@@ -314,5 +314,12 @@ def demo(workdir: str) -> None:
     run_demo(Path(workdir), progress=_echo)
 
 
+# ----------------------------------------------------------------------------- experiments
+
+from marquee.experiments.cli import experiment  # noqa: E402 (the group's module, after main)
+
+main.add_command(experiment)
+
+
 if __name__ == "__main__":
     main()

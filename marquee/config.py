@@ -289,6 +289,9 @@ class ServingConfig:
     # override of these settings and/or a pushed model version. Pages served while any is
     # configured log their impressions (--event-log is then required).
     experiments: tuple[ExperimentConfig, ...] = ()
+    # With --event-log, every page served is logged as impression rows (page, experiment, arm;
+    # serving/ingest/exposures.py) for the next pipeline run and experiment analyses.
+    log_impressions: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -383,3 +386,11 @@ def load_config(path: str | Path | None) -> Config:
         return from_dict(raw)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from e
+
+
+def with_overrides(base, changes: dict, where: str):
+    """``base`` (a config dataclass) with the settings in ``changes`` (a partial mapping of the
+    same section, checked like a config file's) replaced; an unknown key is a ConfigError
+    naming the valid ones."""
+    parsed = _build(type(base), changes, where)
+    return dataclasses.replace(base, **{name: getattr(parsed, name) for name in changes})

@@ -72,7 +72,9 @@ def log_directly(event_log, *events) -> None:
 
 
 def logged(event_log) -> pd.DataFrame:
-    files = sorted((event_log / c.INTERACTIONS).glob("*.parquet"))
+    """The accepted events (not the served pages' impressions, in part-x files)."""
+    files = sorted(f for f in (event_log / c.INTERACTIONS).glob("*.parquet")
+                   if not f.name.startswith("part-x"))
     return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
 
 

@@ -348,10 +348,23 @@ def test_events_update_the_homepage_and_its_cache(world, tmp_path):
     assert 'marquee_writes_total{outcome="accepted",route="events"} 2.0' in metrics
     assert 'marquee_writes_total{outcome="invalid",route="events"} 1.0' in metrics
     assert "marquee_feature_store_embedded_users 1.0" in metrics
-    assert "marquee_wal_appended 2.0" in metrics
-    # the log is compacted on close: both accepted events, in order, as a contract part
-    logged = pd.read_parquet(tmp_path / "events" / "interactions")
+    # every page served (cached ones too) is one record of the log, beside the two events
+    assert "marquee_impressions_logged 4.0" in metrics
+    assert "marquee_wal_appended 6.0" in metrics
+    # the log is compacted on close: both accepted events, in order, as a contract part...
+    folder = tmp_path / "events" / "interactions"
+    logged = pd.concat([pd.read_parquet(f) for f in sorted(folder.glob("part-w*.parquet"))])
     assert logged[c.EVENT].tolist() == [c.EVENT_IMPRESSION, c.EVENT_WATCH]
+    # ...and the four pages' impressions, one row per title at positions 1..k, by page
+    shown = pd.concat([pd.read_parquet(f) for f in sorted(folder.glob("part-x*.parquet"))])
+    pages = [first, second, second, third]
+    assert len(shown) == sum(len(p["items"]) for p in pages)
+    assert (shown[c.EVENT] == c.EVENT_IMPRESSION).all() and (shown[c.USER_ID] == user).all()
+    assert shown[c.PAGE_ID].nunique() == 4 and shown[c.EXPERIMENT].isna().all()
+    assert shown.groupby(c.PAGE_ID, sort=False)[c.POSITION].apply(list).tolist()[0] == list(
+        range(1, len(first["items"]) + 1))
+    assert shown[c.ITEM_ID].tolist()[: len(first["items"])] == [
+        p["item_id"] for p in first["items"]]
 
 
 # ----------------------------------------------------------------------------- evaluated = served

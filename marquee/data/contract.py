@@ -61,6 +61,7 @@ EXPERIMENT = "experiment"
 ARM = "arm"
 EXPOSURE_COLUMNS = (PAGE_ID, EXPERIMENT, ARM)
 MAX_LABEL_LENGTH = 128  # characters of a page id, experiment id or arm name
+LABEL_SEPARATOR = ";"  # between the experiments (and arms) of a page in several layers
 
 EVENT_IMPRESSION = "impression"
 EVENT_WATCH = "watch"

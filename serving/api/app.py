@@ -24,6 +24,7 @@ from serving.api import routes
 from serving.api.body import BadBody, problems_of
 from serving.api.metrics import Metrics
 from serving.api.security import AccessError, RateLimiter, Tokens, install_handlers
+from serving.homepage.experiments import front
 from serving.homepage.service import HomepageService
 from serving.ingest.events import InvalidEvent
 from serving.ingest.path import WritesUnavailable
@@ -149,8 +150,11 @@ def _openapi(app: FastAPI):
 
 def create_app(service: HomepageService, writes: Writes, tokens: Tokens,
                limits: LimitsConfig = LimitsConfig(), close_on_shutdown: bool = True) -> FastAPI:
-    """The app over a built service and write path. ``close_on_shutdown``: the lifespan's
-    end drains and closes the write-ahead log and stops the service (``marquee serve``)."""
+    """The app over a built service (or its experiments front) and write path: every page
+    served is logged when the write path has an impression log. ``close_on_shutdown``: the
+    lifespan's end drains and closes the write-ahead log and stops the service."""
+    service = front(service)
+    service.log_impressions(writes.exposures)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -171,6 +175,8 @@ def create_app(service: HomepageService, writes: Writes, tokens: Tokens,
     readings = {"feature_store": service.store.stats}
     if writes.wal is not None:
         readings["wal"] = writes.wal.stats
+    if writes.exposures is not None:
+        readings["impressions"] = writes.exposures.stats
     app.state.metrics = metrics = Metrics(readings)
     for router in (routes.homepages, routes.writes, routes.ops):
         app.include_router(router)

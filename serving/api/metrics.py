@@ -6,7 +6,10 @@
 - ``marquee_homepage_total{outcome}`` (personal, cached, degraded, fallback) and
   ``marquee_homepage_fallbacks_total{reason, kind}`` (kind ``model`` or ``internal``: a bug);
 - ``marquee_writes_total{route, outcome}`` (accepted, invalid, duplicate, unavailable, denied);
-- the feature store's and the write-ahead log's own counters and state, read at scrape time.
+- ``marquee_experiment_pages_total{experiment, arm}``: pages served per arm (a live check of the
+  traffic split);
+- the feature store's, the write-ahead log's and the impression log's own counters and state
+  (``marquee_impressions_logged``, ``..._lost``), read at scrape time.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ class Metrics:
                                  ("reason", "kind"), registry=r)
         self.writes = Counter("marquee_writes", "Write requests by route and outcome",
                               ("route", "outcome"), registry=r)
+        self.arm_pages = Counter("marquee_experiment_pages", "Pages served per experiment arm",
+                                 ("experiment", "arm"), registry=r)
         if readings:
             r.register(_Readings(readings))
 
@@ -74,6 +79,8 @@ class Metrics:
         else:
             outcome = "personal"
         self.homepages.labels(outcome).inc()
+        for experiment, arm in page.experiments.items():
+            self.arm_pages.labels(experiment, arm).inc()
 
     def count_write(self, route: str, outcome: str) -> None:
         self.writes.labels(route, outcome).inc()

@@ -48,6 +48,9 @@ def _annotation(column: c.Column) -> Any:
         lo, hi = RANGES.get(column.name, (-1e300, 1e300))
         number = StrictInt | Annotated[StrictFloat, Field(allow_inf_nan=False)]
         return Annotated[number, Field(ge=lo, le=hi)]
+    if pa.types.is_string(t) and column.name in c.EXPOSURE_COLUMNS:
+        return Annotated[StrictStr, Field(min_length=1, max_length=c.MAX_LABEL_LENGTH,
+                                          pattern=r"^[ -~]+$")]
     if pa.types.is_string(t):
         pattern = r".*\S" if column.name in NOT_BLANK else None
         return Annotated[StrictStr, Field(max_length=MAX_TEXT, pattern=pattern)]
@@ -112,6 +115,8 @@ class PickOut(BaseModel):
     sources: dict[str, float] = Field(default_factory=dict,
                                       description="each candidate source's own score")
     explore: bool = False
+    team: str | None = Field(None, description="an interleaved page: the arm whose list the "
+                                               "title came from")
 
 
 class RowOut(BaseModel):
@@ -137,6 +142,11 @@ class HomepageOut(BaseModel):
     skipped: dict[str, str] = Field(default_factory=dict)
     cached: bool = False
     internal_error: bool = False
+    page_id: str | None = Field(None, description="the page's id in the impression log; send "
+                                                  "it as page_id with a watch from this page")
+    experiments: dict[str, str] = Field(
+        default_factory=dict, description="experiment id -> the arm that served the page "
+                                          "(interleaved: each title's team)")
 
 
 class Accepted(BaseModel):

@@ -24,6 +24,7 @@ from marquee.config import Config, LimitsConfig
 from serving.api.app import create_app
 from serving.api.security import Tokens
 from serving.build import build_service, make_store
+from serving.homepage.experiments import front
 from serving.ingest.wiring import Writes, no_writes, open_writes
 
 log = logging.getLogger(__name__)
@@ -101,9 +102,12 @@ def serve(options: ServeOptions, config: Config = Config()) -> None:
     """Builds the stack, opens the write path (replaying what earlier runs logged) and serves
     until SIGTERM or SIGINT."""
     tokens = tokens_for(config, options.insecure_dev)  # bad token files fail before loading
-    service = build_service(config, options.data_dir, options.model_base, options.tf_serving,
-                            make_store(options.redis_url, config.serving,
-                                       config.data.min_watch_seconds))
+    service = front(build_service(config, options.data_dir, options.model_base,
+                                  options.tf_serving, make_store(options.redis_url,
+                                                                 config.serving,
+                                                                 config.data.min_watch_seconds)))
+    if service.assigner is not None and not options.event_log:
+        service.log_impressions(None)  # raises: experiments need the impression log
     writes: Writes = (open_writes(service, options.event_log, options.replica_id,
                                   options.data_dir) if options.event_log else no_writes(service))
     service.start_refresh()
@@ -112,6 +116,10 @@ def serve(options: ServeOptions, config: Config = Config()) -> None:
              options.host, options.port, service.backend.name, options.redis_url or "embedded",
              f"durable in {options.event_log} as replica {options.replica_id}"
              if options.event_log else "off (no --event-log)")
+    if config.serving.experiments:
+        log.info("experiments: %s; impressions logged in %s",
+                 ", ".join(f"{e.id} ({e.kind}: {', '.join(a.name for a in e.arms)})"
+                           for e in config.serving.experiments), options.event_log)
     uvicorn.Server(uvicorn_config(app, options.host, options.port,
                                   config.serving.limits)).run()
 

@@ -21,6 +21,7 @@ class Pick:
     popularity: float | None = None  # train positives (when the blend weighs popularity)
     sources: dict[str, float] = dataclasses.field(default_factory=dict)
     explore: bool = False
+    team: str | None = None  # an interleaved page: the arm whose list the title came from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +49,12 @@ class Homepage:
     # The fallback answered because of an unexpected error (a bug, logged with its traceback
     # and counted apart in /metrics), not a model or store failure the design expects.
     internal_error: bool = False
+    # Logged with the page's impressions (send it back with a watch of one of its titles).
+    page_id: str | None = None
+    # Experiment id -> the arm that served this page (an interleaving experiment: "interleaved";
+    # each title's team is on the title); empty outside experiments.
+    experiments: dict[str, str] = dataclasses.field(default_factory=dict)
+    device: str | None = None  # the user's latest device (logged with the impressions)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -115,11 +115,13 @@ class HomepageService:
                  clock: Callable[[], float] = time.perf_counter,
                  now: Callable[[], float] = time.time,
                  interactions: pd.DataFrame | None = None, store: FeatureStore | None = None,
-                 min_watch_seconds: float = c.WATCHED_THRESHOLD_SECONDS):
+                 min_watch_seconds: float = c.WATCHED_THRESHOLD_SECONDS,
+                 fresh: FreshItems | None = None, shared: dict | None = None):
         _check_config(config, interactions)
         self.backend, self.indexes, self.catalogue, self.users = backend, indexes, catalogue, users
         self.config, self.min_watch_seconds = config, min_watch_seconds
         self._clock, self._now = clock, now
+        self.popularity, self.interactions = popularity, interactions  # (experiment arms')
         # Online features and the page cache; it must answer when its backend is down
         # (EmbeddedStore, or ResilientStore over Redis).
         self.store = store if store is not None else EmbeddedStore(
@@ -132,7 +134,11 @@ class HomepageService:
         except ValueError as e:
             raise ValueError(f"serving.rerank: {e}") from e
         self.filters = RerankPipeline(tuple(s for s in self.rerank.steps if s.is_filter))
-        ctx = BuildContext(catalogue, interactions, config, min_watch_seconds, now)
+        # ``shared``: objects of sources that several stacks over the same data can share (an
+        # experiment's arms: serving.homepage.experiments).
+        ctx = BuildContext(catalogue, interactions, config, min_watch_seconds, now,
+                           shared if shared is not None else {})
+        self.shared = ctx.shared
         self.sources = {s.name: SOURCES[s.name](ctx) for s in config.sources}
         uses_i2i = config.because_you_watched > 0 or config.item_to_item_weight
         self.item_to_item = item_to_item(ctx) if uses_i2i or "item_to_item" in ctx.shared else None
@@ -143,8 +149,9 @@ class HomepageService:
                               config.row_k) if config.because_you_watched > 0 else None)
         self.exploration_pool = ExplorationPool(catalogue, config.explore_new_days)
         # Titles added while serving (POST /v1/items): catalogue, content source, side index.
-        self.fresh = FreshItems(catalogue, lambda *a: self.backend.candidate_embeddings(*a),
-                                on_add=self._items_added)
+        # An experiment arm's stack shares its base's (whose on_add then tells every stack).
+        self.fresh = fresh if fresh is not None else FreshItems(
+            catalogue, lambda *a: self.backend.candidate_embeddings(*a), on_add=self.items_added)
         self._refresher: threading.Thread | None = None
         self._stop = threading.Event()
         # Sources of concurrent requests share it; a source past its deadline keeps its thread.
@@ -177,7 +184,7 @@ class HomepageService:
         seed = timestamp // SECONDS_PER_DAY if seed is None else int(seed)
         profile, generation = self.profile(user_id)  # features
         page = Homepage(user_id, [], timings_ms={"features": self._ms(budget.start)},
-                        stage=stage(profile, self.thresholds))  # stage
+                        stage=stage(profile, self.thresholds), device=profile.device)  # stage
         req = _Request(page, profile, k, timestamp, seed, budget)
         try:
             merged = self._candidates(req)  # sources
@@ -306,7 +313,7 @@ class HomepageService:
         return Homepage(req.page.user_id, [
             Pick(x.item_id, self.catalogue.titles[self.catalogue.row[x.item_id]], x.score)
             for x in kept], fallback=True, reason=reason, timings_ms=req.page.timings_ms,
-            stage=req.page.stage, skipped=req.page.skipped)
+            stage=req.page.stage, skipped=req.page.skipped, device=profile.device)
 
     def _rows(self, profile: UserProfile, timestamp: int, seed: int) -> list[PageRow]:
         """The "Because you watched" rows, through the re-rank filters."""
@@ -369,7 +376,8 @@ class HomepageService:
             self._refresher.join(timeout=5)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def _items_added(self, rows: list[int]) -> None:
+    def items_added(self, rows: list[int]) -> None:
+        """Titles appended to the catalogue: the sources that index it and the side index."""
         for source in self.sources.values():
             if hasattr(source, "add_rows"):
                 source.add_rows(rows)

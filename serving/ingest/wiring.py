@@ -30,6 +30,7 @@ from marquee.config import ServingConfig
 from marquee.data import contract as c
 from serving.homepage.service import HomepageService
 from serving.ingest.events import EventValidator, EventWrites
+from serving.ingest.exposures import IMPRESSIONS, PREFIX, ExposureLog, ImpressionSink
 from serving.ingest.items import TitleWrites
 from serving.ingest.onboarding import OnboardingWrites, read_legacy
 from serving.ingest.path import IngestPath, ReplayReport
@@ -51,6 +52,7 @@ class Writes:
     path: IngestPath
     wal: WriteAheadLog | None = None
     report: ReplayReport | None = None
+    exposures: ExposureLog | None = None  # the impression log (serving.log_impressions)
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Drains the log (every acknowledged write is on disk), compacts it, releases it."""
@@ -89,7 +91,7 @@ def open_writes(service: HomepageService, event_log: str | Path, replica_id: str
                 f"{folder / table}/part-0000000000-0000.parquet, or log to another folder.")
     wal = WriteAheadLog(folder, replica_id, commit_interval_ms=commit_interval_ms)
     adopt_orphans(folder, replica_id)
-    sinks = parquet_sinks(folder, replica_id)
+    sinks = log_sinks(folder, replica_id)
     compacted = wal.compact(sinks, seal=True)
     if compacted:
         log.info("event log: compacted %d write(s) an earlier run acknowledged into %s",
@@ -97,7 +99,13 @@ def open_writes(service: HomepageService, event_log: str | Path, replica_id: str
     path = IngestPath(wal, kinds(service, service.config), hooks={"events": [service.observe]})
     report = replay(service, path, folder, data_dir)
     wal.start_compactor(sinks, compact_every_s)
-    return Writes(path, wal, report)
+    exposures = ExposureLog(wal, service.users) if service.config.log_impressions else None
+    return Writes(path, wal, report, exposures)
+
+
+def log_sinks(folder: Path, replica_id: str) -> dict:
+    """The compaction sinks of a replica's log: the write routes' tables and the impressions."""
+    return {**parquet_sinks(folder, replica_id), IMPRESSIONS: ImpressionSink(folder, replica_id)}
 
 
 def adopt_orphans(folder: Path, replica_id: str) -> int:
@@ -113,7 +121,7 @@ def adopt_orphans(folder: Path, replica_id: str) -> int:
         except WalLocked:
             continue  # a live replica
         try:
-            n = orphan.compact(parquet_sinks(folder, other), seal=True)
+            n = orphan.compact(log_sinks(folder, other), seal=True)
         finally:
             orphan.close()
         if n:
@@ -125,8 +133,11 @@ def adopt_orphans(folder: Path, replica_id: str) -> int:
 
 def _parts(folder: Path, report: ReplayReport) -> Iterator[tuple[str, pd.DataFrame]]:
     """The Parquet parts in ``folder`` as frames, in name order (logging order); an unreadable
-    one is named in the log and counted in ``report``."""
+    one is named in the log and counted in ``report``. The served pages' impressions
+    (``part-x...``) are not put back: they change no online feature."""
     for path in sorted(folder.glob("*.parquet")):
+        if path.name.startswith(f"part-{PREFIX}"):
+            continue
         try:
             frame = c.open_parquet(path).read().to_pandas()
         except (OSError, pa.ArrowException, c.ContractError) as e:

@@ -25,9 +25,10 @@ log = logging.getLogger(__name__)
 class ModelBackend(Protocol):
     name: str
 
-    def query_embeddings(self, inputs: dict[str, np.ndarray],
-                         timeout_s: float) -> tuple[np.ndarray, int]:
-        """Query tower: inputs of B queries -> ([B, dim] embeddings, version that answered)."""
+    def query_embeddings(self, inputs: dict[str, np.ndarray], timeout_s: float,
+                         version: int | None = None) -> tuple[np.ndarray, int]:
+        """Query tower of ``version`` (None: the newest): inputs of B queries -> ([B, dim]
+        embeddings, version that answered)."""
 
     def rank(self, inputs: dict[str, np.ndarray], timeout_s: float,
              version: int | None = None) -> dict[str, np.ndarray]:
@@ -54,7 +55,7 @@ class UnavailableBackend:
     def __init__(self, reason: str):
         self.reason = reason
 
-    def query_embeddings(self, inputs, timeout_s):
+    def query_embeddings(self, inputs, timeout_s, version=None):
         raise ModelUnavailable(self.reason)
 
     def rank(self, inputs, timeout_s, version=None):
@@ -112,8 +113,8 @@ class WaitingBackend:
             raise ModelUnavailable(self.reason)
         return self._backend
 
-    def query_embeddings(self, inputs, timeout_s):
-        return self._current().query_embeddings(inputs, timeout_s)
+    def query_embeddings(self, inputs, timeout_s, version=None):
+        return self._current().query_embeddings(inputs, timeout_s, version)
 
     def rank(self, inputs, timeout_s, version=None):
         return self._current().rank(inputs, timeout_s, version)
@@ -129,3 +130,27 @@ class WaitingBackend:
             return self._current().serving_version()
         except ModelUnavailable:
             return None
+
+
+class PinnedBackend:
+    """An experiment arm's view of a backend: every model of ``version``, whatever is newer
+    (the backend must ``keep`` it loaded)."""
+
+    def __init__(self, backend, version: int):
+        self.backend, self.version = backend, int(version)
+        self.name = f"{backend.name}@{version}"
+
+    def query_embeddings(self, inputs, timeout_s, version=None):
+        return self.backend.query_embeddings(inputs, timeout_s, self.version)
+
+    def rank(self, inputs, timeout_s, version=None):
+        return self.backend.rank(inputs, timeout_s, self.version if version is None else version)
+
+    def candidate_embeddings(self, inputs, version, timeout_s):
+        return self.backend.candidate_embeddings(inputs, version, timeout_s)
+
+    def has_ranker(self, version=None) -> bool:
+        return self.backend.has_ranker(self.version if version is None else version)
+
+    def serving_version(self) -> int | None:
+        return self.version

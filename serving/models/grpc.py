@@ -136,9 +136,19 @@ class GrpcBackend:
 
     # ------------------------------------------------------------------ calls
 
-    def query_embeddings(self, inputs, timeout_s):
+    def keep(self, version: int) -> None:
+        """An experiment arm pinned to ``version``: the model server must serve it too (its
+        model config's version policy), checked here so a missing one fails at start-up."""
+        if not self._loaded(version):
+            raise ModelUnavailable(
+                f"the model server at {self.target} does not serve every model of version "
+                f"{version} of {self.base}; list it in the server's model config "
+                "(model_version_policy {specific {versions: ...}}) or pin the arm to one served")
+        self._rankers.setdefault(version, has_ranker(self.base, version))
+
+    def query_embeddings(self, inputs, timeout_s, version: int | None = None):
         out, version = self.client.predict_with_version(
-            QUERY_TOWER, inputs, version=self._version(None), timeout_s=timeout_s)
+            QUERY_TOWER, inputs, version=self._version(version), timeout_s=timeout_s)
         return out[EMBEDDING], version
 
     def rank(self, inputs, timeout_s, version: int | None = None):

@@ -70,7 +70,8 @@ class InProcessBackend:
         self.base = Path(model_base)
         self.check_every_s, self.retry_s, self._clock = check_every_s, retry_s, clock
         self._lock = threading.Lock()
-        self._loaded: dict[int, _Loaded] = {}  # the newest two
+        self._loaded: dict[int, _Loaded] = {}  # the newest two, and any kept (`keep`)
+        self._kept: set[int] = set()
         self._retry_at: dict[int, float] = {}
         self._checked = clock()
         self._loading: threading.Thread | None = None
@@ -88,7 +89,20 @@ class InProcessBackend:
     @property
     def query_version(self) -> int:
         with self._lock:
-            return max(self._loaded)
+            return max(set(self._loaded) - self._kept or self._loaded)
+
+    def keep(self, version: int) -> None:
+        """Loads ``version`` (a complete push) and keeps it loaded beside the newest, for an
+        experiment arm pinned to it (``serving.experiments[].arms[].model_version``)."""
+        complete = complete_versions(self.base)
+        if version not in complete:
+            raise NoPushedModel(f"{self.base}: model version {version} is not a complete push "
+                                f"(complete: {complete or 'none'}); pin an arm to one of them")
+        with self._lock:
+            self._kept.add(version)
+            loaded = version in self._loaded
+        if not loaded:
+            self._load_version(version)
 
     def serving_version(self) -> int:
         """The version new pages are served from (checking for a newer one first)."""
@@ -102,7 +116,7 @@ class InProcessBackend:
                          if has_ranker(self.base, version) else None)
         with self._lock:
             self._loaded[version] = loaded
-            for old in sorted(self._loaded)[:-2]:
+            for old in sorted(set(self._loaded) - self._kept)[:-2]:
                 del self._loaded[old]
         log.info("in-process models: serving version %d (ranker: %s)", version,
                  "yes" if loaded.ranker is not None else "none pushed")
@@ -141,7 +155,7 @@ class InProcessBackend:
     def _version(self, version: int | None) -> _Loaded:
         with self._lock:
             if version is None:
-                return self._loaded[max(self._loaded)]
+                return self._loaded[max(set(self._loaded) - self._kept or self._loaded)]
             if version not in self._loaded:
                 raise ModelMismatch(f"model version {version} is not loaded in this process "
                                     f"(loaded: {sorted(self._loaded)})")
@@ -149,9 +163,9 @@ class InProcessBackend:
 
     # ------------------------------------------------------------------ calls
 
-    def query_embeddings(self, inputs, timeout_s):
+    def query_embeddings(self, inputs, timeout_s, version: int | None = None):
         self._maybe_refresh()
-        m = self._version(None)
+        m = self._version(version)
         tensors = {k: tf.constant(v) for k, v in inputs.items()}
         with m.locks[QUERY_TOWER]:
             out = m.query(**tensors)
