@@ -4,6 +4,8 @@ benchmarks and ``marquee evaluate`` all call it), and the feature store it reads
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from marquee.config import Config, ServingConfig
@@ -36,7 +38,8 @@ def make_store(redis_url: str | None, config: ServingConfig = ServingConfig(),
 
 def build_service(config: Config, data_dir: str | Path, model_base: str | Path,
                   tf_serving: str | None = None, store: FeatureStore | None = None,
-                  frames: tuple | None = None, warm_up: bool = True) -> HomepageService:
+                  frames: tuple | None = None, warm_up: bool = True,
+                  now: Callable[[], float] = time.time) -> HomepageService:
     """The serving stack of ``config``: what ``marquee serve``, the benchmarks and
     ``marquee evaluate`` all run, so the evaluated stack is the served one by construction.
 
@@ -44,7 +47,8 @@ def build_service(config: Config, data_dir: str | Path, model_base: str | Path,
     ``load_frames`` triple already loaded, e.g. a train split). ``model_base``: the Pusher's
     folder. ``tf_serving``: HOST:PORT of TF Serving (else the models load in-process).
     ``store``: the feature store (default: embedded). The positive-watch rule everywhere is the
-    config's ``data.min_watch_seconds``."""
+    config's ``data.min_watch_seconds``. ``now``: the service's clock (UTC seconds; a closed-loop
+    simulation passes its simulated time)."""
     min_watch = config.data.min_watch_seconds
     catalogue, users, interactions = frames or load_frames(data_dir, min_watch)
     indexes = IndexStore(model_base)
@@ -62,7 +66,7 @@ def build_service(config: Config, data_dir: str | Path, model_base: str | Path,
     service = HomepageService(backend, indexes, catalogue, users, config.serving,
                               popularity=popularity, interactions=interactions, store=store or
                               make_store(None, config.serving, min_watch),
-                              min_watch_seconds=min_watch)
+                              min_watch_seconds=min_watch, now=now)
     if warm_up:
         try:
             service.warm_up()

@@ -211,6 +211,10 @@ class ExperimentResult:
     issues: DataIssues
     teams: tuple[TeamMetrics, ...] = ()
     preference: stats.Preference | None = None
+    # The user-level aggregates the tests ran on (marquee.experiments.sensitivity resamples
+    # them): A/B, per user: arm, impressions, positives, watch_seconds, sessions; interleaving,
+    # per interleaved user: wins of each arm (credited positive watches).
+    per_user: pd.DataFrame | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def control(self) -> str:
@@ -600,7 +604,8 @@ def analyze_experiment(
     return ExperimentResult(
         **common, arms=tuple(arms), comparisons=tuple(comparisons),
         guardrails=tuple(guardrails), guardrail_flags=tuple(flags), daily=tuple(daily),
-        issues=DataIssues(**issues, arms_too_small=too_small))
+        issues=DataIssues(**issues, arms_too_small=too_small),
+        per_user=exp_sums.assign(arm=groups.reindex(exp_sums.index)))
 
 
 def _interleaving(imps, counted, groups, names, min_watch, level, seed, issues,
@@ -620,9 +625,10 @@ def _interleaving(imps, counted, groups, names, min_watch, level, seed, issues,
         a, int((team_imps["_arm"] == a).sum()), int((team == a).sum()),
         float(positive[c.WATCH_SECONDS].to_numpy()[team == a].sum())) for a in names)
     issues["uncredited_watches"] = int(pd.isna(team).sum())
+    per_user = pd.DataFrame({a: wins[a] for a in names}, index=interleaved)
     return ExperimentResult(**common, arms=(), comparisons=(), guardrails=(),
                             guardrail_flags=(), daily=(), issues=DataIssues(**issues),
-                            teams=teams, preference=preference)
+                            teams=teams, preference=preference, per_user=per_user)
 
 
 def analyze(

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -75,7 +76,7 @@ def no_writes(service: HomepageService) -> Writes:
 
 def open_writes(service: HomepageService, event_log: str | Path, replica_id: str = "0",
                 data_dir: str | Path | None = None, compact_every_s: float = COMPACT_EVERY_S,
-                commit_interval_ms: float = 0.0) -> Writes:
+                commit_interval_ms: float = 0.0, now: Callable[[], float] = time.time) -> Writes:
     """Opens DIR's log for this replica (``WalLocked`` if another process holds it), compacts
     what it holds, puts every logged write back and starts the background compaction.
     ``commit_interval_ms`` 0: a group commit is whatever queued during the previous fsync
@@ -96,7 +97,8 @@ def open_writes(service: HomepageService, event_log: str | Path, replica_id: str
     if compacted:
         log.info("event log: compacted %d write(s) an earlier run acknowledged into %s",
                  compacted, folder)
-    path = IngestPath(wal, kinds(service, service.config), hooks={"events": [service.observe]})
+    path = IngestPath(wal, kinds(service, service.config), hooks={"events": [service.observe]},
+                      now=now)
     report = replay(service, path, folder, data_dir)
     wal.start_compactor(sinks, compact_every_s)
     exposures = ExposureLog(wal, service.users) if service.config.log_impressions else None
