@@ -314,11 +314,13 @@ def demo(workdir: str) -> None:
     run_demo(Path(workdir), progress=_echo)
 
 
-# ----------------------------------------------------------------------------- experiments
+# ---------------------------------------------------------------- experiments, monitoring
 
-from marquee.experiments.cli import experiment  # noqa: E402 (the group's module, after main)
+from marquee.experiments.cli import experiment  # noqa: E402 (the groups' modules, after main)
+from marquee.monitoring.cli import monitor  # noqa: E402
 
 main.add_command(experiment)
+main.add_command(monitor)
 
 
 if __name__ == "__main__":

@@ -364,7 +364,10 @@ def _build(cls, raw: dict, where: str):
             kwargs[name] = _build(hint, value, f"{where}.{name}" if where else name)
         else:
             kwargs[name] = _coerce(f"{where}.{name}" if where else name, value, hint)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # a section's own check (__post_init__): said as a config error
+        raise ConfigError(f"{where or 'config'}: {e}") from e
 
 
 def from_dict(raw: dict | None) -> Config:

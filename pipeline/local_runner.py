@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from marquee.config import Config
+from marquee.monitoring.embedding_drift import REPORT_FILE, report_lines
 from pipeline.pipeline import beam_args, create_pipeline
 
 PIPELINE_NAME = "marquee"
@@ -55,21 +56,47 @@ def run_local(data_dir: Path, root: Path, config: Config,
         # Say in the run folder where and why it stopped, then let the caller report it.
         try:
             dirs["summary"].write_text(summarize(root, data_dir, time.time() - started,
-                                                 stopped=f"{type(e).__name__}: {e}"))
+                                                 stopped=f"{type(e).__name__}: {e}",
+                                                 started=started))
         except Exception as summary_error:  # never hide the run's own error behind this one
             log.warning("could not write %s: %s", dirs["summary"], summary_error)
         raise
-    summary = summarize(root, data_dir, time.time() - started)
+    summary = summarize(root, data_dir, time.time() - started, started=started)
     dirs["summary"].write_text(summary)
     return summary
 
 
-def _latest(pipeline_root: Path, component: str, output: str) -> Path | None:
+def _latest(pipeline_root: Path, component: str, output: str, since: float = 0.0
+            ) -> Path | None:
+    """The newest output folder of ``component`` written at or after ``since`` (UTC seconds):
+    a run folder holds every earlier run's artifacts too."""
     d = pipeline_root / component / output
     if not d.is_dir():
         return None
-    runs = sorted((p for p in d.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    runs = sorted((p for p in d.iterdir() if p.name.isdigit() and p.stat().st_mtime >= since),
+                  key=lambda p: int(p.name))
     return runs[-1] if runs else None
+
+
+def drift_lines(pipeline_root: Path, since: float = 0.0) -> list[str]:
+    """The summary's drift section: what DistributionValidator measured in this run."""
+    from marquee.monitoring.drift import read_drift
+
+    anomalies = _latest(pipeline_root, "DistributionValidator", "anomalies", since)
+    if anomalies is None:
+        return []
+    found = read_drift(str(anomalies))
+    if not found:
+        return ["## Drift", "", "- no baseline yet (no earlier run in this run folder got past "
+                "its AnomalyGate): nothing compared; once the gate accepts this run's data, the "
+                "next run compares with it", ""]
+    lines = ["## Drift", "", "Against the last data an AnomalyGate accepted:", ""]
+    for split in found:
+        bad = split.breaches
+        lines.append(f"- {split.split_pair}: {len(bad)} of {len(split.comparisons)} features "
+                     "past their threshold")
+        lines += [f"  - {c.line()}" for c in split.comparisons]
+    return lines + [""]
 
 
 def component_seconds(metadata_path: Path, since: float = 0.0) -> dict[str, float]:
@@ -95,17 +122,21 @@ def component_seconds(metadata_path: Path, since: float = 0.0) -> dict[str, floa
     return out
 
 
-def summarize(root: Path, data_dir: Path, seconds: float, stopped: str | None = None) -> str:
+def summarize(root: Path, data_dir: Path, seconds: float, stopped: str | None = None,
+              started: float | None = None) -> str:
     """RUN_DIR/summary.md: what ran, counts, metrics, outputs; ``stopped``: the error that ended
-    a run early (what completed is still listed)."""
+    a run early (what completed is still listed); ``started``: when the run began (UTC seconds;
+    default ``seconds`` ago), which tells its outputs from an earlier run's in the folder."""
     dirs = run_dirs(root)
     pr = dirs["pipeline_root"]
+    # this run's outputs only: a run folder holds every earlier run's too
+    since = started if started is not None else time.time() - seconds - 5
     lines = ["# marquee pipeline run", "", f"- data: {Path(data_dir).resolve()}",
              f"- run folder: {root}", f"- wall time: {seconds:.0f} s", ""]
     if stopped:
         lines += ["## Stopped", "", "The run stopped before the end; nothing after the failing "
                   "step ran.", "", "```", stopped, "```", ""]
-    ex = _latest(pr, "ContractExampleGen", "examples")
+    ex = _latest(pr, "ContractExampleGen", "examples", since)
     if ex and (ex / "counts.json").is_file():
         info = json.loads((ex / "counts.json").read_text())
         cutoff = time.strftime("%Y-%m-%d %H:%M", time.gmtime(info["eval_cutoff"]))
@@ -113,23 +144,29 @@ def summarize(root: Path, data_dir: Path, seconds: float, stopped: str | None = 
                   *(f"- {k}: {v:,}" for k, v in info["counts"].items()),
                   f"- time split: eval from {cutoff} UTC",
                   f"- rejected rows: {info['rejected']} (details: {info['rejects']})", ""]
-    model = _latest(pr, "Trainer", "model")
+    lines += drift_lines(pr, since)
+    model = _latest(pr, "Trainer", "model", since)
     meta_file = model / "Format-Serving" / "metadata.json" if model else None
     if meta_file and meta_file.is_file():
         meta = json.loads(meta_file.read_text())
         lines += ["## Retrieval model", "", f"- training run: {meta['training_run']}",
                   *(f"- {k}: {v}" for k, v in meta["metrics"].items()), ""]
-    index = _latest(pr, "ScannIndexer", "index")
+    index = _latest(pr, "ScannIndexer", "index", since)
     if index and (index / "index.json").is_file():
         ev = json.loads((index / "index.json").read_text()).get("evaluation", {})
         lines += ["## ScaNN index", "", *(f"- {k}: {v}" for k, v in ev.items()), ""]
-    pushed = _latest(pr, "ModelPusher", "pushed_model")
+    pushed = _latest(pr, "ModelPusher", "pushed_model", since)
     if pushed and (pushed / "push.json").is_file():
         push = json.loads((pushed / "push.json").read_text())
         lines += ["## Push", "", f"- {push['reason']}",
                   *(f"- {k}: {v}" for k, v in push.get("paths", {}).items()), ""]
+    report = _latest(pr, "EmbeddingDrift", "report", since)
+    if report and (report / REPORT_FILE).is_file():
+        lines += ["## Embedding drift", "",
+                  *(f"- {line}" for line in report_lines(json.loads(
+                      (report / REPORT_FILE).read_text()))), ""]
     try:
-        secs = component_seconds(dirs["metadata"], time.time() - seconds - 5)
+        secs = component_seconds(dirs["metadata"], since)
         lines += ["## Seconds per component", "", *(f"- {k}: {v:.1f}" for k, v in secs.items())]
     except Exception as e:  # the summary is best effort; say why the timing is missing
         lines += [f"(component timings unavailable: {e})"]

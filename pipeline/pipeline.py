@@ -1,8 +1,13 @@
 """The one pipeline factory. Runners (local, Kubeflow) only choose roots, metadata and Beam args.
 
-    ContractExampleGen -> StatisticsGen -> ExampleValidator (curated schema) -> AnomalyGate
+    ContractExampleGen -> StatisticsGen -> ExampleValidator (curated schema) ------> AnomalyGate
+                                       -> DistributionValidator (vs BaselineStatistics) --^
       -> Transform -> Trainer (two-tower) -> ScannIndexer ----------------------> ModelPusher
                    -> RankingTrainer (multi-task) -> RankingEvaluator (vs last blessed) --^
+                                                                     EmbeddingDrift <--'
+
+BaselineStatistics resolves the latest statistics an AnomalyGate accepted in an earlier run of
+this pipeline (same pipeline root and metadata): the drift baseline (marquee/monitoring/drift.py).
 """
 
 from __future__ import annotations
@@ -10,9 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from tfx import v1 as tfx
+from tfx.components.distribution_validator.component import DistributionValidator
 from tfx.proto import transform_pb2
+from tfx.utils import io_utils
 
 from components.anomaly_gate.component import AnomalyGate
+from components.anomaly_gate.executor import BASELINE_STATISTICS
 from components.contract_example_gen.component import ContractExampleGen
 from components.contract_example_gen.example_lib import (
     CATALOGUE,
@@ -21,15 +29,18 @@ from components.contract_example_gen.example_lib import (
     RANK_TRAIN,
     TRAIN,
 )
+from components.embedding_drift.component import EmbeddingDrift
 from components.model_pusher.component import ModelPusher
 from components.ranking_evaluator.component import RankingEvaluator
 from components.scann_indexer.component import ScannIndexer
 from marquee.config import BeamConfig, Config
+from marquee.monitoring.drift import DRIFT_SPLITS, validator_config
 
 SCHEMA_FILE = str(Path(__file__).resolve().parent / "schema" / "schema.pbtxt")
 PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
 RETRIEVAL_RUN_FN = "trainer.retrieval.run_fn"
 RANKING_RUN_FN = "trainer.ranking.run_fn"
+GATE = "AnomalyGate"
 
 
 def beam_args(beam: BeamConfig, cores: int) -> list[str]:
@@ -58,7 +69,22 @@ def create_pipeline(
     validator = tfx.components.ExampleValidator(
         statistics=statistics.outputs["statistics"], schema=schema.outputs["schema"],
         exclude_splits=[CATALOGUE])
-    gate = AnomalyGate(anomalies=validator.outputs["anomalies"])
+    # A plain Channel (not the gate's output channel) queries every run's artifacts, so the
+    # resolver sees earlier runs' accepted statistics and this run's gate stays downstream.
+    baseline = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+        statistics=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ExampleStatistics,
+                                   producer_component_id=GATE, output_key=BASELINE_STATISTICS),
+    ).with_id("BaselineStatistics")
+    drift = DistributionValidator(
+        statistics=statistics.outputs["statistics"],
+        # optional: the first run has no baseline, and the validator then compares nothing
+        baseline_statistics=baseline.outputs["statistics"].as_optional(),
+        config=validator_config(io_utils.SchemaReader().read(SCHEMA_FILE), config.monitor),
+        include_split_pairs=[(s, s) for s in DRIFT_SPLITS])
+    gate = AnomalyGate(anomalies=validator.outputs["anomalies"],
+                       statistics=statistics.outputs["statistics"],
+                       drift_anomalies=drift.outputs["anomalies"], config=config).with_id(GATE)
     transform = tfx.components.Transform(
         examples=examples, schema=schema.outputs["schema"], preprocessing_fn=PREPROCESSING_FN,
         disable_statistics=True,  # StatisticsGen already profiles the examples
@@ -97,11 +123,14 @@ def create_pipeline(
                          serving_dir=serving_dir,
                          ranking_model=ranking_trainer.outputs["model"],
                          ranking_blessing=evaluator.outputs["blessing"])
+    embedding_drift = EmbeddingDrift(pushed_model=pusher.outputs["pushed_model"],
+                                     examples=examples, config=config)
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
-        components=[example_gen, statistics, schema, validator, gate, transform, trainer,
-                    indexer, ranking_trainer, last_blessed_ranker, evaluator, pusher],
+        components=[example_gen, statistics, schema, validator, baseline, drift, gate,
+                    transform, trainer, indexer, ranking_trainer, last_blessed_ranker, evaluator,
+                    pusher, embedding_drift],
         enable_cache=False,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [],

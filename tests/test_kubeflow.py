@@ -41,8 +41,8 @@ REGENERATE_HINT = ("If the change is intended, regenerate the golden and review 
                    "MARQUEE_REGENERATE_GOLDEN=1 .venv/bin/python -m pytest -q "
                    "tests/test_kubeflow.py && git diff kubeflow/pipeline.json")
 FACTORY_COMPONENTS = {"ContractExampleGen", "StatisticsGen", "ImportSchemaGen",
-                      "ExampleValidator", "AnomalyGate", "Transform", "Trainer", "ScannIndexer",
-                      "ModelPusher"}
+                      "ExampleValidator", "DistributionValidator", "AnomalyGate", "Transform",
+                      "Trainer", "ScannIndexer", "ModelPusher", "EmbeddingDrift"}
 TFX_V2_ENTRYPOINT = ["python", "-m",
                      "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
 # beam_args(BeamConfig(), cores=0): the pod's DirectRunner, one worker per core it sees.
@@ -132,6 +132,13 @@ def test_every_factory_node_is_a_task_wired_in_order(job):
     # The gate stops Transform on anomalies; the pusher needs both the model and the index.
     assert "AnomalyGate" in tasks["Transform"]["dependentTasks"]
     assert {"Trainer", "ScannIndexer"} <= set(tasks["ModelPusher"]["dependentTasks"])
+    # Drift: this run's statistics against the resolved baseline, before the gate decides.
+    assert {"StatisticsGen", "BaselineStatistics"} <= set(
+        tasks["DistributionValidator"]["dependentTasks"])
+    assert "DistributionValidator" in tasks["AnomalyGate"]["dependentTasks"]
+    assert "ModelPusher" in tasks["EmbeddingDrift"]["dependentTasks"]
+    resolver = _executors(job)["BaselineStatistics"]["resolver"]["outputArtifactQueries"]
+    assert resolver["statistics"]["filter"].startswith('schema_title="tfx.ExampleStatistics"')
 
 
 def test_every_executor_runs_the_image_with_the_tfx_entrypoint_and_beam_args(job):
@@ -168,6 +175,10 @@ def test_every_component_parameter_is_set(job):
     assert (_runtime_parameter(job, "ModelPusher", "serving_dir") == kr.DEFAULT_SERVING_DIR
             == "/models")
     assert Config.from_json(_constants(job, "ScannIndexer")["config_json"]) == Config()
+    assert Config.from_json(_constants(job, "AnomalyGate")["config_json"]) == Config()
+    # the drift thresholds are the curated schema's, compiled into the validator's config
+    drift = json.loads(_constants(job, "DistributionValidator")["distribution_validator_config"])
+    assert len(drift["defaultSliceConfig"]["feature"]) == 11
     # The schema is named by its path in the image, which holds the same file as the checkout.
     schema = _constants(job, "ImportSchemaGen")["schema_file"]
     assert schema == f"{kr.IMAGE_SOURCE_DIR}/pipeline/schema/schema.pbtxt"

@@ -1,0 +1,1 @@
+"""EmbeddingDrift: the thin TFX layer over ``marquee.monitoring.embedding_drift``."""
