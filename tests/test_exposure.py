@@ -106,3 +106,35 @@ def test_new_title_share():
     assert exposure.new_title_share(impressions, items_frame(), days=11) == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="not in the items table"):
         exposure.new_title_share(impressions.assign(item_id=[1, 2, 9]), items_frame(), days=7)
+
+
+def test_array_level_forms_by_hand():
+    # counts 0, 2, 0, 1 -> 2 of 4 shown
+    assert exposure.coverage_of_counts([0, 2, 0, 1]) == 0.5
+    assert exposure.coverage_of_counts([]) == 0.0
+    # {Drama}, {Comedy}, {Drama, Comedy}: 1, 1/2, 1/2 -> 2/3; order does not matter
+    assert exposure.list_diversity([["Drama"], ["Comedy"], ["Drama", "Comedy"]]) == \
+        pytest.approx(2 / 3)
+    assert exposure.list_diversity([["Comedy", "Drama"], ["Drama"]]) == pytest.approx(0.5)
+    assert exposure.list_diversity([[], []]) == 0.0
+    assert math.isnan(exposure.list_diversity([["Drama"]]))
+    # counts 100, 50, 50, 0 -> ranks 1, 2.5, 2.5, 4
+    assert exposure.popularity_ranks([100, 50, 50, 0]).tolist() == [1.0, 2.5, 2.5, 4.0]
+    # added on day 10: on day 12 it is 2 days old (new within 7 days), on day 17 exactly 7
+    # (not new: age < days), on day 9 shown before it was added (new)
+    new = exposure.is_new(10 * DAY, [12 * DAY, 17 * DAY, 9 * DAY], days=7)
+    assert new.tolist() == [True, False, True]
+    with pytest.raises(ValueError, match="days must be positive, got 0"):
+        exposure.is_new(0, 0, days=0)
+
+
+def test_each_page_of_the_table_gets_list_diversity_of_its_titles():
+    rng = np.random.default_rng(3)
+    genres = [["Drama"], ["Comedy"], ["Drama", "Comedy"], [], []]
+    pages = rng.integers(0, 6, 40)
+    impressions = pd.DataFrame({c.USER_ID: 1, c.ITEM_ID: rng.integers(1, 6, 40),
+                                c.PAGE_ID: pages})
+    ild = exposure.intra_list_diversity(impressions, items_frame())
+    for page, rows in impressions.groupby(c.PAGE_ID):
+        expected = exposure.list_diversity([genres[i - 1] for i in rows[c.ITEM_ID]])
+        assert ild[page] == pytest.approx(expected, nan_ok=True)

@@ -19,6 +19,10 @@ or timestamps) and the catalogue as the contract's items table, so that experime
   their mean rank), from given popularity counts; higher is more novel.
 * **new-title share**: the share of impressions of titles added within ``days`` before the
   impression.
+
+The array-level forms (:func:`coverage_of_counts`, :func:`is_new`, :func:`list_diversity`,
+:func:`popularity_ranks`) are what the table-level functions compute with; the live sliding window
+(:mod:`marquee.monitoring.window`) calls them on its counts, so both report the same numbers.
 """
 
 from __future__ import annotations
@@ -65,10 +69,16 @@ def exposure_counts(shown, catalogue) -> np.ndarray:
     return out
 
 
+def coverage_of_counts(counts) -> float:
+    """Share of the titles of ``counts`` ``[n_catalogue]`` (impressions per title) shown at
+    least once (0 for an empty catalogue)."""
+    counts = np.asarray(counts)
+    return float(np.mean(counts > 0)) if len(counts) else 0.0
+
+
 def coverage(shown, catalogue) -> float:
     """Share of catalogue titles shown at least once (0 for an empty catalogue)."""
-    counts = exposure_counts(shown, catalogue)
-    return float(np.mean(counts > 0)) if len(counts) else 0.0
+    return coverage_of_counts(exposure_counts(shown, catalogue))
 
 
 def exposure_gini(shown, catalogue) -> float:
@@ -126,6 +136,36 @@ def genre_entropy_per_user(impressions: pd.DataFrame, items: pd.DataFrame) -> pd
     return entropy.rename("genre_entropy").sort_index()
 
 
+def _genre_matrix(genres) -> np.ndarray:
+    """One-hot genre sets ``[n_titles, n_genres]`` (at least one column) of genre lists."""
+    vocabulary = {g: k for k, g in enumerate(sorted({g for gs in genres for g in gs}))}
+    matrix = np.zeros((len(genres), max(len(vocabulary), 1)), dtype=np.float64)
+    matrix[[r for r, gs in enumerate(genres) for _ in gs],
+           [vocabulary[g] for gs in genres for g in gs]] = 1.0
+    return matrix
+
+
+def _mean_jaccard_distance(m: np.ndarray) -> float:
+    """Mean pairwise Jaccard distance of the rows of a one-hot ``m`` ``[k, n_genres]``; nan
+    when ``k < 2``."""
+    k = len(m)
+    if k < 2:
+        return float("nan")
+    inter = m @ m.T
+    sizes = m.sum(axis=1)
+    union = sizes[:, None] + sizes[None, :] - inter
+    similarity = np.divide(inter, union, out=np.ones_like(inter), where=union > 0)
+    # symmetric with a zero diagonal: the mean over pairs is the sum over k * (k - 1) cells
+    return float((1.0 - similarity).sum() / (k * (k - 1)))
+
+
+def list_diversity(genres) -> float:
+    """Intra-list diversity of one page: the mean pairwise Jaccard distance of its titles'
+    genre sets (``genres``: one list of genres per title, in any order); nan for fewer than two
+    titles. :func:`intra_list_diversity` gives each page of an impressions table this value."""
+    return _mean_jaccard_distance(_genre_matrix([list(g) for g in genres]))
+
+
 def intra_list_diversity(
     impressions: pd.DataFrame, items: pd.DataFrame, page_column: str = "page_id"
 ) -> pd.Series:
@@ -137,25 +177,10 @@ def intra_list_diversity(
             f"intra-list diversity needs a {page_column} on every impression; "
             f"{impressions[page_column].isna().sum() if page_column in impressions else 'all'} "
             "row(s) lack one (older logs have none: leave those rows out first)")
-    genres = _genres_of(impressions[c.ITEM_ID].to_numpy(np.int64), items)
-    vocabulary = {g: k for k, g in enumerate(sorted({g for gs in genres for g in gs}))}
-    matrix = np.zeros((len(genres), max(len(vocabulary), 1)), dtype=np.float64)
-    for row, gs in enumerate(genres):
-        matrix[row, [vocabulary[g] for g in gs]] = 1.0
+    matrix = _genre_matrix(_genres_of(impressions[c.ITEM_ID].to_numpy(np.int64), items))
     pages = impressions[page_column].to_numpy()
-    out = {}
-    for page, rows in pd.Series(np.arange(len(pages))).groupby(pages):
-        m = matrix[rows.to_numpy()]
-        k = len(m)
-        if k < 2:
-            out[page] = np.nan
-            continue
-        inter = m @ m.T
-        sizes = m.sum(axis=1)
-        union = sizes[:, None] + sizes[None, :] - inter
-        distance = np.where(union > 0, 1.0 - inter / np.where(union > 0, union, 1.0), 0.0)
-        upper = np.triu_indices(k, 1)
-        out[page] = float(distance[upper].mean())
+    out = {page: _mean_jaccard_distance(matrix[rows.to_numpy()])
+           for page, rows in pd.Series(np.arange(len(pages))).groupby(pages)}
     result = pd.Series(out, dtype=np.float64, name="intra_list_diversity").sort_index()
     result.index.name = page_column
     return result
@@ -168,10 +193,19 @@ def novelty(shown, popularity: pd.Series) -> float:
     shown = _ids(shown, "shown")
     if not popularity.index.is_unique:
         raise ValueError("popularity: item ids (its index) must be unique")
-    ranks = popularity.rank(ascending=False, method="average")
+    ranks = pd.Series(popularity_ranks(popularity.to_numpy()), index=popularity.index)
     _check_known(shown, ranks.index.to_numpy(), "the popularity counts",
                  "give a count, 0 if none, for every catalogue title")
     return float(ranks.reindex(shown).mean()) if len(shown) else float("nan")
+
+
+def popularity_ranks(counts) -> np.ndarray:
+    """Popularity rank of each title of ``counts`` ``[n]`` (1 = the most popular; ties share
+    their mean rank), as float64 ``[n]``: the ranks :func:`novelty` averages."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 1:
+        raise ValueError(f"counts: expected a 1-d array of popularity counts, got {counts.shape}")
+    return pd.Series(counts).rank(ascending=False, method="average").to_numpy(np.float64)
 
 
 def new_title_share(impressions: pd.DataFrame, items: pd.DataFrame, days: float) -> float:
@@ -186,5 +220,15 @@ def new_title_share(impressions: pd.DataFrame, items: pd.DataFrame, days: float)
     _check_known(ids, added.index.to_numpy(), "the items table")
     if len(ids) == 0:
         return float("nan")
-    age = impressions[c.TIMESTAMP].to_numpy(np.int64) - added.reindex(ids).to_numpy()
-    return float(np.mean(age < days * DAY_SECONDS))
+    new = is_new(added.reindex(ids).to_numpy(), impressions[c.TIMESTAMP].to_numpy(np.int64), days)
+    return float(np.mean(new))
+
+
+def is_new(added_at, timestamps, days: float) -> np.ndarray:
+    """Whether each impression's title is new (:func:`new_title_share`'s rule: added less than
+    ``days`` before the impression, ``timestamp - added_at < days * 86400``): bool, the
+    broadcast shape of ``added_at`` and ``timestamps`` (epoch seconds)."""
+    if days <= 0:
+        raise ValueError(f"days must be positive, got {days!r}")
+    age = np.asarray(timestamps, dtype=np.int64) - np.asarray(added_at, dtype=np.int64)
+    return age < days * DAY_SECONDS

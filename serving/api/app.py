@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from marquee.config import LimitsConfig
+from marquee.monitoring.window import ExposureWindow
 from serving.api import routes
 from serving.api.body import BadBody, problems_of
 from serving.api.metrics import Metrics
@@ -177,7 +178,10 @@ def create_app(service: HomepageService, writes: Writes, tokens: Tokens,
         readings["wal"] = writes.wal.stats
     if writes.exposures is not None:
         readings["impressions"] = writes.exposures.stats
-    app.state.metrics = metrics = Metrics(readings)
+    exposure = ExposureWindow(service.catalogue, new_days=service.config.explore_new_days,
+                              popularity=service.users.popularity())
+    readings["exposure"] = exposure.stats
+    app.state.metrics = metrics = Metrics(readings, exposure=exposure)
     for router in (routes.homepages, routes.writes, routes.ops):
         app.include_router(router)
     _install_errors(app)

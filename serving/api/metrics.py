@@ -9,7 +9,9 @@
 - ``marquee_experiment_pages_total{experiment, arm}``: pages served per arm (a live check of the
   traffic split);
 - the feature store's, the write-ahead log's and the impression log's own counters and state
-  (``marquee_impressions_logged``, ``..._lost``), read at scrape time.
+  (``marquee_impressions_logged``, ``..._lost``), read at scrape time;
+- ``marquee_exposure_*``: coverage, Gini, new-title share, intra-list diversity and novelty of
+  what the pages of the last hour showed (``marquee.monitoring.window``, bounded memory).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from marquee.monitoring.window import ExposureWindow
 from serving.homepage.page import Homepage
 
 # Seconds: from a cache hit (well under a millisecond) to past the 200 ms budget.
@@ -43,7 +46,10 @@ class _Readings:
 
 
 class Metrics:
-    def __init__(self, readings: Mapping[str, Callable[[], Mapping[str, float]]] | None = None):
+    def __init__(self, readings: Mapping[str, Callable[[], Mapping[str, float]]] | None = None,
+                 exposure: ExposureWindow | None = None):
+        """``exposure``: the sliding window of what pages showed (its gauges are a reading)."""
+        self.exposure = exposure
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("marquee_http_requests", "HTTP requests by route and status",
@@ -81,6 +87,8 @@ class Metrics:
         self.homepages.labels(outcome).inc()
         for experiment, arm in page.experiments.items():
             self.arm_pages.labels(experiment, arm).inc()
+        if self.exposure is not None:
+            self.exposure.observe(page)
 
     def count_write(self, route: str, outcome: str) -> None:
         self.writes.labels(route, outcome).inc()
