@@ -9,6 +9,10 @@ import click
 
 import marquee  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
 from marquee.data.contract import ContractError
+from marquee.data.simulate import SimConfig
+from marquee.logs import quiet_libraries
+
+_SIM_DEFAULTS = SimConfig()  # `marquee data synth` follows the simulator's defaults
 
 
 def _echo(line: str) -> None:
@@ -32,10 +36,13 @@ def data() -> None:
 @data.command("synth")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Dataset folder to write.")
-@click.option("--users", default=3000, show_default=True, type=click.IntRange(min=1))
-@click.option("--items", default=2000, show_default=True, type=click.IntRange(min=1))
-@click.option("--days", default=60, show_default=True, type=click.IntRange(min=1))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--users", default=_SIM_DEFAULTS.users, show_default=True,
+              type=click.IntRange(min=1))
+@click.option("--items", default=_SIM_DEFAULTS.items, show_default=True,
+              type=click.IntRange(min=1))
+@click.option("--days", default=_SIM_DEFAULTS.days, show_default=True,
+              type=click.IntRange(min=1))
+@click.option("--seed", default=_SIM_DEFAULTS.seed, show_default=True, type=int)
 def data_synth(out_dir: str, users: int, items: int, days: int, seed: int) -> None:
     """Simulate a streaming service (users, catalogue, logged impressions and watches)."""
     from marquee.data.simulate import SimConfig, simulate
@@ -99,6 +106,7 @@ def pipeline() -> None:
               help="YAML config (see marquee/config.py for every setting).")
 def pipeline_run(data_dir: str, root: str, config_file: str | None) -> None:
     """Run the pipeline locally (LocalDagRunner, Beam DirectRunner)."""
+    quiet_libraries()
     from components.anomaly_gate.executor import AnomaliesFound
     from marquee.config import ConfigError, load_config
     from pipeline.local_runner import run_local
@@ -309,6 +317,7 @@ def features_load(run_dir: str, data_dir: str, redis_url: str, ttl_hours: float,
               type=click.Path(file_okay=False), help="Where the demo writes data and runs.")
 def demo(workdir: str) -> None:
     """Run everything end to end on simulated data and print a homepage."""
+    quiet_libraries()
     from marquee.demo import run_demo
 
     run_demo(Path(workdir), progress=_echo)

@@ -2,38 +2,47 @@
 
 ``simulate(out_dir, SimConfig(...))`` writes a dataset folder in the data contract
 (``users.parquet``, ``items.parquet``, ``interactions.parquet``) plus the ground truth the log was
-drawn from (``_truth/affinities.parquet``), so offline metrics can be checked against it.
+drawn from (``_truth/affinities.parquet``, and the config in ``_truth/config.json``), so offline
+metrics can be checked against it. ``marquee.data.audience.Audience`` puts the same users in front
+of pages a real serving stack returns (a closed loop). ``docs/simulator.md`` describes the world
+and how its defaults were calibrated against MovieLens 100K (``bench/calibrate_simulator.py``).
 
 The world:
 
 * **Users** have latent tastes: a genre preference (Dirichlet over :data:`GENRES`) and
-  ``FACTOR_DIM`` latent factors; a heavy-tailed activity rate; a preferred device and a preferred
-  local evening hour (shifted to UTC by their country). ``new_user_share`` of them sign up during
-  the period and pick three of their top genres in the onboarding quiz.
-* **Items** have latent factors, 1-3 genres, a quality term, a Zipf popularity rank (correlated
-  with quality), cast and director drawn from power-law pools of people, durations (features
+  ``FACTOR_DIM`` latent factors of decaying spread (:data:`FACTOR_SCALE`); a heavy-tailed
+  activity rate; a preferred device and a preferred local evening hour (shifted to UTC by their
+  country). ``new_user_share`` of them sign up during the period and pick three of their top
+  genres in the onboarding quiz.
+* **Items** have latent factors, 1-3 genres, a quality term, a popularity rank (correlated with
+  quality), cast and director drawn from power-law pools of people, durations (features
   ~80-170 min, episodes 20-60 min) and keywords that name their strongest latent factors.
   ``new_item_share`` of them join the catalogue during the period.
 * **Affinity** ``a(u, i) = <user factors, item factors> + GENRE_WEIGHT * mean over the item's
   genres of the user's centred log genre preference + item quality`` (:func:`_affinity`): a pure
   function of the seeded state, written to ``_truth/`` for a sample of users.
-* **The logging policy** shows a page of ``page_size`` titles per session, drawn without
-  replacement mostly by popularity (so popular titles also tend to sit higher) and partly from the
-  user's favourite genres; only titles already in the catalogue at session time. Each shown title
-  is an ``impression`` event. It is watched with ``P = position ** -position_bias *
-  sigmoid(a + watch_bias)``; a watch is a ``watch`` event at the same position, a minute or so
-  later. Low affinity abandons early (usually under two minutes), high affinity watches most of
-  the title. ``rating_share`` of watches carry a half-star rating that rises with affinity.
+* **The logging policy** (:func:`_page`) shows a page of ``page_size`` titles per session: it
+  draws candidates by popularity (``(rank + popularity_offset * items) ** -popularity_exponent``),
+  a ``personalised_share`` of them from the user's favourite genres, keeps the titles in the
+  catalogue at session time that the user has not watched yet, and shows the best
+  ``policy_taste_weight * affinity + Gumbel noise`` first. Each shown title is an ``impression``.
+* **The watch model** (:func:`_watch`, shared with the audience): a shown title is watched with
+  ``P = position ** -position_bias * sigmoid(a + watch_bias)``; a watch is a ``watch`` event at
+  the same position, a minute or so later. Low affinity abandons early (usually under two
+  minutes), high affinity watches most of the title (less on phones). ``rating_share`` of
+  watches carry a half-star rating that rises with affinity.
 
 Determinism: every random draw comes from ``numpy.random.default_rng`` seeded with
 ``(seed, stream, chunk)``; the same config gives byte-identical files (on the same numpy and
 pyarrow versions). Memory: the catalogue is held whole; users and their events are simulated
-``chunk_users`` at a time and streamed to Parquet, so memory does not grow with users x items.
+``chunk_users`` at a time, in blocks of whole users, and streamed to Parquet, so memory does not
+grow with users x items.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import shutil
 import time
@@ -56,8 +65,16 @@ GENRES = (
 _GENRE_FREQ = np.array([8, 5, 3, 10, 6, 3, 12, 3, 4, 2, 5, 2, 4, 6, 5, 7, 2, 1], np.float64)
 _GENRE_FREQ /= _GENRE_FREQ.sum()
 FACTOR_DIM = 16
+# Spread of the users' latent factors: factor k has standard deviation 0.5 * FACTOR_SCALE[k], a
+# decaying spectrum (variance 0.6 ** k, rescaled so the factor term keeps standard deviation
+# ~1), as in rating data: a few broad tastes dominate, which a model learns from a few dozen
+# watches a user (docs/simulator.md: the demo's ranker reaches AUC 0.80 on it, 0.78 with equal
+# spreads).
+_FACTOR_VARIANCE = 0.6 ** np.arange(FACTOR_DIM)
+FACTOR_SCALE = np.sqrt(_FACTOR_VARIANCE / _FACTOR_VARIANCE.mean())
 # Weight of the genre-match term in the affinity (the factor term has standard deviation ~1).
-GENRE_WEIGHT = 0.6
+GENRE_WEIGHT = 1.8
+QUALITY_SD = 0.4  # standard deviation of the item quality term (shared by every user)
 # One keyword pair per latent factor: an item is tagged with the side of its strongest factors.
 FACTOR_KEYWORDS = (
     ("dark", "light-hearted"), ("slow-burn", "fast-paced"), ("cerebral", "visceral"),
@@ -124,12 +141,18 @@ _TITLE_PARTS = (
 
 # Random streams: each part of the world draws from its own generator (seed, stream, chunk).
 _STREAM_ITEMS, _STREAM_USERS, _STREAM_EVENTS, _STREAM_TRUTH = 1, 2, 3, 4
-# Sessions simulated together inside a chunk (~0.5M rows, one Parquet row group).
-_BLOCK_SESSIONS = 32_768
+# ...and the closed-loop audience's (marquee/data/audience.py): its sessions and its watches.
+_STREAM_AUDIENCE, _STREAM_RESPOND = 5, 6
+# Candidates the logging policy draws per page slot (it shows the best of them).
+_CANDIDATES_PER_SLOT = 2
+# Policy candidates per block of sessions simulated together inside a chunk (~66K sessions of
+# 15-title pages, ~1M rows, one Parquet row group; bounds memory for long pages).
+_BLOCK_CANDIDATES = 2_000_000
 # Truth rows computed together (bounds memory for big catalogues).
 _TRUTH_BLOCK_ROWS = 2_000_000
 TRUTH_DIR = "_truth"
 TRUTH_FILE = "affinities.parquet"
+CONFIG_FILE = "config.json"  # in TRUTH_DIR: the SimConfig the dataset was simulated with
 AFFINITY = "affinity"
 TRUTH_SCHEMA = pa.schema([pa.field(c.USER_ID, pa.int64(), nullable=False),
                           pa.field(c.ITEM_ID, pa.int64(), nullable=False),
@@ -140,7 +163,7 @@ TRUTH_SCHEMA = pa.schema([pa.field(c.USER_ID, pa.int64(), nullable=False),
 class SimConfig:
     """Size, seed and behaviour of the simulated service. Invalid values raise ValueError."""
 
-    users: int = 3000
+    users: int = 1000
     items: int = 2000
     days: int = 60
     seed: int = 0
@@ -148,12 +171,17 @@ class SimConfig:
     truth_users: int = 200  # users whose affinity to every item goes to _truth/ (at most `users`)
     chunk_users: int = 20_000  # users simulated per chunk (bounds memory)
     page_size: int = 15  # titles per page: one impression each, at positions 1..page_size
-    sessions_per_day: float = 0.25  # mean sessions per user per day after signup (at most 8)
-    activity_spread: float = 1.0  # sigma of the log-normal spread of activity across users
+    sessions_per_day: float = 0.45  # mean sessions per user per day after signup (at most 8)
+    activity_spread: float = 1.2  # sigma of the log-normal spread of activity across users
     new_user_share: float = 0.2  # share of users who sign up during the period
     new_item_share: float = 0.1  # share of titles added to the catalogue during the period
-    popularity_exponent: float = 1.0  # Zipf: the title of popularity rank r is drawn ~ r**-this
-    personalised_share: float = 0.25  # share of page slots the policy fills from favourite genres
+    # Popularity: the title of popularity rank r (1 = most popular) is drawn by the policy with
+    # weight (r + popularity_offset * items) ** -popularity_exponent (offset 0: a Zipf law; the
+    # offset flattens the head, the exponent thins the tail).
+    popularity_exponent: float = 3.5
+    popularity_offset: float = 0.15
+    personalised_share: float = 0.5  # share of policy candidates drawn from favourite genres
+    policy_taste_weight: float = 3.0  # weight of the user's affinity in which candidates are shown
     position_bias: float = 0.7  # P(watch) scales with position ** -position_bias
     watch_bias: float = -1.0  # added to affinity in the watch logit (lower: fewer watches)
     rating_share: float = 0.07  # share of watches that carry an explicit rating
@@ -198,8 +226,12 @@ _CHECKS: tuple[tuple[str, Callable[[SimConfig, float], bool], str, str], ...] = 
     ("new_user_share", lambda s, v: 0 <= v <= 1, "a share in 0..1", "Pass e.g. 0.2."),
     ("new_item_share", lambda s, v: 0 <= v <= 1, "a share in 0..1", "Pass e.g. 0.1."),
     ("popularity_exponent", lambda s, v: 0 <= v <= 5, "a number in 0..5",
-     "Pass the Zipf exponent, e.g. 1.0; 0 makes every title equally popular."),
-    ("personalised_share", lambda s, v: 0 <= v <= 1, "a share in 0..1", "Pass e.g. 0.25."),
+     "Pass the popularity exponent, e.g. 3.5; 0 makes every title equally popular."),
+    ("popularity_offset", lambda s, v: 0 <= v <= 1, "a share in 0..1",
+     "Pass the head's width as a share of the catalogue, e.g. 0.15; 0 is a Zipf law."),
+    ("personalised_share", lambda s, v: 0 <= v <= 1, "a share in 0..1", "Pass e.g. 0.5."),
+    ("policy_taste_weight", lambda s, v: 0 <= v <= 20, "a number in 0..20",
+     "Pass the weight of affinity in the policy's choice, e.g. 3.0; 0 picks candidates at random."),
     ("position_bias", lambda s, v: 0 <= v <= 5, "a number in 0..5",
      "Pass the exponent of position ** -bias, e.g. 0.7; 0 turns position bias off."),
     ("watch_bias", lambda s, v: -20 <= v <= 20, "a number in -20..20",
@@ -235,8 +267,9 @@ class SimSummary:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _rng(seed: int, stream: int, chunk: int = 0) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, stream, chunk]))
+def _rng(seed: int, stream: int, *keys: int) -> np.random.Generator:
+    """The generator of one random stream: (seed, stream, keys...), keys default (0,)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, stream, *(keys or (0,))]))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -332,8 +365,11 @@ class _Catalogue:
     genre_bounds: np.ndarray  # [len(GENRES) + 1] where each genre's block starts
 
 
-def _make_catalogue(cfg: SimConfig) -> tuple[_Catalogue, dict]:
-    """The catalogue's hidden state and its ``items`` table columns."""
+def _make_catalogue(cfg: SimConfig, columns: bool = True) -> tuple[_Catalogue, dict | None]:
+    """The catalogue's hidden state and its ``items`` table columns (None if not ``columns``).
+
+    The columns draw after the state from the same generator, so the state is the same either way.
+    """
     rng = _rng(cfg.seed, _STREAM_ITEMS)
     m, n_genres = cfg.items, len(GENRES)
     new = np.zeros(m, bool)
@@ -352,11 +388,12 @@ def _make_catalogue(cfg: SimConfig) -> tuple[_Catalogue, dict]:
         share[genre_of[rows, j], rows] = 1.0 / n_genre[rows]
 
     factors = rng.normal(0.0, 0.5, (FACTOR_DIM, m))
-    quality = rng.normal(0.0, 0.4, m)
+    quality = rng.normal(0.0, QUALITY_SD, m)
     # Popularity rank follows quality loosely: better titles tend to be more popular.
     rank = np.empty(m, np.int64)
-    rank[np.argsort(-(quality / 0.4 + rng.normal(0.0, 1.5, m)), kind="stable")] = np.arange(m)
-    pop = (rank + 1.0) ** -cfg.popularity_exponent
+    by_fame = np.argsort(-(quality / QUALITY_SD + rng.normal(0.0, 1.5, m)), kind="stable")
+    rank[by_fame] = np.arange(m)
+    pop = (rank + 1.0 + cfg.popularity_offset * m) ** -cfg.popularity_exponent
     members = [np.flatnonzero(share[g] > 0) for g in range(n_genres)]
     feature = rng.random(m) < 0.6
     minutes = np.where(feature, np.clip(rng.normal(115, 15, m), 80, 170), rng.uniform(20, 60, m))
@@ -370,6 +407,8 @@ def _make_catalogue(cfg: SimConfig) -> tuple[_Catalogue, dict]:
         genre_cdf=np.concatenate([g + _cdf(pop[r]) for g, r in enumerate(members) if len(r)]),
         genre_bounds=np.concatenate([[0], np.cumsum([len(r) for r in members])]),
     )
+    if not columns:
+        return catalogue, None
 
     year_added = added.astype("datetime64[s]").astype("datetime64[Y]").astype(np.int64) + 1970
     fresh = new & (rng.random(m) < 0.7)  # most new arrivals are this year's releases
@@ -404,7 +443,7 @@ def _make_catalogue(cfg: SimConfig) -> tuple[_Catalogue, dict]:
     def missing(column: str) -> np.ndarray:
         return rng.random(m) < _MISSING[column]
 
-    columns = {
+    table = {
         c.ITEM_ID: np.arange(1, m + 1, dtype=np.int64),
         c.TITLE: title,
         c.GENRES: _lists(pa.array(GENRES), genre_of[has], n_genre),
@@ -416,7 +455,7 @@ def _make_catalogue(cfg: SimConfig) -> tuple[_Catalogue, dict]:
         c.MATURITY_RATING: pc.if_else(pa.array(kids), kids_rating, maturity),
         c.KEYWORDS: _lists(vocab, tags[tag_keep], tag_keep.sum(axis=1), missing(c.KEYWORDS)),
     }
-    return catalogue, columns
+    return catalogue, table
 
 
 # ----------------------------------------------------------------------------- users
@@ -428,14 +467,16 @@ class _Users:
 
     signup_at: np.ndarray  # [n] int64
     embed: np.ndarray  # [FACTOR_DIM + len(GENRES) + 1, n] float32: factors, genre taste, 1
-    genre_cdf: np.ndarray  # [n, len(GENRES)] cumulative genre preference
+    genre_cdf: np.ndarray | None  # [n, len(GENRES)] cumulative genre preference (policy only)
     rate: np.ndarray  # [n] mean sessions per day
     device: np.ndarray  # [n] preferred device, index into contract DEVICES
     hour: np.ndarray  # [n] preferred viewing hour, UTC, float
 
 
-def _make_users(cfg: SimConfig, chunk: int, lo: int, hi: int) -> tuple[_Users, dict]:
-    """Users ``lo..hi-1`` (rows; ids are rows + 1): hidden state and ``users`` table columns."""
+def _make_users(cfg: SimConfig, chunk: int, lo: int, hi: int,
+                columns: bool = True) -> tuple[_Users, dict | None]:
+    """Users ``lo..hi-1`` (rows; ids are rows + 1): hidden state and ``users`` table columns
+    (None if not ``columns``; the columns draw after the state, which is the same either way)."""
     rng = _rng(cfg.seed, _STREAM_USERS, chunk)
     n = hi - lo
     new = rng.random(n) < cfg.new_user_share
@@ -444,8 +485,9 @@ def _make_users(cfg: SimConfig, chunk: int, lo: int, hi: int) -> tuple[_Users, d
     taste = rng.dirichlet(5.0 * _GENRE_FREQ, n)  # [n, genres], peaked: a few favourite genres
     log_taste = np.log(taste + 0.01)
     log_taste -= (log_taste * _GENRE_FREQ).sum(axis=1, keepdims=True)  # centred per user
-    embed = np.concatenate([rng.normal(0.0, 0.5, (FACTOR_DIM, n)), GENRE_WEIGHT * log_taste.T,
-                            np.ones((1, n))]).astype(np.float32)
+    factors = FACTOR_SCALE[:, None] * rng.normal(0.0, 0.5, (FACTOR_DIM, n))
+    embed = np.concatenate([factors, GENRE_WEIGHT * log_taste.T, np.ones((1, n))])
+    embed = embed.astype(np.float32)
     spread = cfg.activity_spread
     rate = cfg.sessions_per_day * np.exp(spread * rng.normal(size=n) - spread**2 / 2)
     device = _choice(rng, [_DEVICE_SHARE[d] for d in _USER_DEVICES], n)
@@ -460,9 +502,11 @@ def _make_users(cfg: SimConfig, chunk: int, lo: int, hi: int) -> tuple[_Users, d
         device=_USER_DEVICE_INDEX[device],
         hour=np.mod(local_hour - utc_offset, 24.0),
     )
+    if not columns:
+        return users, None
     # The onboarding quiz: three genres near the top of the user's taste (a little noisy).
     quiz = np.argsort(-(np.log(taste + 1e-9) + 0.5 * rng.gumbel(size=taste.shape)), axis=1)[:, :3]
-    columns = {
+    table = {
         c.USER_ID: np.arange(lo + 1, hi + 1, dtype=np.int64),
         c.SIGNUP_AT: signup,
         c.COUNTRY: pa.array([name for name, _, _ in _COUNTRIES]).take(pa.array(country)),
@@ -474,31 +518,56 @@ def _make_users(cfg: SimConfig, chunk: int, lo: int, hi: int) -> tuple[_Users, d
                                      pa.array(_choice(rng, _AGE_SHARE, n)))),
         c.ONBOARDING_GENRES: _lists(pa.array(GENRES), quiz.ravel(), np.full(n, 3), ~new),
     }
-    return users, columns
+    return users, table
 
 
 # ----------------------------------------------------------------------------- events
 
 
+def _session_times(users: _Users, user: np.ndarray, day_start: np.ndarray,
+                   rng: np.random.Generator) -> np.ndarray:
+    """UTC seconds [s] (float) of sessions of user rows ``user`` [s] on the days starting at
+    ``day_start`` [s]: the user's viewing hour give or take 1.5 hours, never before signup."""
+    hour = np.mod(users.hour[user] + rng.normal(0.0, 1.5, len(user)), 24.0)
+    t = day_start + hour * 3600.0
+    # On the signup day a session cannot precede the signup.
+    return np.maximum(t, users.signup_at[user] + 60.0 + 1800.0 * rng.random(len(user)))
+
+
 def _sessions(cfg: SimConfig, users: _Users, rng: np.random.Generator):
-    """Sessions of a chunk sorted by (user, time): user rows [s] and UTC seconds [s]."""
+    """Sessions of a chunk over the logged period sorted by (user, time): user rows [s] and UTC
+    seconds [s]."""
     first = np.maximum(users.signup_at, cfg.start)
     counts = rng.poisson(users.rate * (cfg.end - first) / DAY)
     user = np.repeat(np.arange(len(first)), counts)
     lo = first[user].astype(np.float64)
     day = np.floor((lo + rng.random(len(user)) * (cfg.end - lo) - cfg.start) / DAY)
-    hour = np.mod(users.hour[user] + rng.normal(0.0, 1.5, len(user)), 24.0)
-    t = cfg.start + day * DAY + hour * 3600.0
-    # On the signup day a session cannot precede the signup; none runs past the period.
-    t = np.maximum(t, users.signup_at[user] + 60.0 + 1800.0 * rng.random(len(user)))
-    t = np.minimum(t, cfg.end - 600.0).astype(np.int64)
+    t = _session_times(users, user, cfg.start + day * DAY, rng)
+    t = np.minimum(t, cfg.end - 600.0).astype(np.int64)  # none runs past the period
     order = np.lexsort((t, user))
     return user[order], t[order]
 
 
-def _page(cfg: SimConfig, cat: _Catalogue, users: _Users, user, t, rng):
-    """The logging policy. Returns (session row, item row, position) per impression."""
-    n, width = len(user), 2 * cfg.page_size
+def _session_devices(users: _Users, user: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Device [s] (index into contract DEVICES) of sessions of user rows ``user`` [s]: mostly the
+    user's preferred one, now and then another, rarely unknown."""
+    device = np.where(rng.random(len(user)) < 0.8, users.device[user],
+                      _USER_DEVICE_INDEX[rng.integers(0, len(_USER_DEVICES), len(user))])
+    return np.where(rng.random(len(user)) < 0.01, c.DEVICES.index("unknown"), device)
+
+
+def _page(cfg: SimConfig, cat: _Catalogue, users: _Users, user, t, watched, rng):
+    """The logging policy for sessions of user rows ``user`` [s] at times ``t`` [s]. Returns
+    (session row, item row, 1-based position, affinity) per impression.
+
+    Candidates: ``_CANDIDATES_PER_SLOT * page_size`` draws per session by popularity, a
+    ``personalised_share`` of them from the user's favourite genres instead; only titles in the
+    catalogue at session time that the user has not watched (``watched``: sorted keys
+    ``user row * items + item row``), each once. The page is the ``page_size`` candidates with
+    the highest ``policy_taste_weight * affinity + Gumbel noise``, best first (fewer when the
+    candidates run out): an imperfect recommender that knows the user's taste up to noise.
+    """
+    n, width = len(user), _CANDIDATES_PER_SLOT * cfg.page_size
     cand = _draw(cat.pop_cdf, rng.random((n, width)))
     personal = np.flatnonzero(rng.random((n, width)) < cfg.personalised_share)
     owner = user[personal // width]
@@ -509,47 +578,112 @@ def _page(cfg: SimConfig, cat: _Catalogue, users: _Users, user, t, rng):
                  lo, hi - 1)
     ok = hi > lo  # a genre no title has falls back to the popularity draw
     np.put(cand, personal[ok], cat.genre_items[at[ok]])
-    shown = _first_unique(cand, cat.added_at[cand] <= t[:, None], cfg.page_size)
-    session, slot = np.nonzero(shown)
-    position = np.cumsum(shown, axis=1)[session, slot].astype(np.int32)
-    return session, cand[session, slot], position
+    available = cat.added_at[cand] <= t[:, None]
+    available &= ~_in_sorted(user[:, None].astype(np.int64) * len(cat.added_at) + cand, watched)
+    valid = _first_unique(cand, available, width)
+    flat = np.flatnonzero(valid)  # [v] the valid candidates, row-major
+    session, slot = np.divmod(flat, width)
+    affinity = _affinity(users.embed, cat.embed, user[session], cand[session, slot])
+    key = np.full(cand.shape, -np.inf)
+    key[session, slot] = (cfg.policy_taste_weight * affinity.astype(np.float64)
+                          + rng.gumbel(size=len(flat)))
+    order = np.argsort(-key, axis=1, kind="stable")[:, :cfg.page_size]
+    keep = np.take_along_axis(valid, order, axis=1)
+    session, rank = np.nonzero(keep)
+    slot = order[session, rank]
+    index = np.empty(cand.size, np.int64)  # candidate -> its row in `affinity`
+    index[flat] = np.arange(len(flat))
+    return (session, cand[session, slot], (rank + 1).astype(np.int32),
+            affinity[index[session * width + slot]])
 
 
-def _block(cfg: SimConfig, cat: _Catalogue, users: _Users, ids: np.ndarray, user, t, rng):
-    """Impressions and watches of a block of sessions.
+def _in_sorted(values: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
+    """Elementwise ``values in sorted_values`` (a sorted 1-d array)."""
+    if not len(sorted_values):
+        return np.zeros(values.shape, bool)
+    at = np.minimum(np.searchsorted(sorted_values, values), len(sorted_values) - 1)
+    return sorted_values[at] == values
 
-    Returns (``interactions`` columns sorted by session, time and position; impressions; watches;
-    ratings).
+
+@dataclasses.dataclass(frozen=True)
+class _Watches:
+    """What the watch model drew for the watched ones among shown titles."""
+
+    shown: np.ndarray  # [w] index of each watch into the shown rows
+    seconds: np.ndarray  # [w] float64 seconds watched (under two minutes when abandoned)
+    rating: np.ndarray  # [w] float64 half stars, NaN when the watch carries no rating
+    delay: np.ndarray  # [w] int64 seconds from the page to the watch
+
+
+def _watch(cfg: SimConfig, cat: _Catalogue, affinity: np.ndarray, item: np.ndarray,
+           position: np.ndarray, device: np.ndarray, rng: np.random.Generator) -> _Watches:
+    """The watch model, for shown titles [n]: their affinity, item rows, 1-based page positions
+    and session devices (indices into contract DEVICES).
+
+    Watched with ``P = position ** -position_bias * sigmoid(affinity + watch_bias)``. Low
+    affinity gives up early (under two minutes); otherwise a share of the running time, less on
+    small screens. ``rating_share`` of watches carry a half-star rating rising with affinity.
     """
-    session, item, position = _page(cfg, cat, users, user, t, rng)
-    u = user[session]
-    affinity = _affinity(users.embed, cat.embed, u, item).astype(np.float64)
-    device = np.where(rng.random(len(user)) < 0.8, users.device[user],
-                      _USER_DEVICE_INDEX[rng.integers(0, len(_USER_DEVICES), len(user))])
-    device = np.where(rng.random(len(user)) < 0.01, c.DEVICES.index("unknown"), device)[session]
+    affinity = affinity.astype(np.float64)
     p_watch = position.astype(np.float64) ** -cfg.position_bias * _sigmoid(
         affinity + cfg.watch_bias)
     w = np.flatnonzero(rng.random(len(item)) < p_watch)
     a, length = affinity[w], cat.duration[item[w]]
-    # Low affinity gives up early (under two minutes); otherwise a share of the running time.
     abandon = rng.random(len(w)) < _sigmoid(-1.5 * a - 0.5)
     early = np.minimum(10.0 + rng.exponential(35.0, len(w)), 115.0)
     completion = np.array([_DEVICE_COMPLETION[d] for d in c.DEVICES])[device[w]]
     share = _sigmoid(1.2 * a + 0.5 + rng.normal(0.0, 0.7, len(w))) * completion
     seconds = np.round(np.where(abandon, early, np.clip(share * length, 120.0, None)))
-    seconds = np.minimum(seconds, length)
     rated = rng.random(len(w)) < cfg.rating_share
     stars = np.clip(np.round(2.0 * (3.0 + 0.9 * a + rng.normal(0.0, 0.6, len(w)))) / 2.0,
                     c.MIN_RATING, c.MAX_RATING)
     delay = (10.0 + rng.exponential(45.0, len(w))).astype(np.int64)
+    return _Watches(shown=w, seconds=np.minimum(seconds, length),
+                    rating=np.where(rated, stars, np.nan), delay=delay)
 
+
+def _block(cfg: SimConfig, cat: _Catalogue, users: _Users, ids: np.ndarray, user, t, rng):
+    """Impressions and watches of a block of sessions holding all sessions of its users, sorted
+    by (user, time).
+
+    The policy never shows a title the user watched in an earlier session, so each user's pages
+    depend on their earlier watches: the block runs in rounds, round r taking every user's r-th
+    session. Returns (``interactions`` columns sorted by session, time and position;
+    impressions; watches; ratings).
+    """
+    _, first, count = np.unique(user, return_index=True, return_counts=True)
+    by_count = np.argsort(-count, kind="stable")
+    first, count = first[by_count], count[by_count]  # active users of round r: a prefix
+    watched = np.empty(0, np.int64)  # sorted keys user row * items + item row
+    parts = []
+    for r in range(int(count[0]) if len(count) else 0):
+        sessions = first[: np.searchsorted(-count, -r, side="left")] + r
+        u = user[sessions]
+        session, item, position, affinity = _page(cfg, cat, users, u, t[sessions], watched, rng)
+        device = _session_devices(users, u, rng)[session]
+        watches = _watch(cfg, cat, affinity, item, position, device, rng)
+        # New keys are distinct and not yet in `watched` (the page left watched titles out).
+        new = np.sort(u[session[watches.shown]].astype(np.int64) * len(cat.added_at)
+                      + item[watches.shown])
+        watched = np.insert(watched, np.searchsorted(watched, new), new)
+        parts.append((sessions[session], item, position, device, watches))
+
+    session = np.concatenate([p[0] for p in parts])
+    item = np.concatenate([p[1] for p in parts])
+    position = np.concatenate([p[2] for p in parts])
+    device = np.concatenate([p[3] for p in parts])
+    shown = np.concatenate([p[4].shown + offset for p, offset in zip(
+        parts, np.cumsum([0] + [len(p[1]) for p in parts[:-1]]), strict=True)])
+    seconds, rating, delay = (np.concatenate([getattr(p[4], name) for p in parts])
+                              for name in ("seconds", "rating", "delay"))
+    u, w = user[session], shown
     n_imp, n_watch = len(item), len(w)
     is_watch = np.concatenate([np.zeros(n_imp, np.int8), np.ones(n_watch, np.int8)])
     ts = np.concatenate([t[session], t[session[w]] + delay])
     sess = np.concatenate([session, session[w]])
     pos = np.concatenate([position, position[w]])
     order = np.lexsort((pos, ts, sess))
-    rating = np.concatenate([np.full(n_imp, np.nan), np.where(rated, stars, np.nan)])[order]
+    rating = np.concatenate([np.full(n_imp, np.nan), rating])[order]
     return {
         c.USER_ID: ids[np.concatenate([u, u[w]])][order],
         c.ITEM_ID: np.concatenate([item, item[w]])[order] + 1,
@@ -559,7 +693,26 @@ def _block(cfg: SimConfig, cat: _Catalogue, users: _Users, ids: np.ndarray, user
         c.WATCH_SECONDS: np.concatenate([np.zeros(n_imp), seconds])[order],
         c.DEVICE: pa.array(c.DEVICES).take(pa.array(np.concatenate([device, device[w]])[order])),
         c.RATING: pa.array(rating, mask=np.isnan(rating)),
-    }, n_imp, n_watch, int(rated.sum())
+    }, n_imp, n_watch, int(np.sum(~np.isnan(rating)))
+
+
+def _blocks(user: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """(begin, end) of blocks of about ``size`` sessions [s] sorted by user, cut between users."""
+    if not len(user):
+        return []
+    cuts = np.flatnonzero(np.diff(user)) + 1  # where a user's sessions begin
+    bounds = [0]
+    while len(user) - bounds[-1] > size:
+        at = np.searchsorted(cuts, bounds[-1] + size, side="right") - 1
+        nxt = cuts[at] if at >= 0 and cuts[at] > bounds[-1] else None
+        if nxt is None:  # one user holds more than a block: the block is that user
+            later = cuts[cuts > bounds[-1]]
+            if not len(later):
+                break
+            nxt = later[0]
+        bounds.append(int(nxt))
+    bounds.append(len(user))
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
 def _truth_rows(cat: _Catalogue, users: _Users, ids: np.ndarray, rows: np.ndarray):
@@ -578,6 +731,7 @@ _TRUTH_README = """\
 Ground truth of the simulated dataset in the folder above; not a contract table, not for training.
 {file}: {user}, {item}, {affinity} for every item, for {n} sampled users; the log drew
 P(watch | shown at position p) = p ** -{position_bias} * sigmoid({affinity} + {watch_bias}).
+{config}: the SimConfig it was simulated with (marquee.data.simulate.read_sim_config).
 """
 
 
@@ -602,7 +756,9 @@ def simulate(
     truth_path.parent.mkdir(exist_ok=True)
     (truth_path.parent / "README.md").write_text(_TRUTH_README.format(
         file=TRUTH_FILE, user=c.USER_ID, item=c.ITEM_ID, affinity=AFFINITY, n=len(truth_pick),
-        position_bias=cfg.position_bias, watch_bias=cfg.watch_bias))
+        position_bias=cfg.position_bias, watch_bias=cfg.watch_bias, config=CONFIG_FILE))
+    (truth_path.parent / CONFIG_FILE).write_text(
+        json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True) + "\n")
     counts = {"impressions": 0, "watches": 0, "ratings": 0, "truth_rows": 0}
     n_chunks = -(-cfg.users // cfg.chunk_users)
     with c.TableWriter(out / f"{c.ITEMS}.parquet", c.ITEMS) as items_out, \
@@ -618,10 +774,9 @@ def simulate(
             ids = user_columns[c.USER_ID]
             rng = _rng(cfg.seed, _STREAM_EVENTS, chunk)
             user, t = _sessions(cfg, users, rng)
-            for b in range(0, len(user), _BLOCK_SESSIONS):
-                block, n_imp, n_watch, n_rated = _block(
-                    cfg, cat, users, ids, user[b: b + _BLOCK_SESSIONS], t[b: b + _BLOCK_SESSIONS],
-                    rng)
+            for b, e in _blocks(user, _BLOCK_CANDIDATES // (_CANDIDATES_PER_SLOT * cfg.page_size)):
+                block, n_imp, n_watch, n_rated = _block(cfg, cat, users, ids, user[b:e], t[b:e],
+                                                        rng)
                 events_out.write(block)
                 counts["impressions"] += n_imp
                 counts["watches"] += n_watch
@@ -649,3 +804,20 @@ def simulate(
     return SimSummary(out_dir=out, rows=rows, impressions=counts["impressions"],
                       watches=counts["watches"], ratings=counts["ratings"], truth_path=truth_path,
                       truth_rows=counts["truth_rows"], seconds=time.perf_counter() - began)
+
+
+def read_sim_config(data_dir: str | Path) -> SimConfig:
+    """The :class:`SimConfig` a simulated dataset was written with (``_truth/config.json``)."""
+    path = Path(data_dir) / TRUTH_DIR / CONFIG_FILE
+    if not path.is_file():
+        raise ValueError(
+            f"{path} is missing: {data_dir} was not written by this simulator (MovieLens and "
+            "served logs have no SimConfig), or by a version before it recorded its config. "
+            "Simulate it again with `marquee data synth --out DIR`.")
+    fields = json.loads(path.read_text())
+    known = {f.name for f in dataclasses.fields(SimConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown SimConfig field(s) {unknown}; it was written by "
+                         "another version of the simulator. Simulate the dataset again.")
+    return SimConfig(**fields)

@@ -47,6 +47,12 @@ class LoopConfig:
     # At most this many sessions a day (the audience's own draw beyond it is cut, sampled
     # uniformly; None: all of them).
     max_sessions_per_day: int | None = None
+    # The serving deadlines (request, model calls, each source's) times this. The loop measures
+    # what the audience does with the pages; on a machine that is also retraining, production
+    # deadlines would drop the ranker or a source from some pages for want of CPU, and the arms
+    # would differ by that (a loaded 2-core machine has taken 2.8 s for one page). 1 keeps the
+    # config's deadlines. (An arm that overrides `sources` keeps its own deadlines.)
+    deadline_scale: float = 100.0
 
 
 class SimulatedClock:
@@ -70,6 +76,7 @@ class LoopSummary:
     days: int
     pages: int = 0
     fallbacks: int = 0
+    degraded: int = 0  # pages served without a part (a model, a source; the page says which)
     watches_posted: int = 0
     refused: int = 0  # events the server refused (named in the log)
     retrains: int = 0
@@ -79,7 +86,8 @@ class LoopSummary:
 
     def __str__(self) -> str:
         return (f"closed loop: {self.days} simulated day(s), {self.pages:,} pages served "
-                f"({self.fallbacks:,} fallbacks), {self.watches_posted:,} watches posted "
+                f"({self.fallbacks:,} fallbacks, {self.degraded:,} degraded), "
+                f"{self.watches_posted:,} watches posted "
                 f"({self.refused} refused), {self.retrains} retrain(s), in {self.seconds:.0f} s; "
                 f"dataset and log in {self.data_dir}")
 
@@ -175,6 +183,7 @@ def run_loop(sim: SimConfig, dataset: str | Path, model_base: str | Path, config
     audience = Audience.of(sim)
     clock = SimulatedClock(sim.end)
     summary = LoopSummary(workdir, data_dir, loop.days)
+    config = relaxed_deadlines(config, loop.deadline_scale)
     server = _Server(config, data_dir, model_base, clock)
     try:
         for day in range(loop.days):
@@ -198,6 +207,18 @@ def run_loop(sim: SimConfig, dataset: str | Path, model_base: str | Path, config
     return summary
 
 
+def relaxed_deadlines(config: Config, scale: float) -> Config:
+    """``config`` with every serving deadline (request, query, ranker, sources) times ``scale``."""
+    if not scale > 0:
+        raise ValueError(f"deadline_scale: expected a number > 0, got {scale!r}")
+    s = config.serving
+    return dataclasses.replace(config, serving=dataclasses.replace(
+        s, deadline_ms=s.deadline_ms * scale, query_deadline_ms=s.query_deadline_ms * scale,
+        rank_deadline_ms=s.rank_deadline_ms * scale,
+        sources=tuple(dataclasses.replace(src, deadline_ms=src.deadline_ms * scale)
+                      for src in s.sources)))
+
+
 def _day(audience, server: _Server, clock: SimulatedClock, day: int, loop: LoopConfig,
          summary: LoopSummary) -> tuple[int, int]:
     users, times = audience.sessions(day, seed=loop.seed)
@@ -214,6 +235,7 @@ def _day(audience, server: _Server, clock: SimulatedClock, day: int, loop: LoopC
             pages += 1
             summary.pages += 1
             summary.fallbacks += bool(page["fallback"])
+            summary.degraded += bool(page.get("degraded") or page.get("skipped"))
             shown = np.array([p["item_id"] for p in page["items"]], np.int64)
             rows = audience.respond(np.array([user]), [shown], np.array([t]),
                                     seed=(loop.seed * 1_000_003 + day) * 1_000_003 + n)
@@ -234,3 +256,27 @@ def _day(audience, server: _Server, clock: SimulatedClock, day: int, loop: LoopC
     finally:
         client.close()
     return pages, watches
+
+
+def retrain_step(config: Config, workdir: Path,
+                 progress: Callable[[str], None] | None = None) -> Callable[[Path, Path], None]:
+    """Retraining between days: the pipeline on the loop's dataset (with its log), pushing to
+    the run that owns ``model_base`` (``RUN/serving``), so the server finds the new version."""
+    from pipeline.local_runner import run_dirs, run_local
+
+    def retrain(data_dir: Path, model_base: Path) -> None:
+        root = model_base.parent
+        if run_dirs(root)["serving"].resolve() != model_base.resolve():
+            raise ValueError(f"--models {model_base}: retraining pushes to a pipeline run's "
+                             "serving/ folder (RUN/serving); pass that folder")
+        summary = run_local(data_dir, root, config, progress)
+        (Path(workdir) / "retrains.md").open("a").write(summary + "\n")
+
+    return retrain
+
+
+def sim_config_of(dataset: str | Path) -> SimConfig:
+    """The SimConfig a simulated dataset was written with (its ``_truth/config.json``)."""
+    from marquee.data.simulate import read_sim_config
+
+    return read_sim_config(dataset)

@@ -30,4 +30,5 @@ class Budget:
         if (now - stage_start) * 1000 > stage_ms or (now - self.start) * 1000 > self.deadline_ms:
             raise DeadlineExceeded(
                 f"{stage} took {(now - stage_start) * 1000:.0f} ms (stage deadline "
-                f"{stage_ms:.0f} ms, request budget {self.deadline_ms:.0f} ms)")
+                f"{stage_ms:.0f} ms), the request {(now - self.start) * 1000:.0f} ms so far "
+                f"(budget {self.deadline_ms:.0f} ms)")
