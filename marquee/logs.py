@@ -12,7 +12,9 @@ What is dropped (each checked against TFX 1.16, TensorFlow 2.16, Beam 2.x):
   query, once per component), ``Examples artifact does not have payload_format custom
   property`` (our ExampleGen writes tf.Example, the fallback), ``Tables initialized inside a
   tf.function`` (Transform's vocabularies in the exported graph), ``No baseline statistics
-  found. Rubber stamping`` (DistributionValidator on a first run; the run summary says it);
+  found. Rubber stamping`` and the ``[BaselineStatistics] Input resolution error`` traceback
+  (the drift baseline's resolver on a run folder's first run: nothing accepted yet, which the
+  optional input downstream expects; the run summary says so);
 * TensorFlow: ``Model's `__init__()` arguments contain non-serializable objects`` (TFRS models
   are saved as SavedModels, not from their config);
 * Beam's job service relaying its workers' ``WARN`` lines (``No semi_persistent_directory``,
@@ -34,7 +36,8 @@ BENIGN: dict[str, tuple[str, ...]] = {
     "absl": ("ArtifactQuery.property_predicate is not supported",
              "does not have payload_format custom property",
              "Tables initialized inside a tf.function",
-             "No baseline statistics found. Rubber stamping"),
+             "No baseline statistics found. Rubber stamping",
+             "[BaselineStatistics] Input resolution error"),
     "tensorflow": ("arguments contain non-serializable objects",),
     "apache_beam.runners.portability.local_job_service": (
         "No semi_persistent_directory found", "Discarding unparseable args"),

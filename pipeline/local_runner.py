@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from marquee.config import Config
+from marquee.logs import component_progress
 from marquee.monitoring.embedding_drift import REPORT_FILE, report_lines
 from pipeline.pipeline import beam_args, create_pipeline
 
@@ -51,7 +52,8 @@ def run_local(data_dir: Path, root: Path, config: Config,
         f"{config.beam.runner})")
     started = time.time()
     try:
-        tfx.orchestration.LocalDagRunner().run(p)
+        with component_progress(say):
+            tfx.orchestration.LocalDagRunner().run(p)
     except Exception as e:
         # Say in the run folder where and why it stopped, then let the caller report it.
         try:
@@ -66,7 +68,7 @@ def run_local(data_dir: Path, root: Path, config: Config,
     return summary
 
 
-def _latest(pipeline_root: Path, component: str, output: str, since: float = 0.0
+def latest_output(pipeline_root: Path, component: str, output: str, since: float = 0.0
             ) -> Path | None:
     """The newest output folder of ``component`` written at or after ``since`` (UTC seconds):
     a run folder holds every earlier run's artifacts too."""
@@ -82,7 +84,7 @@ def drift_lines(pipeline_root: Path, since: float = 0.0) -> list[str]:
     """The summary's drift section: what DistributionValidator measured in this run."""
     from marquee.monitoring.drift import read_drift
 
-    anomalies = _latest(pipeline_root, "DistributionValidator", "anomalies", since)
+    anomalies = latest_output(pipeline_root, "DistributionValidator", "anomalies", since)
     if anomalies is None:
         return []
     found = read_drift(str(anomalies))
@@ -136,7 +138,7 @@ def summarize(root: Path, data_dir: Path, seconds: float, stopped: str | None = 
     if stopped:
         lines += ["## Stopped", "", "The run stopped before the end; nothing after the failing "
                   "step ran.", "", "```", stopped, "```", ""]
-    ex = _latest(pr, "ContractExampleGen", "examples", since)
+    ex = latest_output(pr, "ContractExampleGen", "examples", since)
     if ex and (ex / "counts.json").is_file():
         info = json.loads((ex / "counts.json").read_text())
         cutoff = time.strftime("%Y-%m-%d %H:%M", time.gmtime(info["eval_cutoff"]))
@@ -145,22 +147,22 @@ def summarize(root: Path, data_dir: Path, seconds: float, stopped: str | None = 
                   f"- time split: eval from {cutoff} UTC",
                   f"- rejected rows: {info['rejected']} (details: {info['rejects']})", ""]
     lines += drift_lines(pr, since)
-    model = _latest(pr, "Trainer", "model", since)
+    model = latest_output(pr, "Trainer", "model", since)
     meta_file = model / "Format-Serving" / "metadata.json" if model else None
     if meta_file and meta_file.is_file():
         meta = json.loads(meta_file.read_text())
         lines += ["## Retrieval model", "", f"- training run: {meta['training_run']}",
                   *(f"- {k}: {v}" for k, v in meta["metrics"].items()), ""]
-    index = _latest(pr, "ScannIndexer", "index", since)
+    index = latest_output(pr, "ScannIndexer", "index", since)
     if index and (index / "index.json").is_file():
         ev = json.loads((index / "index.json").read_text()).get("evaluation", {})
         lines += ["## ScaNN index", "", *(f"- {k}: {v}" for k, v in ev.items()), ""]
-    pushed = _latest(pr, "ModelPusher", "pushed_model", since)
+    pushed = latest_output(pr, "ModelPusher", "pushed_model", since)
     if pushed and (pushed / "push.json").is_file():
         push = json.loads((pushed / "push.json").read_text())
         lines += ["## Push", "", f"- {push['reason']}",
                   *(f"- {k}: {v}" for k, v in push.get("paths", {}).items()), ""]
-    report = _latest(pr, "EmbeddingDrift", "report", since)
+    report = latest_output(pr, "EmbeddingDrift", "report", since)
     if report and (report / REPORT_FILE).is_file():
         lines += ["## Embedding drift", "",
                   *(f"- {line}" for line in report_lines(json.loads(

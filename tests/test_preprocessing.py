@@ -1,7 +1,7 @@
 """preprocessing_fn on hand-made examples through tf.Transform's Beam implementation.
 
 Train data (4 examples): users 7, 7, 7, 9; items 100, 100, 100, 200; release years
-2000, 2010, missing, 2020. Expected by hand:
+2000, 2010, missing (absent, as the ExampleGen writes an unknown year), 2020. Expected by hand:
 - user vocabulary by frequency: "7" -> 0, "9" -> 1; an unseen user lands in an OOV bucket
   (index >= 2, < 2 + ID_OOV_BUCKETS) instead of failing.
 - item vocabulary: "100" -> 0, "200" -> 1; history uses the same vocabulary.
@@ -30,7 +30,8 @@ def example(user, item, year, history=(), title="The Big Heat", genres=("drama",
         f.USER_ID: [user], f.COUNTRY: [b"US"], f.SUBSCRIPTION_TIER: [b"basic"],
         f.AGE_BUCKET: [b""], f.DEVICE: [b"tv"], f.HOUR: [21], f.DAY_OF_WEEK: [4],
         f.HISTORY: list(history), f.ITEM_ID: [item], f.DIRECTOR: [b"F. Lang"],
-        f.TITLE: [title.encode()], f.RELEASE_YEAR: [year], f.DURATION_SECONDS: [5400],
+        f.TITLE: [title.encode()], f.RELEASE_YEAR: [] if year is None else [year],
+        f.DURATION_SECONDS: [5400],
         f.GENRES: [g.encode() for g in genres], f.CAST: [b"G. Ford"], f.KEYWORDS: [],
         f.TIMESTAMP: [1_700_000_000], f.WATCH_SECONDS: [600.0], f.POSITION: [1],
     }
@@ -43,7 +44,7 @@ def _schema() -> schema_pb2.Schema:
 @pytest.fixture(scope="module")
 def transformed():
     train = [example(7, 100, 2000), example(7, 100, 2010, history=[100]),
-             example(7, 100, 0, history=[100, 100]), example(9, 200, 2020)]
+             example(7, 100, None, history=[100, 100]), example(9, 200, 2020)]
     test = [example(5, 999, 2000, history=[200, 12345], title="Heat: The Return!")]
     meta = dataset_metadata.DatasetMetadata(_schema())
     with tempfile.TemporaryDirectory() as tmp, tft_beam.Context(temp_dir=tmp):

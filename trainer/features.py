@@ -53,6 +53,9 @@ ALL_FEATURES = QUERY_FEATURES + CANDIDATE_FEATURES + META_INT + META_FLOAT
 # Values the ExampleGen writes for a null in the contract (a missing feature breaks Transform).
 MISSING_STRING = ""
 MISSING_INT = 0
+# Integer features the ExampleGen leaves out when unknown instead (a made-up number would enter
+# their statistics: docs/monitoring.md); the serving signatures still take MISSING_INT for them.
+OPTIONAL_INT = (RELEASE_YEAR,)
 
 # Shared vocabulary for item ids: the candidate id and the history ids use the same one.
 ITEM_VOCAB = "item_id_vocab"

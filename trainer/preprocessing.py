@@ -10,8 +10,9 @@ Outputs (``features.transformed_name`` of each key), shapes for a batch of B exa
 - categorical strings (country, tier, age bucket, device, director): vocabulary index [B, 1],
   one OOV bucket. Genres, cast, keywords, title tokens: SparseTensor [B, None].
 - hour [B, 1] (24 buckets) and day of week [B, 1] (7 buckets) pass through as bucket ids.
-- release year and log duration: z-scored over known values; missing (0) becomes the mean (0.0
-  after scaling) plus a ``_missing`` flag, float32 [B, 1].
+- release year and log duration: z-scored over known values; missing (a release year absent
+  from the example, a duration of 0) becomes the mean (0.0 after scaling) plus a ``_missing``
+  flag, float32 [B, 1].
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ def _as_string(x):
     return tf.strings.as_string(x)
 
 
-def _known_scaled(x: tf.Tensor, log: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
-    """Z-scores the known (> 0) values; missing values become 0.0 with a flag of 1.0."""
+def _known_scaled(x: tf.Tensor | tf.SparseTensor, log: bool = False
+                  ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Z-scores the known (> 0) values; missing values (0, or absent from a sparse [B, <=1]
+    input) become 0.0 with a flag of 1.0. Outputs [B, 1]."""
+    if isinstance(x, tf.SparseTensor):  # release_year: absent when unknown
+        x = tft.sparse_tensor_to_dense_with_shape(x, [None, 1], default_value=f.MISSING_INT)
     x = tf.cast(x, tf.float32)
     known = x > 0
     v = tf.math.log1p(tf.maximum(x, 0.0)) if log else x

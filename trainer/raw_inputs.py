@@ -25,6 +25,8 @@ def raw_feature_spec(keys) -> dict:
             spec[k] = tf.io.VarLenFeature(tf.int64)
         elif k in f.CANDIDATE_STRING_LIST:
             spec[k] = tf.io.VarLenFeature(tf.string)
+        elif k in f.OPTIONAL_INT:  # absent when unknown: the signatures' 0
+            spec[k] = tf.io.FixedLenFeature([], tf.int64, default_value=f.MISSING_INT)
         elif k in f.QUERY_INT + f.CANDIDATE_INT + f.META_INT:
             spec[k] = tf.io.FixedLenFeature([], tf.int64)
         elif k in f.META_FLOAT:

@@ -90,20 +90,24 @@ def _scan(ds) -> tuple[np.ndarray, np.ndarray, int]:
 def complete_raw_inputs(provided: dict, raw_spec: dict, batch: tf.Tensor) -> dict:
     """Completes serving inputs into the Transform layer's raw feature dict.
 
-    Dense padded lists become SparseTensors (padding dropped); features a tower does not take
-    get neutral defaults (the Transform layer needs every raw feature; their outputs are unused).
+    Dense padded lists become SparseTensors (padding dropped), and so does a scalar the raw
+    examples leave out when unknown (``features.OPTIONAL_INT``: the signature's MISSING_INT is
+    dropped); features a tower does not take get neutral defaults (the Transform layer needs
+    every raw feature; their outputs are unused).
     """
     out = {}
     for key, spec in raw_spec.items():
-        if key in provided:
+        if key in provided and not isinstance(spec, tf.io.VarLenFeature):
+            out[key] = tf.reshape(provided[key], [-1, 1])
+        elif key in provided:
             v = provided[key]
-            if isinstance(spec, tf.io.VarLenFeature):
-                pad = HISTORY_PAD if v.dtype == tf.int64 else LIST_PAD
-                where = tf.where(tf.not_equal(v, tf.constant(pad, v.dtype)))
-                out[key] = tf.SparseTensor(
-                    where, tf.gather_nd(v, where), tf.shape(v, out_type=tf.int64))
+            if key in f.OPTIONAL_INT:  # a scalar per row [B]; MISSING_INT: absent
+                v, pad = tf.reshape(v, [-1, 1]), f.MISSING_INT
             else:
-                out[key] = tf.reshape(v, [-1, 1])
+                pad = HISTORY_PAD if v.dtype == tf.int64 else LIST_PAD
+            where = tf.where(tf.not_equal(v, tf.constant(pad, v.dtype)))
+            out[key] = tf.SparseTensor(
+                where, tf.gather_nd(v, where), tf.shape(v, out_type=tf.int64))
         elif isinstance(spec, tf.io.VarLenFeature):
             out[key] = tf.SparseTensor(
                 tf.zeros([0, 2], tf.int64), tf.zeros([0], spec.dtype),

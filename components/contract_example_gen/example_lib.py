@@ -116,16 +116,22 @@ def _i(v) -> int:
 
 
 def candidate_features(item: dict) -> dict[str, tf.train.Feature]:
-    return {
+    feats = {
         f.ITEM_ID: _ints([item[c.ITEM_ID]]),
         f.GENRES: _bytes(item.get(c.GENRES) or []),
         f.CAST: _bytes(item.get(c.CAST) or []),
         f.KEYWORDS: _bytes(item.get(c.KEYWORDS) or []),
         f.DIRECTOR: _bytes([_s(item.get(c.DIRECTOR))]),
         f.TITLE: _bytes([_s(item.get(c.TITLE))]),
-        f.RELEASE_YEAR: _ints([_i(item.get(c.RELEASE_YEAR))]),
         f.DURATION_SECONDS: _ints([_i(item.get(c.DURATION_SECONDS))]),
     }
+    # An unknown year is left out rather than written as a number: a year 0 among 1920-2024
+    # would stretch StatisticsGen's histogram over 0-2024, which makes the drift and skew
+    # checks of release_year blind to real shifts and alarm when one side lacks such a title.
+    # Transform reads the absence as missing (trainer.preprocessing), as it read 0 before.
+    if item.get(c.RELEASE_YEAR) is not None:
+        feats[f.RELEASE_YEAR] = _ints([int(item[c.RELEASE_YEAR])])
+    return feats
 
 
 def query_features(user: dict | None, timestamp: int, device: str, history: list[int]):

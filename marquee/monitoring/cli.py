@@ -1,4 +1,5 @@
-"""``marquee monitor``: train/serve skew of the serving log, embedding drift per pushed version.
+"""``marquee monitor``: train/serve skew of the serving log, embedding drift per pushed version,
+and the report that puts them together with the exposure of the log.
 
 Drift between consecutive runs' training data is checked inside the pipeline (the
 DistributionValidator and the AnomalyGate); these commands look at what the pipeline cannot see
@@ -16,7 +17,7 @@ import click
 
 @click.group()
 def monitor() -> None:
-    """Train/serve skew and embedding drift (docs/monitoring.md)."""
+    """Train/serve skew, embedding drift and the monitoring report (docs/monitoring.md)."""
 
 
 @monitor.command("skew")
@@ -76,3 +77,39 @@ def embeddings(run_dir: str, as_json: bool) -> None:
     for report in reports:
         click.echo(json.dumps(report, sort_keys=True) if as_json
                    else "\n  ".join(report_lines(report)))
+
+
+@monitor.command("report")
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False),
+              help="The pipeline run folder (`marquee pipeline run --root`): drift, skew and "
+                   "embedding drift. Without it the report covers the log alone.")
+@click.option("--log", "log_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The folder serving logged into (`marquee serve --event-log DIR`; its "
+                   "interactions/ parts are read).")
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False),
+              help="The dataset folder of the log's users and titles (default: --log, as for "
+                   "`marquee serve --event-log DATA --data DATA`).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for report.md and its plots (files there are replaced).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="The config: monitor.alert_* thresholds, monitor.skew_*, "
+                   "data.min_watch_seconds, serving.explore_new_days.")
+def report(run_dir: str | None, log_dir: str, data_dir: str | None, out_dir: str,
+           config_file: str | None) -> None:
+    """Write OUT/report.md with plots: drift per feature between runs, train/serve skew,
+    exposure and diversity per day and arm, embedding drift per pushed version, and every
+    alert. Exits 1 on any alert, 2 on input it cannot read."""
+    from marquee.config import ConfigError, load_config
+    from marquee.monitoring.report import ReportInputError, monitor_report
+
+    try:
+        config = load_config(config_file)
+    except ConfigError as e:
+        raise click.BadParameter(str(e), param_hint="--config") from e
+    try:
+        result = monitor_report(run_dir, log_dir, out_dir, config, data_dir=data_dir)
+    except ReportInputError as e:
+        raise click.BadParameter(str(e), param_hint=e.option) from e
+    click.echo(result.summary())
+    if result.alerts:
+        sys.exit(1)

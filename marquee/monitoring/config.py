@@ -2,7 +2,8 @@
 
 Which features are compared, and by what, is the curated schema's (``drift_comparator`` and
 ``skew_comparator`` in ``pipeline/schema/schema.pbtxt``, each with its threshold); these settings
-choose what a breach does and may replace the schema's thresholds of one measure at once::
+choose what a breach does, may replace the schema's thresholds of one measure at once, and set
+when ``marquee monitor report`` alerts on exposure (``alert_*``)::
 
     monitor:
       drift_policy: stop          # a breach stops the run at the AnomalyGate
@@ -48,6 +49,21 @@ class MonitorConfig:
     # Eval examples embedded by both versions' query towers for the query-norm distributions.
     embedding_queries: int = 1000
     seed: int = 0
+    # `marquee monitor report` alerts (and exits 1) when the exposure of all impressions on the
+    # log's last complete UTC day crosses one of these (a day still in progress is reported,
+    # not alerted on; per-arm figures are reported only: an arm's share of the traffic lowers
+    # its coverage by itself, and `marquee experiment analyze` compares arms on equal samples).
+    # null turns a check off. Catalogue coverage of the day's impressions below...
+    alert_min_coverage: float | None = 0.2
+    # ...the Gini of exposure over the day's catalogue above...
+    alert_max_gini: float | None = 0.95
+    # ...the mean intra-list diversity of the day's pages (mean pairwise Jaccard distance of
+    # the genre sets of a page's titles, 0-1) below.
+    alert_min_ild: float | None = 0.3
+    # The latest pushed version's mean top-k neighbour overlap with the version before it
+    # below this alerts too; null (default): embedding drift is reported only, since two
+    # trainings on the same data already move neighbours (read the normal from the history).
+    alert_min_neighbour_overlap: float | None = None
 
     def __post_init__(self) -> None:
         if self.drift_policy not in DRIFT_POLICIES:
@@ -63,6 +79,12 @@ class MonitorConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"monitor.{name}: expected an integer >= 1, got "
                                  f"{getattr(self, name)!r}")
+        for name in ("alert_min_coverage", "alert_max_gini", "alert_min_ild",
+                     "alert_min_neighbour_overlap"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise ValueError(f"monitor.{name}: expected a number in [0, 1] or null (no "
+                                 f"alert), got {value!r}")
         if self.moved_titles < 0:
             raise ValueError(f"monitor.moved_titles: expected an integer >= 0, got "
                              f"{self.moved_titles!r}")

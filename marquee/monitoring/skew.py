@@ -61,14 +61,18 @@ class ServingLog:
     short_watches: int  # watches under data.min_watch_seconds (not a training positive)
 
 
-def _clean_batches(folder: str | Path, table: str, columns: list[str] | None = None
+def clean_batches(folder: str | Path, table: str, columns: list[str] | None = None
                    ) -> Iterator[tuple[pd.DataFrame, int]]:
-    """(clean typed rows, rejected count) per batch of ``table`` in ``folder``."""
+    """(clean typed rows, rejected count) per batch of ``table`` in ``folder``; a file that
+    cannot be read as the table (a required column missing) raises ContractError naming it."""
     from marquee.data.validate import check_frame
 
-    for _, _, batch in c.iter_batches(folder, table):
+    for path, _, batch in c.iter_batches(folder, table):
         frame = batch.to_pandas()
-        typed, reasons = check_frame(table, frame, check_refs=False)
+        try:
+            typed, reasons = check_frame(table, frame, check_refs=False)
+        except c.ContractError as e:
+            raise c.ContractError(f"{path}: {e}") from None
         good = typed[reasons == ""]
         yield (good[columns] if columns else good), int((reasons != "").sum())
 
@@ -83,7 +87,7 @@ def _table(folders: list[str | Path], table: str, ids: set[int]) -> dict[int, di
             c.table_path(folder, table)
         except c.ContractError:
             continue
-        for good, _ in _clean_batches(folder, table):
+        for good, _ in clean_batches(folder, table):
             for row in good[good[key].isin(ids)].to_dict("records"):
                 out[int(row[key])] = {k: _plain(v) for k, v in row.items()}
     return out
@@ -116,7 +120,7 @@ def serving_log(events_dir: str | Path, data_dir: str | Path, config: Config,
     rate = min(1.0, monitor.skew_max_rows / total) if total else 1.0
     rng = np.random.default_rng(monitor.seed)
     kept, rows, rejected = [], 0, 0
-    for good, bad in _clean_batches(events_dir, c.INTERACTIONS, _EVENT_COLUMNS):
+    for good, bad in clean_batches(events_dir, c.INTERACTIONS, _EVENT_COLUMNS):
         rejected += bad
         if since is not None:
             good = good[good[c.TIMESTAMP] >= since]
