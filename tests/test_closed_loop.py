@@ -88,3 +88,23 @@ def test_the_loop_relaxes_every_serving_deadline_and_nothing_else():
     assert relaxed.data == E2E_CONFIG.data
     with pytest.raises(ValueError, match="deadline_scale"):
         relaxed_deadlines(E2E_CONFIG, 0)
+
+
+def test_simulate_refuses_a_config_without_experiments_and_a_dataset_it_did_not_write(tmp_path):
+    from click.testing import CliRunner
+
+    from marquee.cli import main
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "models").mkdir()
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("serving: {k: 20}\n")
+    args = ["experiment", "simulate", "--data", str(tmp_path / "data"), "--models",
+            str(tmp_path / "models"), "--workdir", str(tmp_path / "loop"), "--config"]
+    result = CliRunner().invoke(main, args + [str(plain)])
+    assert result.exit_code == 1 and "serving.experiments is empty" in result.output
+    with_arms = tmp_path / "loop.yaml"
+    with_arms.write_text("serving:\n  experiments:\n    - id: ab\n      arms:\n"
+                         "        - {name: a, share: 0.5}\n        - {name: b, share: 0.5}\n")
+    result = CliRunner().invoke(main, args + [str(with_arms)])
+    assert result.exit_code == 1 and "_truth/config.json is missing" in result.output

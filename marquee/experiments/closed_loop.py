@@ -270,7 +270,8 @@ def retrain_step(config: Config, workdir: Path,
             raise ValueError(f"--models {model_base}: retraining pushes to a pipeline run's "
                              "serving/ folder (RUN/serving); pass that folder")
         summary = run_local(data_dir, root, config, progress)
-        (Path(workdir) / "retrains.md").open("a").write(summary + "\n")
+        with (Path(workdir) / "retrains.md").open("a") as out:
+            out.write(summary + "\n")
 
     return retrain
 
