@@ -254,7 +254,7 @@ def _with_exposure_columns(interactions: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _arm_in(experiments: pd.Series, arms: pd.Series, experiment_id: str) -> tuple[np.ndarray,
+def arm_in(experiments: pd.Series, arms: pd.Series, experiment_id: str) -> tuple[np.ndarray,
                                                                                   np.ndarray]:
     """``(in_experiment [n] bool, arm [n] object)`` per row, from the ``;``-joined experiment and
     arm labels (a page in several layers); the arm is None when a row of the experiment names
@@ -274,7 +274,7 @@ def _arm_in(experiments: pd.Series, arms: pd.Series, experiment_id: str) -> tupl
     return inside[codes], arm[codes]
 
 
-def _experiments_in(log: pd.DataFrame) -> list[str]:
+def experiments_in(log: pd.DataFrame) -> list[str]:
     labels = log[c.EXPERIMENT].dropna().unique()
     return sorted({e for text in labels for e in str(text).split(SEPARATOR) if e})
 
@@ -447,10 +447,10 @@ def _impressions(log: pd.DataFrame, experiment: ExperimentConfig
     """The experiment's impressions in its window with an arm (column ``_arm``), and how many
     lay outside the window and how many named no arm."""
     is_imp = (log[c.EVENT] == c.EVENT_IMPRESSION).to_numpy()
-    inside, arm = _arm_in(log.loc[is_imp, c.EXPERIMENT], log.loc[is_imp, c.ARM], experiment.id)
+    inside, arm = arm_in(log.loc[is_imp, c.EXPERIMENT], log.loc[is_imp, c.ARM], experiment.id)
     imps = log[is_imp][inside].assign(_arm=arm[inside])
     if imps.empty:
-        found = ", ".join(_experiments_in(log)) or "none"
+        found = ", ".join(experiments_in(log)) or "none"
         raise ExperimentDataError(
             f"no impressions of experiment {experiment.id!r} in the log (experiments it holds: "
             f"{found}). Serve with the experiment in serving.experiments and --event-log DIR, "

@@ -150,7 +150,7 @@ def summary(result: ExperimentResult) -> str:
 # ----------------------------------------------------------------------------- tables
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return (["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
             + ["| " + " | ".join(r) + " |" for r in rows] + [""])
 
@@ -178,13 +178,13 @@ COMPARISON_HEADER = ["metric", "arm", "vs control", "CI (relative)", "p", "CUPED
 def _ab_sections(result: ExperimentResult, out: Path) -> list[str]:
     metric = result.primary_metric
     lines = [f"## Primary metric: {METRIC_LABELS[metric]}", ""]
-    lines += _table(COMPARISON_HEADER, _comparison_rows(result, {metric}))
+    lines += table(COMPARISON_HEADER, _comparison_rows(result, {metric}))
     if result.daily:
         lines += [f"![cumulative lift]({LIFT_PLOT})", "",
                   "The lift as the days come in, on everyone exposed so far: an early "
                   "interval is wide, and a line that crosses zero late is no result.", ""]
     lines += ["## Metrics per arm", ""]
-    lines += _table(
+    lines += table(
         ["arm", "users", "impressions", "positive watches", "watch-through rate",
          "watch time per user (min)", "sessions per user"],
         [[a.arm, f"{a.users:,}", f"{a.impressions:,}", f"{a.positive_watches:,}",
@@ -192,7 +192,7 @@ def _ab_sections(result: ExperimentResult, out: Path) -> list[str]:
           f"{a.watch_seconds_per_user / 60:,.1f}", f"{a.sessions_per_user:,.2f}"]
          for a in result.arms])
     lines += [f"![metrics per arm]({ARMS_PLOT})", "", "## Every metric against the control", ""]
-    lines += _table(COMPARISON_HEADER, _comparison_rows(result, set(METRICS)))
+    lines += table(COMPARISON_HEADER, _comparison_rows(result, set(METRICS)))
     lines += ["CUPED subtracts what each user's behaviour before the experiment predicts; it "
               "keeps the estimate unbiased and narrows the interval by the share in the last "
               "column.", "", "## Guardrails", ""]
@@ -201,7 +201,7 @@ def _ab_sections(result: ExperimentResult, out: Path) -> list[str]:
     def mark(arm: str, name: str) -> str:
         return " (flag)" if (arm, name) in flagged else ""
 
-    lines += _table(
+    lines += table(
         ["arm", "catalogue coverage", "Gini of exposure", "genre diversity per user (bits)",
          "impressions sampled"],
         [[g.arm, f"{g.coverage:.1%}{mark(g.arm, 'coverage')}",
@@ -220,7 +220,7 @@ def _interleaving_sections(result: ExperimentResult, out: Path) -> list[str]:
     pref = result.preference
     lines = ["## Preference", ""]
     a, b = (t.arm for t in result.teams)
-    lines += _table(
+    lines += table(
         ["users with a credited watch", f"prefer {a}", f"prefer {b}", "ties",
          f"share preferring {a}", "CI", "p", "Δ_AB", "Δ_AB CI (bootstrap)"],
         [[f"{pref.users:,}", f"{pref.prefer_a:,}", f"{pref.prefer_b:,}", f"{pref.ties:,}",
@@ -232,7 +232,7 @@ def _interleaving_sections(result: ExperimentResult, out: Path) -> list[str]:
               "a user prefers the team with more credited watches. Δ_AB > 0 means users "
               f"prefer {a}. Guardrails need an A/B test: an interleaved page mixes both teams.",
               "", "## Teams", ""]
-    lines += _table(["team", "titles shown", "credited watches", "credited watch-through rate",
+    lines += table(["team", "titles shown", "credited watches", "credited watch-through rate",
                      "credited watch time (h)"],
                     [[t.arm, f"{t.impressions:,}", f"{t.credited_watches:,}",
                       _num(WATCH_THROUGH_RATE, t.watch_through_rate),
@@ -262,7 +262,7 @@ def write_report(result: ExperimentResult, out_dir: str | Path) -> Path:
     srm = result.srm
     total = sum(srm.observed)
     lines += ["## Sample ratio", ""]
-    lines += _table(["group", "users", "expected", "share", "configured share"],
+    lines += table(["group", "users", "expected", "share", "configured share"],
                     [[a, f"{o:,}", f"{e:,.0f}", _pct(o / total, False), _pct(e / total, False)]
                      for a, o, e in zip(srm.arms, srm.observed, srm.expected, strict=True)])
     lines += [f"Chi-square {srm.chi2:.2f}, p = {_p(srm.p_value)}: "
@@ -295,14 +295,14 @@ READING = [
 ]
 
 
-def _figure(width: float = 7.0, height: float = 4.0) -> Figure:
+def figure(width: float = 7.0, height: float = 4.0) -> Figure:
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
     return fig
 
 
 def _plot_lift(result: ExperimentResult, path: Path) -> None:
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     for arm in dict.fromkeys(d.arm for d in result.daily):
         days = [d for d in result.daily if d.arm == arm]
@@ -322,7 +322,7 @@ def _plot_lift(result: ExperimentResult, path: Path) -> None:
 
 
 def _plot_arms(result: ExperimentResult, path: Path) -> None:
-    fig = _figure(10.0, 3.5)
+    fig = figure(10.0, 3.5)
     names = [a.arm for a in result.arms]
     for k, metric in enumerate(METRICS):
         ax = fig.add_subplot(1, len(METRICS), k + 1)
@@ -334,7 +334,7 @@ def _plot_arms(result: ExperimentResult, path: Path) -> None:
 
 
 def _plot_srm(result: ExperimentResult, path: Path) -> None:
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     x = range(len(result.srm.arms))
     ax.bar([i - 0.2 for i in x], result.srm.observed, width=0.4, label="users")
@@ -350,7 +350,7 @@ def _plot_srm(result: ExperimentResult, path: Path) -> None:
 def _plot_preference(result: ExperimentResult, path: Path) -> None:
     pref = result.preference
     a, b = (t.arm for t in result.teams)
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     ax.bar([f"prefer {a}", "tie", f"prefer {b}"], [pref.prefer_a, pref.ties, pref.prefer_b])
     ax.set_ylabel("users")

@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 from marquee.artifacts import is_positive_watch
 from marquee.data import contract as c
 from marquee.evaluation.protocol import gini
-from marquee.experiments.analyze import _arm_in, _experiments_in
+from marquee.experiments.analyze import arm_in, experiments_in
 from marquee.monitoring import exposure
 from marquee.monitoring.skew import clean_batches
 
@@ -222,8 +222,8 @@ def _pages(imps: pd.DataFrame) -> np.ndarray:
 def _groups(imps: pd.DataFrame) -> list[tuple[str, np.ndarray]]:
     """(group, row mask) for ALL and each experiment arm named by the rows."""
     out = [(ALL, np.ones(len(imps), bool))]
-    for experiment in _experiments_in(imps):
-        inside, arm = _arm_in(imps[c.EXPERIMENT], imps[c.ARM], experiment)
+    for experiment in experiments_in(imps):
+        inside, arm = arm_in(imps[c.EXPERIMENT], imps[c.ARM], experiment)
         for name in sorted({a for a in arm[inside] if a is not None}):
             out.append((f"{experiment}/{name}", inside & (arm == name)))
     return out

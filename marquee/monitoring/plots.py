@@ -11,7 +11,7 @@ from pathlib import Path
 
 import matplotlib.dates as mdates
 
-from marquee.experiments.report import _figure
+from marquee.experiments.report import figure
 from marquee.monitoring.comparators import Comparison
 from marquee.monitoring.exposure_log import ALL, DAY_SECONDS, LogExposure
 
@@ -24,7 +24,7 @@ def comparisons(groups: Mapping[str, Sequence[Comparison]], title: str, path: Pa
     be compared is named as such."""
     groups = {g: list(cs) for g, cs in groups.items() if cs}
     rows = max((len(cs) for cs in groups.values()), default=1)
-    fig = _figure(6.0 * max(len(groups), 1), max(2.5, 1.2 + 0.35 * rows))
+    fig = figure(6.0 * max(len(groups), 1), max(2.5, 1.2 + 0.35 * rows))
     for k, (group, found) in enumerate(groups.items()):
         ax = fig.add_subplot(1, len(groups), k + 1)
         y = list(range(len(found)))[::-1]
@@ -63,7 +63,7 @@ def _trends(exposure: LogExposure, panels: Sequence[tuple[str, str, float | None
             path: Path) -> None:
     columns = min(len(panels), 2)
     rows = math.ceil(len(panels) / columns)
-    fig = _figure(5.0 * columns, 3.5 * rows)
+    fig = figure(5.0 * columns, 3.5 * rows)
     for k, (name, label, threshold) in enumerate(panels):
         ax = fig.add_subplot(rows, columns, k + 1)
         for group in exposure.groups:
@@ -99,7 +99,7 @@ def diversity(exposure: LogExposure, min_ild: float | None, path: Path) -> None:
 def lorenz(exposure: LogExposure, last_day: str, path: Path) -> None:
     """The Lorenz curves of the window and of the last day, a curve per group, against the
     line of equality (Gini 0)."""
-    fig = _figure(10.0, 4.5)
+    fig = figure(10.0, 4.5)
     for k, (on_last_day, title) in enumerate(((False, "the whole log"), (True, last_day))):
         ax = fig.add_subplot(1, 2, k + 1)
         ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", label="equality")
@@ -121,7 +121,7 @@ def embedding_drift(reports: Sequence[dict], min_overlap: float | None, path: Pa
     p10, p50) and the mean query and candidate norms of both versions."""
     compared = [r for r in reports if r.get("previous_version") is not None]
     names = [str(r["version"]) for r in compared]
-    fig = _figure(10.0, 3.8)
+    fig = figure(10.0, 3.8)
     ax = fig.add_subplot(1, 2, 1)
     with_k = [(n, r["neighbours"]) for n, r in zip(names, compared, strict=True)
               if r["neighbours"].get("k")]

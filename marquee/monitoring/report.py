@@ -31,7 +31,7 @@ from pathlib import Path
 
 from marquee.config import Config
 from marquee.data import contract as c
-from marquee.experiments.report import _table
+from marquee.experiments.report import table
 from marquee.monitoring import plots
 from marquee.monitoring.comparators import Comparison
 from marquee.monitoring.exposure_log import (
@@ -217,7 +217,7 @@ def _drift(pipeline_root: Path | None, out: Path) -> tuple[Section, list[Alert]]
              "divergence of the two histograms (0 same, 1 disjoint).", ""] + lines
     for split in splits:
         lines += [f"Split {split.split_pair}:", ""]
-        lines += _table(COMPARISON_HEADER, _comparison_rows(list(split.comparisons)))
+        lines += table(COMPARISON_HEADER, _comparison_rows(list(split.comparisons)))
         alerts += _comparison_alerts(DRIFT, f"{split.split_pair} split",
                                      list(split.comparisons), DRIFT_ACTION)
     lines += [f"![drift per feature]({DRIFT_PLOT})", ""]
@@ -254,7 +254,7 @@ def _skew(run_dir: Path | None, log_dir: Path, data_dir: Path, config: Config,
              "kind turned into the examples the pipeline would build.", ""]
     alerts = []
     for group, found in report.comparisons.items():
-        lines += [f"Group {group}:", ""] + _table(COMPARISON_HEADER, _comparison_rows(found))
+        lines += [f"Group {group}:", ""] + table(COMPARISON_HEADER, _comparison_rows(found))
         alerts += _comparison_alerts(SKEW, f"{group} group", found, SKEW_ACTION)
     lines += [f"![skew per feature]({SKEW_PLOT})", ""] + details
     plots.comparisons(report.comparisons, "Train/serve skew per feature against its threshold",
@@ -336,13 +336,13 @@ def _exposure(exposure: LogExposure | None, missing: str, config: Config,
             cov, gin = exposure.window(g)
             rows.append(["whole log", g, f"{sum(d.impressions for d in exposure.of(g)):,}", "",
                          _pct(cov), _num(gin), "", "", "", ""])
-        lines += _table(DAY_HEADER, rows)
+        lines += table(DAY_HEADER, rows)
         lines += ["An arm's coverage is lower than all impressions' by its share of the "
                   "traffic alone; compare arms with each other, not with the thresholds.", ""]
     lines += [f"![coverage and Gini per day]({COVERAGE_PLOT})", "",
               f"![diversity, novelty and new titles per day]({DIVERSITY_PLOT})", "",
               f"![Lorenz curves]({LORENZ_PLOT})", "", "All impressions, per day:", ""]
-    lines += _table(DAY_HEADER, [_day_row(d) for d in exposure.of(ALL)])
+    lines += table(DAY_HEADER, [_day_row(d) for d in exposure.of(ALL)])
     m = config.monitor
     plots.coverage_and_gini(exposure, m.alert_min_coverage, m.alert_max_gini,
                             out / COVERAGE_PLOT)
@@ -391,7 +391,7 @@ def _embeddings(pipeline_root: Path | None, config: Config,
              "(previous -> current) and the share of each title's top-k neighbours kept "
              "(1 = unchanged, 0 = all new). Two trainings on the same data already move "
              "neighbours: read a value against this history.", ""]
-    lines += _table(["version", "against", "query norm", "candidate norm", "k", "titles",
+    lines += table(["version", "against", "query norm", "candidate norm", "k", "titles",
                      "mean overlap", "p10", "p50", "unchanged"], rows)
     lines += [f"![embedding drift per version]({EMBEDDING_PLOT})", ""]
     limit = config.monitor.alert_min_neighbour_overlap
@@ -518,7 +518,7 @@ def _markdown(sections: tuple[Section, ...], alerts: tuple[Alert, ...], run: Pat
         lines += [f"Not available (why: in the section): {', '.join(missing)}.", ""]
     if alerts:
         lines += ["## Alerts", ""]
-        lines += _table(["section", "check", "expected", "measured", "what to do"],
+        lines += table(["section", "check", "expected", "measured", "what to do"],
                         [[a.section, a.check, a.expected, a.measured, a.action]
                          for a in alerts])
     for s in sections:
