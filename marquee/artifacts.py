@@ -11,7 +11,8 @@ to get a string::
     BASE/retrieval_index/<version>/    ScaNN index (marquee.retrieval_index), searched in the client
     BASE/ranker/<version>/             SavedModel: serving_default(query + item features,
                                        retrieval_score [N]) -> {p_watch: [N],
-                                       watch_time_seconds: [N]}
+                                       watch_time_seconds: [N]}; rank_by_id(query [1],
+                                       item_id [N], retrieval_score [N]) -> the same + known [N]
     BASE/models.config                 TF Serving --model_config_file
     BASE/pushes.jsonl                  one line per push
 """
@@ -41,6 +42,10 @@ EMBEDDING = "embedding"  # the towers' output
 RETRIEVAL_SCORE = "retrieval_score"  # the ranker's input: the pair's two-tower score
 P_WATCH = "p_watch"  # the ranker's outputs
 WATCH_TIME_SECONDS = "watch_time_seconds"
+# The ranker's second signature: the page's query once and N item ids, the titles' features
+# looked up inside the model (trainer.ranking._Export); KNOWN [N] says which ids it has.
+RANK_BY_ID = "rank_by_id"
+KNOWN = "known"
 
 # ---------------------------------------------------------------- padding of raw inputs
 HISTORY_PAD = -1  # an empty slot of the history feature (item ids)

@@ -35,10 +35,12 @@ from marquee.artifacts import (
     CANDIDATE_TOWER,
     EMBEDDING,
     EXPORT_INFO,
+    KNOWN,
     MODEL_CONFIG_FILE,
     P_WATCH,
     PUSH_LOG,
     QUERY_TOWER,
+    RANK_BY_ID,
     RANKER,
     RETRIEVAL_INDEX,
     RETRIEVAL_SCORE,
@@ -59,10 +61,13 @@ from serving.models.query import QueryFeatures, query_inputs
 from serving.models.versions import complete_versions, has_ranker, incomplete_versions
 from tests.test_homepage import FULL, QUERY, FixedModelBackend, catalogue, make
 from trainer import features as f
-from trainer.ranking import serving_signature
+from trainer.ranking import by_id_signature, serving_signature
 from trainer.retrieval import candidate_signature, query_signature
 
 TIMEOUT_S = 10.0
+# The toy ranker's by-id table: titles 1..10. Version 2's ranker has no by-id signature
+# (as one exported before it existed).
+TABLE = 10
 NOT_PUSHED = 99
 # How fast the backends look for new versions here (seconds): the in-process check and retry,
 # the gRPC backend's check and the model server's poll.
@@ -78,12 +83,16 @@ def run(version: int) -> str:
     return f"run-{version}"
 
 
-def _save(path: Path, signature: dict, outputs, version: int) -> None:
+def _save(path: Path, signature: dict, outputs, version: int, by_id=None) -> None:
     module = tf.Module()
     module.fn = tf.function(lambda **kw: outputs(kw))
-    tf.saved_model.save(module, str(path), signatures={
-        SIGNATURE: module.fn.get_concrete_function(**signature)})
-    io.write_text(path.joinpath(*EXPORT_INFO), json.dumps({"training_run": run(version)}))
+    signatures = {SIGNATURE: module.fn.get_concrete_function(**signature)}
+    if by_id is not None:
+        module.by_id = tf.function(lambda **kw: by_id(kw))
+        signatures[RANK_BY_ID] = module.by_id.get_concrete_function(**by_id_signature())
+    tf.saved_model.save(module, str(path), signatures=signatures)
+    io.write_text(path.joinpath(*EXPORT_INFO), json.dumps(
+        {"training_run": run(version), "signatures": sorted(signatures)}))
 
 
 def _column(x, v: float) -> tf.Tensor:
@@ -98,9 +107,14 @@ def save_version(root: Path, v: int) -> None:
     _save(root / "serving" / CANDIDATE_TOWER, candidate_signature(), lambda kw: {
         EMBEDDING: tf.stack([tf.cast(kw[f.ITEM_ID], tf.float32),
                              _column(kw[f.ITEM_ID], float(v))], axis=1)}, v)
-    _save(root / "ranker", serving_signature(), lambda kw: {
+    ranker = lambda kw: {  # noqa: E731
         P_WATCH: v / (v + tf.cast(kw[f.ITEM_ID], tf.float32)),
-        WATCH_TIME_SECONDS: kw[RETRIEVAL_SCORE] + 100.0 * v}, v)
+        WATCH_TIME_SECONDS: kw[RETRIEVAL_SCORE] + 100.0 * v}
+    # By id, the toy's table holds titles 1..TABLE; any other id scores 0.5 and is not known.
+    by_id = lambda kw: {  # noqa: E731
+        **{k: tf.where(kw[f.ITEM_ID] <= TABLE, x, 0.5 if k == P_WATCH else 0.0)
+           for k, x in ranker(kw).items()}, KNOWN: kw[f.ITEM_ID] <= TABLE}
+    _save(root / "ranker", serving_signature(), ranker, v, by_id=by_id if v != 2 else None)
     ids = catalogue().item_ids
     items = Toy(v).candidates({f.ITEM_ID: ids})
     searcher, evaluation = build_and_evaluate(items, ids, items[:3], IndexConfig())
@@ -233,6 +247,21 @@ class BackendContract:
         np.testing.assert_allclose(seconds, expected[WATCH_TIME_SECONDS], rtol=1e-6)
         np.testing.assert_allclose(backend.rank(pairs(), TIMEOUT_S)[P_WATCH], p)  # None: newest
 
+    def test_ranker_by_id_flags_the_ids_its_table_lacks(self, backend):
+        version = backend.serving_version()
+        if self.MODEL is None or not isinstance(self.MODEL, Toy):
+            assert not backend.ranks_by_id()
+            return
+        assert backend.ranks_by_id(version) and backend.ranks_by_id()
+        inputs = {**queries((1,)), f.ITEM_ID: np.array(ITEMS, np.int64),
+                  RETRIEVAL_SCORE: pairs()[RETRIEVAL_SCORE]}
+        out = backend.rank_by_id(inputs, TIMEOUT_S, version)
+        assert np.asarray(out[KNOWN]).tolist() == [i <= TABLE for i in ITEMS]  # 12 is not
+        known = np.asarray(out[KNOWN])
+        expected = self.MODEL.rank(pairs())
+        np.testing.assert_allclose(np.asarray(out[P_WATCH])[known], expected[P_WATCH][known],
+                                   rtol=1e-6)
+
     def test_candidate_tower_embeds_n_titles_of_the_version_asked(self, backend):
         if self.MODEL is None:
             with pytest.raises(MODEL_ERRORS):
@@ -322,6 +351,21 @@ def test_in_process_and_grpc_give_the_same_answers(base, model_server):
     ca, cb = (x.candidate_embeddings(titles(items), 1, TIMEOUT_S) for x in (local, remote))
     np.testing.assert_allclose(ca, cb, rtol=1e-6)
     np.testing.assert_allclose(ca[11], [12.0, 1.0])
+
+
+def test_a_ranker_without_the_by_id_signature_is_ranked_from_features(zoo, tmp_path):
+    push(zoo, tmp_path, 2)
+    backend = InProcessBackend(tmp_path)
+    assert backend.has_ranker(2) and not backend.ranks_by_id(2)
+    with pytest.raises(MODEL_ERRORS, match="no 'rank_by_id' signature"):
+        backend.rank_by_id({**queries((1,)), f.ITEM_ID: np.array(ITEMS, np.int64),
+                            RETRIEVAL_SCORE: pairs()[RETRIEVAL_SCORE]}, TIMEOUT_S, 2)
+    with ModelServer(tmp_path, host="127.0.0.1", poll_seconds=POLL_S) as server:
+        remote = GrpcBackend(server.address, tmp_path)
+        deadline = time.monotonic() + WAIT_S
+        while remote.serving_version() is None and time.monotonic() < deadline:
+            time.sleep(CHECK_S)
+        assert remote.has_ranker(2) and not remote.ranks_by_id(2)
 
 
 def test_grpc_without_a_model_server_raises_model_errors(base):
@@ -598,6 +642,23 @@ def test_a_version_pushed_without_a_ranker_pages_without_one(zoo, follow):
     assert picks and all(p.p_watch is None for p in page.items)
     for p in picks:  # user 1 (FULL): version 2's score 2 * (i + 1)
         assert p.retrieval_score == pytest.approx(2 * (p.item_id + 1))
+
+
+def test_the_rank_step_scores_titles_the_by_id_table_lacks_from_their_features(zoo, follow):
+    """Version 1 ranks by id; titles 11 and 12 are not in its table (added after training):
+    the rank step scores them again from their features, so every title gets 1 / (1 + i)."""
+    base, make_backend = follow
+    push(zoo, base, 1)
+    backend = make_backend()
+    service = make(base, backend)
+    page = service.homepage(FULL)
+    assert backend.ranks_by_id(1)
+    ids = list(range(1, 13))
+    out = service.ranking.score(queries((1,)), ids, np.zeros(len(ids), np.float32), TIMEOUT_S, 1)
+    np.testing.assert_allclose(out[P_WATCH], [1 / (1 + i) for i in ids], rtol=1e-6)
+    assert out[KNOWN].tolist() == [i <= TABLE for i in ids]
+    ranked = [p for p in page.items if p.p_watch is not None]
+    assert ranked and all(p.p_watch == pytest.approx(1 / (1 + p.item_id)) for p in ranked)
 
 
 def test_the_page_cache_hits_again_after_a_push(zoo, follow):

@@ -98,6 +98,12 @@ class FixedModelBackend:
     def has_ranker(self, version=None) -> bool:
         return self.ranker and version in (None, 1)
 
+    def rank_by_id(self, inputs, timeout_s, version=None):
+        raise ModelUnavailable("the double ranks from features only")
+
+    def ranks_by_id(self, version=None) -> bool:
+        return False
+
     def candidate_embeddings(self, inputs, version, timeout_s):
         """Title i embeds to ``[i / 10, 0, 0, 1]`` (the index's dim 4)."""
         self._check(version)

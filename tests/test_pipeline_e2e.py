@@ -19,12 +19,15 @@ from serving.models.index_store import IndexStore
 from serving.models.query import ModelMismatch, QueryFeatures, query_inputs
 from trainer import features as f
 from trainer.ranking import (
+    KNOWN,
     LOG_WATCH_TIME,
     OWN_EXAMPLE,
     OWN_POSITIVE,
     P_WATCH,
+    RANK_BY_ID,
     RAW_KEYS,
     RETRIEVAL_SCORE,
+    WATCH_TIME_SECONDS,
     WATCHED_LOGIT,
     RankingRecords,
     _dataset,
@@ -300,3 +303,40 @@ def test_streamed_ranking_batches_equal_the_in_memory_ones(run):
         np.testing.assert_array_equal(orders[1][k], orders[0][k])
     assert not np.array_equal(orders[1][f.USER_ID], train[f.USER_ID][~validation])
     assert sorted(orders[1][f.USER_ID]) == sorted(train[f.USER_ID][~validation])
+
+
+def test_rank_by_id_matches_serving_default(run, tmp_path):
+    # The by-id signature (the page's query once, item ids, features looked up in the model)
+    # must score exactly as serving_default does with every raw feature sent.
+    tmp, _ = run
+    examples, _, transform, train = _ranking_inputs(tmp)
+    cfg = dataclasses.replace(CONFIG.ranking, item_popularity_features=True)
+    model, _ = train_ranker(train, str(transform), cfg, epochs=1, steps=3)
+    catalogue = load_catalogue([str(examples / "Split-catalogue" / "*")])
+    export_ranker(model, str(tmp_path / "ranker"), {}, catalogue)
+    loaded = tf.saved_model.load(str(tmp_path / "ranker"))
+    raw, by_id = loaded.signatures["serving_default"], loaded.signatures[RANK_BY_ID]
+    # One user's query against 40 catalogue titles, their features from the catalogue split.
+    rows = np.arange(0, len(catalogue[f.ITEM_ID]), max(1, len(catalogue[f.ITEM_ID]) // 40))
+    n = len(rows)
+    query = {k: train[k][:1] for k in f.QUERY_FEATURES}
+    score = np.linspace(-1, 1, n).astype(np.float32)
+    pairs = {**{k: np.repeat(v, n, axis=0) for k, v in query.items()},
+             **{k: catalogue[k][rows] for k in f.CANDIDATE_FEATURES}, RETRIEVAL_SCORE: score}
+    expected = raw(**{k: tf.constant(v) for k, v in pairs.items()})
+    ids = catalogue[f.ITEM_ID][rows]
+    for q in (query, {k: pairs[k] for k in f.QUERY_FEATURES}):  # once, or once per id
+        got = by_id(**{k: tf.constant(v) for k, v in q.items()}, item_id=tf.constant(ids),
+                    retrieval_score=tf.constant(score))
+        assert got[KNOWN].numpy().all()
+        for key in (P_WATCH, WATCH_TIME_SECONDS):
+            np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), rtol=1e-4,
+                                       atol=1e-6)
+    # An id the table does not hold is flagged, scored as a title without metadata.
+    unknown = np.array([ids[0], 10**12], np.int64)
+    got = by_id(**{k: tf.constant(v) for k, v in query.items()}, item_id=tf.constant(unknown),
+                retrieval_score=tf.constant(score[:2]))
+    assert got[KNOWN].numpy().tolist() == [True, False]
+    assert np.isfinite(got[P_WATCH].numpy()).all()
+    assert sorted(json.loads((tmp_path / "ranker" / "assets.extra" / "marquee.json"
+                              ).read_text())["signatures"]) == [RANK_BY_ID, "serving_default"]

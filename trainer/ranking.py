@@ -59,7 +59,14 @@ import tensorflow_recommenders as tfrs
 import tensorflow_transform as tft
 
 from marquee import io as mio
-from marquee.artifacts import P_WATCH, RETRIEVAL_SCORE, WATCH_TIME_SECONDS
+from marquee.artifacts import (
+    KNOWN,
+    P_WATCH,
+    RANK_BY_ID,
+    RETRIEVAL_SCORE,
+    SIGNATURE,
+    WATCH_TIME_SECONDS,
+)
 from marquee.config import Config, RankingConfig
 from marquee.data import contract as c
 from trainer import features as f
@@ -75,6 +82,13 @@ OWN_POSITIVE = "own_positive"
 OWN_EXAMPLE = "own_example"
 SERVING_POSITION = 1
 RAW_KEYS = f.QUERY_FEATURES + f.CANDIDATE_FEATURES
+# The network's input blocks (RankingModel.parts), in the order they are concatenated; the
+# candidate side's depend on the title alone, so the by-id signature holds them per title.
+QUERY_CATEGORIES = (f.COUNTRY, f.SUBSCRIPTION_TIER, f.AGE_BUCKET, f.DEVICE)
+PARTS = ("user", "item", "history", "hour", "day_of_week", RETRIEVAL_SCORE, "popularity",
+         "numeric", *QUERY_CATEGORIES, f.DIRECTOR, f.GENRES, f.CAST, f.KEYWORDS, f.TITLE_TOKENS)
+CANDIDATE_PARTS = ("item", "popularity", "numeric", f.DIRECTOR, f.GENRES, f.CAST, f.KEYWORDS,
+                   f.TITLE_TOKENS)
 
 
 def label_tensors(watch_seconds: tf.Tensor, min_watch_seconds: float
@@ -263,43 +277,68 @@ class RankingModel(tf.keras.Model):
             n -= tf.reshape(tf.cast(raw[OWN_EXAMPLE], tf.float32), [-1])
         return popularity_features(pos, n, self.global_rate, self.cfg.popularity_prior_count)
 
-    def features(self, raw: dict) -> tf.Tensor:
-        batch = tf.shape(raw[f.USER_ID])[0]
-        x = self.tft_layer(
-            complete_raw_inputs({k: raw[k] for k in RAW_KEYS}, self._raw_spec, batch))
+    def parts(self, raw: dict, keys=RAW_KEYS) -> dict[str, tf.Tensor]:
+        """The network's input blocks of ``raw`` by name (``PARTS``), each [B, width]: the
+        Transform layer on the ``keys`` given (the others get neutral defaults), then the
+        embeddings, pools and numerics. Blocks whose inputs are not among ``keys`` are left
+        out."""
+        batch = tf.shape(raw[keys[0]])[0]
+        x = self.tft_layer(complete_raw_inputs({k: raw[k] for k in keys}, self._raw_spec, batch))
         sq = lambda t: tf.reshape(t, [-1])  # noqa: E731
-        dense = [tf.reshape(tf.cast(x[xf(k) + s], tf.float32), [-1, 1])
-                 for k in (f.RELEASE_YEAR, f.DURATION_SECONDS) for s in ("", "_missing")]
-        score = ([tf.reshape(tf.cast(raw[RETRIEVAL_SCORE], tf.float32), [-1, 1])]
-                 if self.cfg.use_retrieval_score else [])
-        if self.counts_tables is not None:
-            score.append(self.item_popularity(raw))
-        parts = [
-            self.user(sq(x[xf(f.USER_ID)])),
-            self.items.lookup(sq(x[xf(f.ITEM_ID)])),
-            self.items(x[xf(f.HISTORY)]),
-            self.hour(sq(x[xf(f.HOUR)])),
-            self.dow(sq(x[xf(f.DAY_OF_WEEK)])),
-            *score,
-            *dense,
-        ] + [emb(sq(x[xf(k)])) for k, emb in self.cats.items()] + [
-            pool(x[xf(k)]) for k, pool in self.pools.items()]
-        return tf.concat(parts, axis=1)
+        query, candidate = set(keys) & set(f.QUERY_FEATURES), set(keys) & set(f.CANDIDATE_FEATURES)
+        out = {}
+        if query:
+            out.update({
+                "user": self.user(sq(x[xf(f.USER_ID)])),
+                "history": self.items(x[xf(f.HISTORY)]),
+                "hour": self.hour(sq(x[xf(f.HOUR)])),
+                "day_of_week": self.dow(sq(x[xf(f.DAY_OF_WEEK)])),
+                **{k: self.cats[k](sq(x[xf(k)])) for k in QUERY_CATEGORIES}})
+        if candidate:
+            out["item"] = self.items.lookup(sq(x[xf(f.ITEM_ID)]))
+            if self.counts_tables is not None:
+                out["popularity"] = self.item_popularity(raw)
+            out["numeric"] = tf.concat(
+                [tf.reshape(tf.cast(x[xf(k) + s], tf.float32), [-1, 1])
+                 for k in (f.RELEASE_YEAR, f.DURATION_SECONDS) for s in ("", "_missing")], 1)
+            out[f.DIRECTOR] = self.cats[f.DIRECTOR](sq(x[xf(f.DIRECTOR)]))
+            out.update({k: pool(x[xf(k)]) for k, pool in self.pools.items()})
+        if RETRIEVAL_SCORE in raw and self.cfg.use_retrieval_score:
+            out[RETRIEVAL_SCORE] = tf.reshape(tf.cast(raw[RETRIEVAL_SCORE], tf.float32), [-1, 1])
+        return out
 
-    def call(self, raw: dict, training: bool = False) -> dict:
-        x0 = self.norm(self.features(raw))
+    @staticmethod
+    def concat(parts: dict[str, tf.Tensor]) -> tf.Tensor:
+        """The blocks in ``PARTS`` order -> [B, features]."""
+        return tf.concat([parts[k] for k in PARTS if k in parts], axis=1)
+
+    def candidate_vectors(self, candidates: dict) -> tf.Tensor:
+        """[I, width] candidate-side blocks of raw candidate inputs, concatenated in ``PARTS``
+        order (the by-id signature's item table)."""
+        parts = self.parts(candidates, f.CANDIDATE_FEATURES)
+        return self.concat(parts)
+
+    def features(self, raw: dict) -> tf.Tensor:
+        return self.concat(self.parts(raw))
+
+    def head(self, x0: tf.Tensor, position: tf.Tensor | None = None) -> dict:
+        """The cross network, the deep tower and the two heads on [B, features]; ``position``
+        None: the serving position."""
+        x0 = self.norm(x0)
         x = x0
         for cross in self.crosses:
             x = cross(x0, x)
         h = self.deep(x)
-        position = raw.get(f.POSITION)
         if position is None:
-            position = tf.fill(tf.shape(raw[f.USER_ID]), tf.constant(SERVING_POSITION, tf.int64))
+            position = tf.fill(tf.shape(h)[:1], tf.constant(SERVING_POSITION, tf.int64))
         bucket = tf.clip_by_value(tf.reshape(tf.cast(position, tf.int64), [-1]), 0,
                                   self.cfg.position_buckets)
         logit = self.watched_head(h) + self.position_bias(bucket)
         return {WATCHED_LOGIT: tf.reshape(logit, [-1]),
                 LOG_WATCH_TIME: tf.reshape(self.watch_time_head(h), [-1])}
+
+    def call(self, raw: dict, training: bool = False) -> dict:
+        return self.head(self.features(raw), raw.get(f.POSITION))
 
 
 def serving_signature() -> dict[str, tf.TensorSpec]:
@@ -310,23 +349,90 @@ def serving_signature() -> dict[str, tf.TensorSpec]:
     return spec
 
 
+def by_id_signature() -> dict[str, tf.TensorSpec]:
+    """The by-id signature's inputs: one page's query (batch 1, or one row per candidate) and
+    its N candidates as ids with their retrieval scores."""
+    from trainer.retrieval import query_signature
+
+    return {**query_signature(), f.ITEM_ID: tf.TensorSpec([None], tf.int64, f.ITEM_ID),
+            RETRIEVAL_SCORE: tf.TensorSpec([None], tf.float32, RETRIEVAL_SCORE)}
+
+
 class _Export(tf.Module):
-    def __init__(self, model: RankingModel):
+    """The exported ranker. ``serving_default`` takes every raw feature of N pairs. With a
+    catalogue, ``rank_by_id`` takes the page's query once and N item ids: the candidate-side
+    blocks of each catalogue title (``CANDIDATE_PARTS``: embeddings, pools, numerics, counts)
+    are computed here, at export, into a table the signature gathers from, so a request sends
+    no title features and runs the Transform layer on one row. A title not in the table (added
+    after training) gets the blocks of a title without metadata and ``known`` false: score it
+    with ``serving_default`` for its real features."""
+
+    def __init__(self, model: RankingModel, catalogue: dict | None = None,
+                 batch_size: int = 4096):
         super().__init__()
         self.model = model
+        self.item_table = self.item_rows = None
+        if catalogue is None:
+            return
+        ids = np.asarray(catalogue[f.ITEM_ID], np.int64)
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError("the catalogue split lists an item id more than once; the by-id "
+                             "ranker table needs one row per title")
+        chunks = [model.candidate_vectors(
+            {k: tf.constant(catalogue[k][s:s + batch_size]) for k in f.CANDIDATE_FEATURES})
+            for s in range(0, len(ids), batch_size)]
+        blank = {k: tf.constant(catalogue[k][:1]) for k in f.CANDIDATE_FEATURES}
+        blank = {k: tf.fill(tf.shape(v), tf.constant(f.MISSING_INT if v.dtype == tf.int64 else
+                                                      f.MISSING_STRING, v.dtype))
+                 for k, v in blank.items()}
+        blank[f.ITEM_ID] = tf.constant([-1], tf.int64)  # out of vocabulary
+        chunks.append(model.candidate_vectors(blank))  # the last row: an unknown title
+        self.item_table = tf.Variable(tf.concat(chunks, 0), trainable=False, name="item_table")
+        self.item_rows = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+            tf.constant(ids), tf.range(len(ids), dtype=tf.int64)), -1)
+        one = model.parts({k: v[:1] for k, v in blank.items()}, f.CANDIDATE_FEATURES)
+        self.widths = [int(one[k].shape[1]) for k in PARTS if k in one]
+        self.names = [k for k in PARTS if k in one]
 
-    def serve(self, inputs: dict) -> dict:
-        out = self.model(inputs, training=False)  # no position input: the bias of position 1
+    @staticmethod
+    def _outputs(out: dict) -> dict:
         return {P_WATCH: tf.sigmoid(out[WATCHED_LOGIT]),
                 WATCH_TIME_SECONDS: tf.math.expm1(tf.maximum(out[LOG_WATCH_TIME], 0.0))}
 
+    def serve(self, inputs: dict) -> dict:
+        return self._outputs(self.model(inputs, training=False))  # no position: position 1
 
-def export_ranker(model: RankingModel, path: str, info: dict) -> None:
-    module = _Export(model)
+    def serve_by_id(self, inputs: dict) -> dict:
+        query = {k: inputs[k] for k in f.QUERY_FEATURES}
+        parts = self.model.parts({**query, RETRIEVAL_SCORE: inputs[RETRIEVAL_SCORE]},
+                                 f.QUERY_FEATURES)
+        n = tf.shape(inputs[f.ITEM_ID])[0]
+        rows_q = tf.shape(inputs[f.USER_ID])[0]
+        tf.debugging.assert_equal(
+            tf.logical_or(tf.equal(rows_q, 1), tf.equal(rows_q, n)), True,
+            message="rank_by_id: send the query once (batch 1) or once per item id")
+        parts = {k: (v if k == RETRIEVAL_SCORE else tf.tile(v, [n // rows_q, 1]))
+                 for k, v in parts.items()}
+        rows = self.item_rows.lookup(tf.reshape(inputs[f.ITEM_ID], [-1]))
+        known = rows >= 0
+        gathered = tf.gather(self.item_table, tf.where(known, rows, tf.shape(
+            self.item_table, out_type=tf.int64)[0] - 1))
+        parts.update(zip(self.names, tf.split(gathered, self.widths, axis=1)))
+        return {**self._outputs(self.model.head(self.model.concat(parts))), KNOWN: known}
+
+
+def export_ranker(model: RankingModel, path: str, info: dict,
+                  catalogue: dict | None = None) -> None:
+    """Saves the ranker: ``serving_default`` always, ``rank_by_id`` with a ``catalogue`` (the
+    catalogue split's raw candidate inputs, :func:`load_catalogue`)."""
+    module = _Export(model, catalogue)
     fn = tf.function(lambda **kw: module.serve(kw))
-    tf.saved_model.save(module, path, signatures={
-        "serving_default": fn.get_concrete_function(**serving_signature())})
-    write_export_info(path, info)
+    signatures = {SIGNATURE: fn.get_concrete_function(**serving_signature())}
+    if catalogue is not None:
+        by_id = tf.function(lambda **kw: module.serve_by_id(kw))
+        signatures[RANK_BY_ID] = by_id.get_concrete_function(**by_id_signature())
+    tf.saved_model.save(module, path, signatures=signatures)
+    write_export_info(path, {**info, "signatures": sorted(signatures)})
 
 
 # Examples in the training shuffle buffer. Streamed, it holds serialized records (~0.5 KB each
@@ -500,6 +606,7 @@ def run_fn(fn_args) -> None:
     cfg = config.ranking
     steps = fn_args.custom_config.get("max_steps")
     train: RankingSource = RankingRecords(tuple(fn_args.train_files), fn_args.base_model)
+    catalogue = [p.replace("Split-rank_train", "Split-catalogue") for p in fn_args.train_files]
     extra = 0
     if cfg.retrieval_negatives_per_positive > 0:
         # Hard negatives (off by default) are drawn against every user's watches and the whole
@@ -510,7 +617,6 @@ def run_fn(fn_args) -> None:
         if not train:
             raise ValueError("the rank_train split has no examples; check the data")
         n_examples = len(train[f.WATCH_SECONDS])
-        catalogue = [p.replace("Split-rank_train", "Split-catalogue") for p in fn_args.train_files]
         train = add_retrieval_negatives(train, load_catalogue(catalogue), fn_args.base_model, cfg)
         extra = len(train[f.WATCH_SECONDS]) - n_examples
     model, metrics = train_ranker(train, fn_args.transform_output, cfg, steps=steps)
@@ -519,7 +625,8 @@ def run_fn(fn_args) -> None:
                                )["training_run"]
     info = {"retrieval_training_run": retrieval_run, "metrics": metrics,
             "config": dataclasses.asdict(cfg)}
-    export_ranker(model, os.path.join(fn_args.serving_model_dir, "ranker"), info)
+    export_ranker(model, os.path.join(fn_args.serving_model_dir, "ranker"), info,
+                  load_catalogue(catalogue))
     mio.write_text(os.path.join(fn_args.serving_model_dir, "metadata.json"),
                    json.dumps(info, indent=2))
     print(json.dumps(metrics, indent=2))

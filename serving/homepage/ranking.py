@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from marquee.artifacts import P_WATCH, RETRIEVAL_SCORE, WATCH_TIME_SECONDS
+from marquee.artifacts import KNOWN, P_WATCH, RETRIEVAL_SCORE, WATCH_TIME_SECONDS
+from marquee.data.contract import ITEM_ID
 from marquee.config import ServingConfig
 from serving.homepage.budget import Budget
 from serving.homepage.fallback import PopularityFallback
@@ -105,6 +106,29 @@ class RankStep:
         inputs[RETRIEVAL_SCORE] = retrieval.astype(np.float32)
         return inputs
 
+    def score(self, query: dict[str, np.ndarray], ids: list[int], retrieval: np.ndarray,
+              timeout_s: float, version: int | None) -> dict[str, np.ndarray]:
+        """The ranker's outputs for the candidates ``ids``: by id (the query once, the titles'
+        features looked up in the model) when the version's ranker can, with any title its
+        table lacks (added since training) scored again from its features; otherwise every
+        pair's features sent."""
+        if not self.backend.ranks_by_id(version):
+            return self.backend.rank(self.ranker_inputs(query, self.catalogue.rows(ids),
+                                                         retrieval), timeout_s, version)
+        item_ids = np.asarray(ids, np.int64)
+        out = self.backend.rank_by_id(
+            {**query, ITEM_ID: item_ids, RETRIEVAL_SCORE: retrieval.astype(np.float32)},
+            timeout_s, version)
+        out = {k: np.array(out[k]) for k in (P_WATCH, WATCH_TIME_SECONDS, KNOWN)}
+        unknown = np.flatnonzero(~out[KNOWN].astype(bool))
+        if len(unknown):
+            rest = self.backend.rank(self.ranker_inputs(
+                query, self.catalogue.rows(item_ids[unknown].tolist()), retrieval[unknown]),
+                timeout_s, version)
+            for key in (P_WATCH, WATCH_TIME_SECONDS):
+                out[key][unknown] = np.asarray(rest[key])
+        return out
+
     def __call__(self, page: Homepage, profile: UserProfile, ids: list[int],
                  query: dict[str, np.ndarray] | None, emb: np.ndarray | None,
                  index: LiveIndex | None, version: int | None, budget: Budget) -> Ranked:
@@ -119,8 +143,7 @@ class RankStep:
             return Ranked(self._blend(retrieval, outputs), outputs)
         t = self._clock()
         try:
-            inputs = self.ranker_inputs(query, self.catalogue.rows(ids), retrieval)
-            out = self.breaker.call(self.backend.rank, inputs,
+            out = self.breaker.call(self.score, query, ids, retrieval,
                                     budget.left_s(self.config.rank_deadline_ms), version)
             budget.check("ranker", t, self.config.rank_deadline_ms)
             outputs.update({P_WATCH: np.asarray(out[P_WATCH]),

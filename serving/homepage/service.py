@@ -396,6 +396,8 @@ class HomepageService:
         query = self.query_features(UserProfile(user_id=0), int(self._now()))
         _, version = self.backend.query_embeddings(query, 30.0)
         if self.backend.has_ranker(version) and len(self.catalogue.item_ids):
-            rows = np.arange(min(2, len(self.catalogue.item_ids)))
-            self.backend.rank(self.ranking.ranker_inputs(query, rows, np.zeros(len(rows))),
-                              30.0, version)
+            ids = self.catalogue.item_ids[:2].tolist()
+            self.ranking.score(query, ids, np.zeros(len(ids), np.float32), 30.0, version)
+            if self.backend.ranks_by_id(version):  # the features path too (new titles)
+                self.backend.rank(self.ranking.ranker_inputs(
+                    query, self.catalogue.rows(ids), np.zeros(len(ids))), 30.0, version)

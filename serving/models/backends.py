@@ -35,6 +35,16 @@ class ModelBackend(Protocol):
         """Ranker of ``version`` (None: the newest) on N (user, item) pairs ->
         {p_watch: [N], watch_time_seconds: [N]}."""
 
+    def rank_by_id(self, inputs: dict[str, np.ndarray], timeout_s: float,
+                   version: int | None = None) -> dict[str, np.ndarray]:
+        """The ranker's ``rank_by_id`` signature: the page's query features (batch 1),
+        ``item_id`` [N] and ``retrieval_score`` [N] -> {p_watch, watch_time_seconds, known}:
+        [N] each; ``known`` false for an id the model's table lacks (score it with ``rank``)."""
+
+    def ranks_by_id(self, version: int | None = None) -> bool:
+        """Whether ``version``'s ranker has the ``rank_by_id`` signature (rankers exported before
+        it have only ``serving_default``)."""
+
     def candidate_embeddings(self, inputs: dict[str, np.ndarray], version: int,
                              timeout_s: float) -> np.ndarray:
         """Candidate tower of ``version`` on N titles' raw inputs -> [N, dim] (new titles)."""
@@ -60,6 +70,12 @@ class UnavailableBackend:
 
     def rank(self, inputs, timeout_s, version=None):
         raise ModelUnavailable(self.reason)
+
+    def rank_by_id(self, inputs, timeout_s, version=None):
+        raise ModelUnavailable(self.reason)
+
+    def ranks_by_id(self, version=None) -> bool:
+        return False
 
     def candidate_embeddings(self, inputs, version, timeout_s):
         raise ModelUnavailable(self.reason)
@@ -119,6 +135,12 @@ class WaitingBackend:
     def rank(self, inputs, timeout_s, version=None):
         return self._current().rank(inputs, timeout_s, version)
 
+    def rank_by_id(self, inputs, timeout_s, version=None):
+        return self._current().rank_by_id(inputs, timeout_s, version)
+
+    def ranks_by_id(self, version=None) -> bool:
+        return self._backend is not None and self._backend.ranks_by_id(version)
+
     def candidate_embeddings(self, inputs, version, timeout_s):
         return self._current().candidate_embeddings(inputs, version, timeout_s)
 
@@ -145,6 +167,13 @@ class PinnedBackend:
 
     def rank(self, inputs, timeout_s, version=None):
         return self.backend.rank(inputs, timeout_s, self.version if version is None else version)
+
+    def rank_by_id(self, inputs, timeout_s, version=None):
+        return self.backend.rank_by_id(inputs, timeout_s,
+                                       self.version if version is None else version)
+
+    def ranks_by_id(self, version=None) -> bool:
+        return self.backend.ranks_by_id(self.version if version is None else version)
 
     def candidate_embeddings(self, inputs, version, timeout_s):
         return self.backend.candidate_embeddings(inputs, version, timeout_s)

@@ -10,14 +10,21 @@ from pathlib import Path
 from marquee.artifacts import (
     CANDIDATE_TOWER,
     EMBEDDING,
+    KNOWN,
     P_WATCH,
     QUERY_TOWER,
+    RANK_BY_ID,
     RANKER,
     WATCH_TIME_SECONDS,
     versions,
 )
 from serving.models.errors import ModelUnavailable
-from serving.models.versions import has_ranker, is_complete, pushed_models
+from serving.models.versions import (
+    has_ranker,
+    is_complete,
+    pushed_models,
+    ranker_signatures,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +63,8 @@ class GrpcBackend:
         self._checked = float("-inf")
         self._checking = threading.Lock()
         self._served: int | None = None
-        self._rankers: dict[int, bool] = {}  # of the newest two versions served
+        # The ranker's signatures (empty: no ranker) of the newest two versions served.
+        self._rankers: dict[int, frozenset[str]] = {}
         self._why_none: Exception = ModelUnavailable(
             f"no complete version of {self.base} is loaded in the model server at {target}")
 
@@ -123,7 +131,7 @@ class GrpcBackend:
         log.info("model server at %s: serving version %d", self.target, version)
         older = sorted(v for v in self._rankers if v < version)[-1:]  # pages under way
         self._rankers = {**{v: self._rankers[v] for v in older},
-                         version: has_ranker(self.base, version)}
+                         version: ranker_signatures(self.base, version)}
         self._served = version
 
     def _version(self, version: int | None) -> int:
@@ -144,7 +152,7 @@ class GrpcBackend:
                 f"the model server at {self.target} does not serve every model of version "
                 f"{version} of {self.base}; list it in the server's model config "
                 "(model_version_policy {specific {versions: ...}}) or pin the arm to one served")
-        self._rankers.setdefault(version, has_ranker(self.base, version))
+        self._rankers.setdefault(version, ranker_signatures(self.base, version))
 
     def query_embeddings(self, inputs, timeout_s, version: int | None = None):
         out, version = self.client.predict_with_version(
@@ -156,6 +164,17 @@ class GrpcBackend:
                                   timeout_s=timeout_s)
         return {P_WATCH: out[P_WATCH], WATCH_TIME_SECONDS: out[WATCH_TIME_SECONDS]}
 
+    def rank_by_id(self, inputs, timeout_s, version: int | None = None):
+        out = self.client.predict(RANKER, inputs, RANK_BY_ID, version=self._version(version),
+                                  timeout_s=timeout_s)
+        return {P_WATCH: out[P_WATCH], WATCH_TIME_SECONDS: out[WATCH_TIME_SECONDS],
+                KNOWN: out[KNOWN]}
+
+    def ranks_by_id(self, version: int | None = None) -> bool:
+        if version is None:
+            version = self.serving_version()
+        return RANK_BY_ID in self._rankers.get(version, frozenset())
+
     def candidate_embeddings(self, inputs, version, timeout_s):
         return self.client.predict(CANDIDATE_TOWER, inputs, version=version,
                                    timeout_s=timeout_s)[EMBEDDING]
@@ -165,4 +184,4 @@ class GrpcBackend:
         ranker pushed (and loaded: a version is served once all its models are)."""
         if version is None:
             version = self.serving_version()
-        return self._rankers.get(version, False)
+        return bool(self._rankers.get(version))

@@ -14,8 +14,10 @@ import tensorflow as tf
 from marquee.artifacts import (
     CANDIDATE_TOWER,
     EMBEDDING,
+    KNOWN,
     P_WATCH,
     QUERY_TOWER,
+    RANK_BY_ID,
     RANKER,
     SIGNATURE,
     WATCH_TIME_SECONDS,
@@ -41,7 +43,7 @@ class _Loaded:
 
     version: int
     query: Callable
-    ranker: Callable | None
+    ranker: dict[str, Callable] | None  # its signatures by name
     candidate: Callable | None = None  # loaded on first use (only new titles need it)
     locks: dict[str, threading.Lock] = dataclasses.field(default_factory=lambda: {
         QUERY_TOWER: threading.Lock(), RANKER: threading.Lock(),
@@ -50,6 +52,10 @@ class _Loaded:
 
 def _load(path: Path) -> Callable:
     return tf.saved_model.load(str(path)).signatures[SIGNATURE]
+
+
+def _load_all(path: Path) -> dict[str, Callable]:
+    return dict(tf.saved_model.load(str(path)).signatures)
 
 
 class InProcessBackend:
@@ -112,14 +118,14 @@ class InProcessBackend:
     def _load_version(self, version: int) -> None:
         path = self.base / QUERY_TOWER / str(version)
         loaded = _Loaded(version, _load(path),
-                         _load(self.base / RANKER / str(version))
+                         _load_all(self.base / RANKER / str(version))
                          if has_ranker(self.base, version) else None)
         with self._lock:
             self._loaded[version] = loaded
             for old in sorted(set(self._loaded) - self._kept)[:-2]:
                 del self._loaded[old]
         log.info("in-process models: serving version %d (ranker: %s)", version,
-                 "yes" if loaded.ranker is not None else "none pushed")
+                 "none pushed" if loaded.ranker is None else ", ".join(sorted(loaded.ranker)))
 
     def _maybe_refresh(self) -> None:
         now = self._clock()
@@ -178,13 +184,32 @@ class InProcessBackend:
             return False
 
     def rank(self, inputs, timeout_s, version: int | None = None):
+        out = self._rank(SIGNATURE, inputs, version)
+        return {P_WATCH: out[P_WATCH].numpy(), WATCH_TIME_SECONDS: out[WATCH_TIME_SECONDS].numpy()}
+
+    def rank_by_id(self, inputs, timeout_s, version: int | None = None):
+        out = self._rank(RANK_BY_ID, inputs, version)
+        return {P_WATCH: out[P_WATCH].numpy(), WATCH_TIME_SECONDS: out[WATCH_TIME_SECONDS].numpy(),
+                KNOWN: out[KNOWN].numpy()}
+
+    def ranks_by_id(self, version: int | None = None) -> bool:
+        try:
+            ranker = self._version(version).ranker
+        except ModelMismatch:
+            return False
+        return ranker is not None and RANK_BY_ID in ranker
+
+    def _rank(self, signature: str, inputs, version: int | None):
         m = self._version(version)
         if m.ranker is None:
             raise ModelUnavailable(f"version {m.version} has no blessed ranker pushed")
+        if signature not in m.ranker:
+            raise ModelUnavailable(f"the ranker of version {m.version} has no {signature!r} "
+                                   f"signature (it has {sorted(m.ranker)}); it was exported "
+                                   "before it existed: retrain, or call rank()")
         tensors = {k: tf.constant(v) for k, v in inputs.items()}
         with m.locks[RANKER]:
-            out = m.ranker(**tensors)
-        return {P_WATCH: out[P_WATCH].numpy(), WATCH_TIME_SECONDS: out[WATCH_TIME_SECONDS].numpy()}
+            return m.ranker[signature](**tensors)
 
     def candidate_embeddings(self, inputs, version, timeout_s):
         m = self._version(version)

@@ -27,11 +27,13 @@ import tensorflow as tf
 from marquee import io
 from marquee.artifacts import (
     CANDIDATE_TOWER,
+    EXPORT_INFO,
     PUSH_LOG,
     QUERY_TOWER,
     RANKER,
     RETRIEVAL_INDEX,
     SAVED_MODEL_FILE,
+    SIGNATURE,
     versions,
 )
 from marquee.retrieval_index import INDEX_FILE
@@ -109,3 +111,16 @@ def incomplete_versions(base: str | Path) -> list[int]:
 def has_ranker(base: str | Path, version: int) -> bool:
     """Whether the (complete) ``version`` carries a ranker (pushed only when blessed)."""
     return _has(base, RANKER, version)
+
+
+def ranker_signatures(base: str | Path, version: int) -> frozenset[str]:
+    """The signatures of ``version``'s ranker, from its export info (``EXPORT_INFO``): empty
+    without a ranker; ``serving_default`` alone for a ranker exported before the export info
+    listed them."""
+    if not has_ranker(base, version):
+        return frozenset()
+    try:
+        info = json.loads(io.read_text(_path(base, RANKER, version, *EXPORT_INFO)))
+    except (OSError, ValueError, tf.errors.NotFoundError):  # an export without the info
+        return frozenset({SIGNATURE})
+    return frozenset(info.get("signatures", [SIGNATURE]))
