@@ -1,27 +1,31 @@
-"""Homepage latency at catalogue scale: ScaNN vs exact brute force, every source and re-rank on.
+"""Homepage latency at catalogue scale, in-process and over TF Serving's gRPC API, side by side.
 
-    .venv/bin/python bench/bench_homepage_scale.py --model-base RUN/serving \\
-        [--items 2000,500000] [--n 300] [--clients 2]
+    .venv/bin/marquee data synth --out build/sim500k --users 20000 --items 500000 --days 7
+    .venv/bin/marquee pipeline run --data build/sim500k --root build/run500k
+    .venv/bin/python bench/bench_homepage_scale.py --data build/sim500k \\
+        --model-base build/run500k/serving [--n 300] [--clients 2]
 
-For each catalogue size: the simulator writes a catalogue of that many titles with a week of
-watches (``--users`` users), so trending, item-to-item, content, the "Because you watched" rows
-and every re-rank step run on real-looking data; the retrieval index is built over synthetic
-item embeddings (clustered Gaussians, one per title) twice, as a ScaNN tree (the indexer's
-plan) and as exact brute force. Both indexes are pushed beside the query tower and ranker of a
-real pipeline run (``--model-base``; its ranker scores the new titles from their metadata, ids
-out of vocabulary), and one in-process HomepageService per index answers the same users, on a
-cache miss (the page cache is off), alternating request by request so both see the same
-machine. Printed per size: p50 / p99 of each stage and of the whole request, requests/s with
-``--clients`` concurrent callers, and the brute-force / ScaNN ratios.
+A real pipeline run over a 500K-title catalogue: its towers, its ranker (whose by-id table holds
+every title) and its pushed ScaNN index. Every source and re-rank step of the default config is
+on, and the page cache is off, so every request is a miss. Three stacks answer the same users,
+request by request in turn, so all see the same machine:
+
+- ``in-process``: the SavedModels in this process, the ranker by id (the default);
+- ``in-process, features``: the same, the ranker sent every pair's features (the path of a
+  ranker without the by-id signature, and of titles added since training);
+- ``gRPC``: the development model server (TF Serving's API) in its own process on loopback.
+
+Printed: p50 / p99 of each stage and of the whole request per stack, with the targets; the
+ranker alone on 1,000 candidates each way; requests/s with ``--clients`` concurrent callers.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import shutil
-import tempfile
+import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,125 +33,171 @@ from pathlib import Path
 import numpy as np
 
 import marquee  # noqa: F401
-from components.model_pusher.push_lib import CANDIDATE_TOWER, QUERY_TOWER, RANKER, versions
-from components.scann_indexer.index_lib import build_and_evaluate, load_index, save_index
-from marquee.config import Config, IndexConfig, ServingConfig
-from marquee.data.simulate import SimConfig, simulate
+from marquee.artifacts import RANKER
+from marquee.config import Config, ServingConfig, load_config
 from serving.build import build_service
 from serving.homepage.service import HomepageService
+from serving.models.tf_serving_client import ServingError, TFServingClient
+from serving.models.versions import newest_complete_version
 from serving.state.catalogue import load_frames
 
+REPO = Path(__file__).resolve().parents[1]
 GENEROUS = dict(deadline_ms=60_000, query_deadline_ms=30_000, rank_deadline_ms=30_000)
+TARGET_P99_MS = {"in-process": 20.0, "gRPC": 30.0}
+TARGET_RANKER_MS = 3.0
 
 
-def synthetic_embeddings(n: int, dim: int, seed: int = 0) -> np.ndarray:
-    """[n, dim] float32: n / 100 cluster centres plus noise (clustered like learned ones)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(max(1, n // 100), dim)).astype(np.float32)
-    out = centres[rng.integers(len(centres), size=n)] + 0.3 * rng.normal(size=(n, dim))
-    return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+class FeaturesOnly:
+    """A backend's view without the ranker's by-id signature (the features path)."""
+
+    def __init__(self, backend):
+        self._backend = backend
+        self.name = f"{backend.name}, features"
+
+    def ranks_by_id(self, version=None) -> bool:
+        return False
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
 
 
-def model_base(real: Path, out: Path, item_ids: np.ndarray, emb: np.ndarray,
-               config: IndexConfig) -> dict:
-    """``out``: the real run's towers and ranker (linked) + an index over ``emb``."""
-    version = str(versions(real / QUERY_TOWER)[-1])
-    for model in (QUERY_TOWER, CANDIDATE_TOWER, RANKER):
-        if (real / model / version).is_dir():
-            (out / model).mkdir(parents=True, exist_ok=True)
-            (out / model / version).symlink_to((real / model / version).resolve())
-    meta = json.loads((real / "retrieval_index" / version / "index.json").read_text())["metadata"]
-    queries = emb[np.random.default_rng(1).choice(len(emb), 200, replace=False)]
-    t = time.perf_counter()
-    searcher, evaluation = build_and_evaluate(emb, item_ids, queries, config)
-    build_s = time.perf_counter() - t
-    save_index(searcher, item_ids, evaluation, out / "retrieval_index" / version,
-               {"training_run": meta["training_run"], "embedding_dim": emb.shape[1]})
-    return {"build_s": build_s, "recall": evaluation.recall, "leaves": evaluation.num_leaves}
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def run_requests(svc: HomepageService, users: list[int], clients: int) -> float:
-    """requests/s of ``users`` answered by ``clients`` concurrent callers."""
+def start_model_server(base: Path) -> tuple[subprocess.Popen, str]:
+    """``marquee model-server`` in its own process on loopback, once every model is loaded."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "marquee.cli", "model-server", "--model-base",
+                             str(base), "--host", "127.0.0.1", "--port", str(port)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target, version = f"127.0.0.1:{port}", newest_complete_version(base)
+    deadline = time.monotonic() + 300
+    with TFServingClient(target, timeout_s=5) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"the model server exited with {proc.returncode}")
+            try:
+                if all(s.state == "AVAILABLE" for m in ("query_tower", RANKER)
+                       for s in client.get_model_status(m, version)):
+                    return proc, target
+            except ServingError:
+                pass
+            time.sleep(1)
+    proc.kill()
+    raise SystemExit(f"the model server at {target} did not load version {version} in 300 s")
+
+
+def pct(values, q) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def ranker_alone(svc: HomepageService, users: list[int], n: int, repeats: int) -> list[float]:
+    """ms of the rank step's model call(s) on ``n`` candidates (ids of the catalogue)."""
+    ids = svc.catalogue.item_ids[:n].tolist()
+    version = svc.backend.serving_version()
+    out = []
+    for r in range(repeats):
+        profile, _ = svc.profile(users[r % len(users)])
+        query = svc.query_features(profile, int(time.time()))
+        t = time.perf_counter()
+        svc.ranking.score(query, ids, np.zeros(len(ids), np.float32), 30.0, version)
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def requests_per_second(svc: HomepageService, users: list[int], clients: int) -> float:
     t = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         pages = list(pool.map(svc.homepage, users))
-    assert not any(p.fallback for p in pages), [p.reason for p in pages if p.fallback][:1]
+    bad = [p.reason for p in pages if p.fallback or p.degraded]
+    assert not bad, bad[:1]
     return len(users) / (time.perf_counter() - t)
-
-
-def bench_size(real: Path, items: int, users: int, n: int, clients: int, tmp: Path) -> None:
-    data = tmp / f"data-{items}"
-    t = time.perf_counter()
-    simulate(data, SimConfig(users=users, items=items, days=7, seed=0))
-    catalogue, user_store, interactions = load_frames(data)
-    print(f"\n== {items:,} titles: {len(interactions):,} interactions of {users:,} users "
-          f"simulated and loaded in {time.perf_counter() - t:.0f} s", flush=True)
-    dim = load_index(next((real / "retrieval_index").iterdir())).dim
-    emb = synthetic_embeddings(len(catalogue.item_ids), dim)
-    services, info = {}, {}
-    for name, config in (("scann", IndexConfig()),
-                         ("brute_force", IndexConfig(brute_force_below=10**9))):
-        base = tmp / f"base-{items}-{name}"
-        info[name] = model_base(real, base, catalogue.item_ids, emb, config)
-        print(f"{name}: index built in {info[name]['build_s']:.1f} s, leaves "
-              f"{info[name]['leaves']}, recall@100 vs exact {info[name]['recall']:.3f}",
-              flush=True)
-        # cache off: every request is a miss; every source and re-rank step on (defaults)
-        config = ServingConfig(cache_ttl_seconds=0, **GENEROUS)
-        config = dataclasses.replace(config, sources=tuple(  # latency here, not deadlines
-            dataclasses.replace(s, deadline_ms=30_000) for s in config.sources))
-        services[name] = build_service(Config(serving=config), None, base,
-                                       frames=(catalogue, user_store, interactions))
-    full = [u for u in user_store.user_ids() if len(user_store.get(u).history) >= 5]
-    picked = [full[i % len(full)] for i in range(n)]
-    timings: dict[str, dict[str, list[float]]] = {name: {} for name in services}
-    for svc in services.values():  # warm every path (first calls trace functions)
-        for u in picked[:5]:
-            svc.homepage(u)
-    for u in picked:
-        for name, svc in services.items():
-            page = svc.homepage(u)
-            assert not page.fallback and page.stage == "full", page.reason
-            for stage, ms in page.timings_ms.items():
-                timings[name].setdefault(stage, []).append(ms)
-    rps: dict[str, float] = {}
-    for _ in range(2):  # twice, alternating; the second (warm thread pools) counts
-        rps = {name: run_requests(svc, picked, clients) for name, svc in services.items()}
-    stages = [s for s in timings["scann"] if s in timings["brute_force"]]
-    print(f"{n} cache-miss requests per index ({len(full):,} users with >= 5 watches), "
-          f"{ServingConfig().candidates} candidates, k={ServingConfig().k}; ms")
-    print(f"{'stage':<22}{'ScaNN p50':>10}{'p99':>8}{'exact p50':>11}{'p99':>8}"
-          f"{'ratio p50':>11}")
-    for stage in stages:
-        a, b = np.array(timings["scann"][stage]), np.array(timings["brute_force"][stage])
-        print(f"{stage:<22}{np.median(a):>10.2f}{np.percentile(a, 99):>8.2f}"
-              f"{np.median(b):>11.2f}{np.percentile(b, 99):>8.2f}"
-              f"{np.median(b) / max(np.median(a), 1e-9):>11.2f}")
-    print(f"{'requests/s':<22}{rps['scann']:>10.1f}{'':>8}{rps['brute_force']:>11.1f}{'':>8}"
-          f"{rps['brute_force'] / rps['scann']:>11.2f}   ({clients} concurrent clients)")
-    for svc in services.values():
-        svc.stop()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model-base", required=True,
-                    help="a pipeline run's serving folder with a pushed ranker (e.g. MovieLens)")
-    ap.add_argument("--items", default="2000,500000")
-    ap.add_argument("--users", type=int, default=20_000)
-    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--data", required=True, help="the dataset the run was trained on")
+    ap.add_argument("--model-base", required=True, help="the run's serving folder (pushed)")
+    ap.add_argument("--config", help="the run's config (YAML), if not the defaults")
+    ap.add_argument("--n", type=int, default=300, help="requests per stack")
     ap.add_argument("--clients", type=int, default=2)
     args = ap.parse_args()
-    real = Path(args.model_base)
-    if not versions(real / RANKER):
-        raise SystemExit(f"{real} has no pushed ranker; use a run whose ranker was blessed "
-                         "(MovieLens: marquee pipeline run --data build/ml100k ...)")
-    tmp = Path(tempfile.mkdtemp(prefix="marquee-bench-"))
+    base = Path(args.model_base)
+    config = load_config(args.config) if args.config else Config()
+    serving = dataclasses.replace(config.serving, cache_ttl_seconds=0, **GENEROUS)
+    serving = dataclasses.replace(serving, sources=tuple(  # latency here, not deadlines
+        dataclasses.replace(s, deadline_ms=30_000) for s in serving.sources))
+    config = dataclasses.replace(config, serving=serving)
+    t = time.perf_counter()
+    frames = load_frames(args.data, config.data.min_watch_seconds)
+    print(f"{len(frames[0].item_ids):,} titles, {len(frames[2]):,} interactions loaded in "
+          f"{time.perf_counter() - t:.0f} s; starting the model server", flush=True)
+    proc, target = start_model_server(base)
     try:
-        for items in (int(x) for x in args.items.split(",")):
-            bench_size(real, items, args.users, args.n, args.clients, tmp)
+        t = time.perf_counter()
+        local = build_service(config, None, base, frames=frames)
+        stacks = {"in-process": local}
+        features = build_service(config, None, base, frames=frames, warm_up=False)
+        features.backend = features.ranking.backend = FeaturesOnly(features.backend)
+        features.warm_up()
+        stacks["in-process, features"] = features
+        stacks["gRPC"] = build_service(config, None, base, target, frames=frames)
+        print(f"three stacks built in {time.perf_counter() - t:.0f} s "
+              f"(ranker by id: {local.backend.ranks_by_id()})", flush=True)
+        full = [u for u in local.users.user_ids() if len(local.users.get(u).history) >= 5]
+        picked = [full[i % len(full)] for i in range(args.n)]
+        for svc in stacks.values():  # warm every path (first calls trace functions)
+            for u in picked[:5]:
+                svc.homepage(u)
+        timings: dict[str, dict[str, list[float]]] = {name: {} for name in stacks}
+        for u in picked:
+            for name, svc in stacks.items():
+                page = svc.homepage(u)
+                assert not page.fallback and page.degraded is None and page.stage == "full", (
+                    page.reason, page.degraded)
+                for stage, ms in page.timings_ms.items():
+                    timings[name].setdefault(stage, []).append(ms)
+        ranker = {name: [] for name in stacks}
+        for _ in range(3):  # alternating rounds
+            for name, svc in stacks.items():
+                ranker[name] += ranker_alone(svc, picked, serving.candidates, 30)
+        rps = {name: 0.0 for name in stacks}
+        for _ in range(2):  # twice, alternating; the second (warm thread pools) counts
+            rps = {name: requests_per_second(svc, picked, args.clients)
+                   for name, svc in stacks.items()}
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        proc.terminate()
+        proc.wait(timeout=30)
+    names = list(stacks)
+    print(f"\n{args.n} cache-miss requests per stack ({len(full):,} users with >= 5 watches), "
+          f"{serving.candidates} candidates, k={serving.k}; ms")
+    print(f"{'stage':<22}" + "".join(f"{n + ' p50':>26}{'p99':>8}" for n in names))
+    stages = [s for s in timings["in-process"] if all(s in timings[n] for n in names)]
+    for stage in stages:
+        print(f"{stage:<22}" + "".join(f"{pct(timings[n][stage], 50):>26.2f}"
+                                       f"{pct(timings[n][stage], 99):>8.2f}" for n in names))
+    print()
+    for name, target_ms in TARGET_P99_MS.items():
+        p99 = pct(timings[name]["total"], 99)
+        print(f"total p99 {name:<12} {p99:7.2f} ms   target <= {target_ms:.0f} ms   "
+              f"{'met' if p99 <= target_ms else 'NOT met'}")
+    ratio = pct(timings["gRPC"]["total"], 99) / pct(timings["in-process"]["total"], 99)
+    print(f"gRPC / in-process, total p99: {ratio:.2f}; p50: "
+          f"{pct(timings['gRPC']['total'], 50) / pct(timings['in-process']['total'], 50):.2f}")
+    print(f"\nthe ranker alone on {serving.candidates} candidates (ms, 90 calls each):")
+    for name in names:
+        p50 = pct(ranker[name], 50)
+        print(f"  {name:<22} p50 {p50:7.2f}  p99 {pct(ranker[name], 99):7.2f}"
+              + (f"   target in-process <= {TARGET_RANKER_MS:.0f} ms  "
+                 f"{'met' if p50 <= TARGET_RANKER_MS else 'NOT met'}"
+                 if name == "in-process" else ""))
+    print(f"\nrequests/s with {args.clients} concurrent clients: "
+          + ", ".join(f"{n} {rps[n]:.1f}" for n in names))
+    for svc in stacks.values():
+        svc.stop()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import pytest
 
 from marquee.data import contract as c
 from serving.homepage.cold_start import BecauseYouWatched, ColdStartThresholds, stage
+from serving.sources import base
 from serving.sources.base import (
     Candidate,
     CandidateSource,
@@ -370,3 +371,17 @@ def test_item_to_item_score_matches_its_candidates():
     ids = [x.item_id for x in found] + [5]  # 5 is nobody's co-watch of 1 or 2
     np.testing.assert_allclose(s.score(profile.history, ids),
                                [x.score for x in found] + [0.0])
+
+
+@pytest.mark.parametrize("n, m, levels", [(10, 3, 4), (200_000, 50, 10**6), (200_000, 50, 7),
+                                          (200_000, 3_000, 100)])
+def test_head_is_the_head_of_a_full_sort(n, m, levels):
+    # _head (a sampled bound, then a partition) against numpy's full sort by (-score, id), with
+    # ties: few distinct levels make many titles share the m-th score.
+    rng = np.random.default_rng(n + m + levels)
+    ids = rng.permutation(n) + 1
+    scores = rng.integers(0, levels, n).astype(np.float32) / levels
+    expected = np.lexsort((ids, -scores))[:m]
+    got = base._head(ids, scores, m)
+    assert sorted(ids[got].tolist()) == sorted(ids[expected].tolist())
+    assert base._head(np.array([5, 3, 9]), np.array([0.5, 0.5, 0.1]), 1).tolist() == [1]

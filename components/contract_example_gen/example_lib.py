@@ -282,7 +282,7 @@ class UserExamples(beam.DoFn):
         users = list(grouped["user"])
         if not users:  # interactions of an unknown user: already in the rejects file
             return
-        if self._ids_for is not id(items):  # the side inputs' arrays, built once per worker
+        if self._ids_for != id(items):  # the side inputs' arrays, built once per worker
             self._item_ids = np.array(sorted(items), np.int64)
             self._cdf = negative_cdf(self._item_ids, popularity or {},
                                      self.ranking.random_negative_popularity_exponent)

@@ -26,10 +26,14 @@ from serving.state.catalogue import Catalogue, UserProfile
 SECONDS_PER_DAY = 86_400
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class Scored:
     """One item on its way to the page. ``embedding`` ``[dim]`` is optional (MMR's similarity);
-    ``explore`` marks an item :class:`Exploration` put in (log it with the impression)."""
+    ``explore`` marks an item :class:`Exploration` put in (log it with the impression).
+
+    Never changed once made (steps make new ones with ``dataclasses.replace``), but not
+    ``frozen``: a frozen dataclass takes 2.6x as long to build (2.3 against 0.9 us), and a
+    request builds one per candidate (1,000) before re-ranking."""
 
     item_id: int
     score: float
@@ -44,9 +48,11 @@ def scored_from_catalogue(catalogue: Catalogue, item_ids: Sequence[int], scores:
                           embeddings: np.ndarray | None = None) -> list[Scored]:
     """``item_ids [N]``, ``scores [N]`` (and ``embeddings [N, dim]``) -> Scored with metadata."""
     rows = catalogue.rows(item_ids)
-    return [Scored(int(i), float(s), tuple(catalogue.genres[r]), int(catalogue.added_at[r]),
-                   catalogue.maturity[r], None if embeddings is None else embeddings[n])
-            for n, (i, s, r) in enumerate(zip(item_ids, scores, rows.tolist(), strict=True))]
+    genres, maturity, added = catalogue.genres, catalogue.maturity, catalogue.added_at[rows]
+    emb = [None] * len(rows) if embeddings is None else list(embeddings)
+    return [Scored(int(i), float(s), tuple(genres[r]), a, maturity[r], e)
+            for i, s, r, a, e in zip(item_ids, np.asarray(scores, np.float64).tolist(),
+                                     rows.tolist(), added.tolist(), emb, strict=True)]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -104,14 +104,36 @@ def _best(name: str, ids: np.ndarray, scores: np.ndarray, exclude: Iterable[int]
 
 def _head(ids: np.ndarray, scores: np.ndarray, m: int) -> np.ndarray:
     """Positions of the first ``m`` of a full sort by (score desc, id asc), in O(N): every score
-    above the m-th largest, then the lowest ids among those equal to it."""
-    threshold = np.partition(scores, len(scores) - m)[len(scores) - m]
+    above the m-th largest, then the lowest ids among those equal to it.
+
+    On a long list (content over 500K titles) a strided sample's quantile gives a bound ``q``
+    with about 4m scores at or above it; the m-th largest is then found among those alone (when
+    at least m reach ``q`` it is at least ``q``, so the answer is the same; otherwise the whole
+    list is partitioned)."""
+    n = len(scores)
+    if n > HEAD_SAMPLE_FROM * m:
+        sample = scores[:: max(1, n // HEAD_SAMPLE)]
+        rank = min(len(sample) - 1, int(np.ceil(4 * m * len(sample) / n)))
+        q = np.partition(sample, len(sample) - 1 - rank)[len(sample) - 1 - rank]
+        kept = np.flatnonzero(scores >= q)
+        if len(kept) >= m:
+            return kept[_exact_head(ids[kept], scores[kept], m)]
+    return _exact_head(ids, scores, m)
+
+
+def _exact_head(ids: np.ndarray, scores: np.ndarray, m: int) -> np.ndarray:
+    n = len(scores)
+    threshold = np.partition(scores, n - m)[n - m]
     above = np.flatnonzero(scores > threshold)
     tied = np.flatnonzero(scores == threshold)
     need = m - len(above)
     if len(tied) > need:
         tied = tied[np.argpartition(ids[tied], need - 1)[:need]] if need > 0 else tied[:0]
     return np.concatenate([above, tied])
+
+
+# _head samples a list this many times longer than m, HEAD_SAMPLE scores of it.
+HEAD_SAMPLE_FROM, HEAD_SAMPLE = 64, 16_384
 
 
 def _take_best(name: str, ids: np.ndarray, scores: np.ndarray, exclude: set[int],

@@ -90,7 +90,8 @@ class ContentSource:
         tokens, at = np.unique(watched.col, return_inverse=True)
         weights = np.bincount(at, weights=watched.data, minlength=len(tokens))
         weights /= max(np.linalg.norm(weights), 1e-12)
-        scores = np.asarray(columns[:, tokens] @ weights).ravel()
+        # float32 like the matrix: float64 weights would make scipy copy the columns to float64
+        scores = np.asarray(columns[:, tokens] @ weights.astype(np.float32)).ravel()
         ids = self.catalogue.item_ids[:len(scores)]
         m = k + len(request.profile.watched)
         if len(scores) > 4 * m:  # keep the best m (by score, then id) before dropping zeros

@@ -106,10 +106,14 @@ class Catalogue:
 
     def rows(self, item_ids: Sequence[int]) -> np.ndarray:
         """Row of each known id; unknown ids raise KeyError naming them."""
-        missing = [i for i in item_ids if int(i) not in self.row]
-        if missing:
-            raise KeyError(f"item id(s) not in the catalogue: {missing[:5]}")
-        return np.array([self.row[int(i)] for i in item_ids], np.int64)
+        row = self.row
+        try:
+            return np.fromiter((row[i] for i in item_ids), np.int64, len(item_ids))
+        except KeyError:  # an id not held, or a numpy integer type: say which, or convert
+            missing = [i for i in item_ids if int(i) not in row]
+            if missing:
+                raise KeyError(f"item id(s) not in the catalogue: {missing[:5]}") from None
+            return np.array([row[int(i)] for i in item_ids], np.int64)
 
     def candidate_inputs(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         return {k: np.take(v, rows, axis=0) for k, v in self.features.items()}
