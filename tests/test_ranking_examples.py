@@ -8,6 +8,7 @@ watched.
 """
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from components.contract_example_gen.example_lib import (
@@ -127,3 +128,31 @@ def test_example_round_trips_through_the_schema_spec():
     parsed = tf.io.parse_single_example(example.SerializeToString(),
                                         raw_feature_spec(f.ALL_FEATURES))
     assert int(parsed[f.USER_ID]) == 1 and parsed[f.AGE_BUCKET].numpy() == b""
+
+
+@pytest.mark.parametrize("history, position, seconds", [
+    ([], None, 0.0), ([3, 2, 1], 7, 612.5), ([2**40, 1], 0, 1e-3)])
+def test_encoder_writes_the_example_message(history, position, seconds):
+    # ExampleEncoder writes bytes by hand from cached parts; they must parse to exactly the
+    # tf.train.Example _example builds (map order aside), whatever is missing.
+    from components.contract_example_gen.example_lib import ExampleEncoder, _example
+
+    encode = ExampleEncoder()
+    event = ev(10, 1_700_000_123, c.EVENT_WATCH, seconds, position)
+    bare_user = {c.USER_ID: 2}  # no country, tier or age: the missing values
+    for user in (USER, bare_user, USER):  # the second USER: from the cache
+        for item in (ITEMS[10], {c.ITEM_ID: 99}, ITEMS[10]):
+            expected = _example(user, event, item, history, seconds, position)
+            assert tf.train.Example.FromString(
+                encode(user, event, item, history, seconds, position)) == expected
+
+
+def test_user_examples_encoded_equal_the_messages():
+    from components.contract_example_gen.example_lib import ExampleEncoder
+
+    as_messages = list(user_examples(USER, EVENTS, ITEMS, ITEM_IDS, 10**9, DataConfig(),
+                                     RankingConfig()))
+    encoded = list(user_examples(USER, EVENTS, ITEMS, ITEM_IDS, 10**9, DataConfig(),
+                                 RankingConfig(), make=ExampleEncoder()))
+    assert [s for s, _ in encoded] == [s for s, _ in as_messages] and len(encoded) == 7
+    assert [tf.train.Example.FromString(b) for _, b in encoded] == [e for _, e in as_messages]
