@@ -34,7 +34,7 @@ import numpy as np
 
 import marquee  # noqa: F401
 from marquee.artifacts import RANKER
-from marquee.config import Config, ServingConfig, load_config
+from marquee.config import Config, load_config
 from serving.build import build_service
 from serving.homepage.service import HomepageService
 from serving.models.tf_serving_client import ServingError, TFServingClient

@@ -417,7 +417,7 @@ class _Export(tf.Module):
         known = rows >= 0
         gathered = tf.gather(self.item_table, tf.where(known, rows, tf.shape(
             self.item_table, out_type=tf.int64)[0] - 1))
-        parts.update(zip(self.names, tf.split(gathered, self.widths, axis=1)))
+        parts.update(zip(self.names, tf.split(gathered, self.widths, axis=1), strict=True))
         return {**self._outputs(self.model.head(self.model.concat(parts))), KNOWN: known}
 
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 import numpy as np
 
 from marquee.artifacts import KNOWN, P_WATCH, RETRIEVAL_SCORE, WATCH_TIME_SECONDS
-from marquee.data.contract import ITEM_ID
 from marquee.config import ServingConfig
+from marquee.data.contract import ITEM_ID
 from serving.homepage.budget import Budget
 from serving.homepage.fallback import PopularityFallback
 from serving.homepage.page import Homepage, degrade

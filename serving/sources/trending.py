@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import time
 from collections import deque
@@ -84,10 +85,17 @@ class TrendingSource:
         lists = [trend.by_genre[g] for g in dict.fromkeys(request.genres) if g in trend.by_genre]
         rows = [x[d] for d in range(max(map(len, lists), default=0)) for x in lists if d < len(x)]
         out: list[Candidate] = []
-        for r in dict.fromkeys(rows + trend.order):
+        seen: set[int] = set()
+        ids = self.catalogue.item_ids
+        # Lazily: the overall order lists every title watched (most of a 500K catalogue), and
+        # joining it per request cost 6.6 ms there; only the first k distinct are needed.
+        for r in itertools.chain(rows, trend.order):
             if len(out) >= k:
                 break
-            item = int(self.catalogue.item_ids[r])
+            if r in seen:
+                continue
+            seen.add(r)
+            item = int(ids[r])
             if item not in exclude:
                 out.append(Candidate(item, self.name, float(trend.scores[r])))
         return out
