@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import socket
 import subprocess
 import sys
@@ -155,6 +156,8 @@ def main() -> None:
         features.warm_up()
         stacks["in-process, features"] = features
         stacks["gRPC"] = build_service(config, None, base, target, frames=frames)
+        gc.collect()  # as marquee serve does after start-up (serving/api/server.py)
+        gc.freeze()
         print(f"three stacks built in {time.perf_counter() - t:.0f} s "
               f"(ranker by id: {local.backend.ranks_by_id()})", flush=True)
         full = [u for u in local.users.user_ids() if len(local.users.get(u).history) >= 5]
