@@ -121,6 +121,23 @@ def test_plan_scales_leaves_with_the_catalogue():
     assert plan_index(5000, IndexConfig(reorder=9000)).reorder == 5000
 
 
+def test_plan_caps_the_leaves_at_max_leaves():
+    # 500,000 / 100 = 5,000 leaves, capped at 2,000 (of 250 items); ceil(2,000 * 0.2) = 400.
+    assert plan_index(500_000, DEFAULT) == index_lib.IndexPlan(500_000, 100, False, 2000, 400, 400)
+    # Below the cap the leaves follow items_per_leaf: 199,900 / 100 = 1,999.
+    assert plan_index(199_900, DEFAULT).num_leaves == 1999
+    assert plan_index(5000, IndexConfig(max_leaves=8)).num_leaves == 8
+    assert plan_index(5000, IndexConfig(max_leaves=8)).leaves_to_search == 2  # ceil(1.6)
+
+
+def test_a_search_rescores_twice_the_neighbours_asked():
+    # max(reorder, 2 k), clipped to the catalogue; brute force (reorder 0) re-scores nothing.
+    assert index_lib.rescored(1000, 400, 500_000) == 2000
+    assert index_lib.rescored(100, 400, 500_000) == 400
+    assert index_lib.rescored(1000, 400, 1500) == 1500
+    assert index_lib.rescored(30, 0, 500) == 30
+
+
 def test_plan_falls_back_to_brute_force_for_small_catalogues():
     small = plan_index(DEFAULT.brute_force_below - 1, DEFAULT)
     assert small.brute_force and small.num_leaves == 0
@@ -400,6 +417,11 @@ def _with_inf():
         (
             lambda: build_searcher(_items(), IndexConfig(leaves_to_search_share=0.0)),
             "leaves_to_search_share",
+        ),
+        (lambda: build_searcher(_items(), IndexConfig(max_leaves=1)), "max_leaves=1 must be >= 2"),
+        (
+            lambda: build_searcher(_items(), IndexConfig(dims_per_block=0)),
+            "dims_per_block=0 must be >= 1",
         ),
     ],
 )

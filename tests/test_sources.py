@@ -171,6 +171,26 @@ def test_content_tfidf_rows_and_profile():
     assert [x.score for x in out] == sorted((x.score for x in out), reverse=True)
 
 
+@pytest.mark.parametrize("blocks", [2, 3, 6])
+def test_content_scores_split_into_row_blocks_equal_one_block(blocks):
+    one = ContentSource(CATALOGUE, recent=2, blocks=1)
+    split = ContentSource(CATALOGUE, recent=2, blocks=blocks)
+    assert [b.shape[0] for b in split._columns] == {2: [3, 3], 3: [2, 2, 2],
+                                                    6: [1] * 6}[blocks]
+    for history in ([3], [3, 2, 5], [1, 6], [5]):
+        req = SourceRequest(profile(history=history), NOW)
+        assert split.candidates(req, 10) == one.candidates(req, 10)
+    with pytest.raises(ValueError, match="blocks must be >= 1"):
+        ContentSource(CATALOGUE, blocks=0)
+
+
+def test_content_splits_only_large_catalogues():
+    from serving.sources.content import SPLIT_FROM_ROWS, default_blocks
+
+    assert default_blocks(SPLIT_FROM_ROWS - 1) == 1
+    assert 1 <= default_blocks(SPLIT_FROM_ROWS) <= 4
+
+
 def test_trending_decay_hand_checked():
     # half-life 3 days: a watch now weighs 1, one 3 days ago 0.5, two 6 days ago 0.25 each.
     np.testing.assert_allclose(decay_weights(np.array([NOW, NOW - 3 * DAY]), NOW, 3.0), [1, 0.5])

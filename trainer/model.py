@@ -10,14 +10,18 @@ L2-normalised embedding of ``embedding_dim``, so the score is a cosine similarit
 - Candidate tower: item id embedding, mean-pooled genres / cast / keywords / title tokens,
   director, and the scaled release year and duration. An item unseen at training still embeds
   from its metadata.
-- Loss: in-batch softmax (``tfrs.tasks.Retrieval``) with the log-Q correction (each logit minus
-  the log of its candidate's sampling probability, i.e. its share of the training positives) and
-  ``remove_accidental_hits`` (the same item elsewhere in the batch is not a negative).
+- Loss: in-batch softmax (``in_batch_softmax_loss``, the loss of ``tfrs.tasks.Retrieval``)
+  with the log-Q correction (each logit minus the log of its candidate's sampling probability,
+  i.e. its share of the training positives) and ``remove_accidental_hits`` (the same item
+  elsewhere in the batch is not a negative). With ``jit_compile_loss`` that loss (not the
+  towers: their sparse lookups and embedding gradients are slower under XLA on CPU) is compiled
+  with XLA, once per batch shape.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import tensorflow as tf
@@ -46,8 +50,39 @@ class VocabSizes:
     title_tokens: int
 
 
+# What tfrs.layers.loss adds to an accidental hit's logit: exp() of it is 0.
+MIN_FLOAT = np.finfo(np.float32).min / 100.0
+
+
 def _squeeze(x: tf.Tensor) -> tf.Tensor:
     return tf.reshape(x, [-1])
+
+
+def in_batch_softmax_loss(
+    q: tf.Tensor, c: tf.Tensor, temperature: float | None = None,
+    candidate_probs: tf.Tensor | None = None, candidate_ids: tf.Tensor | None = None,
+) -> tf.Tensor:
+    """Sum over the batch of the softmax cross-entropy of each query q [B, dim] against every
+    candidate c [B, dim] in the batch, its own (the diagonal) being the positive.
+
+    The loss ``tfrs.tasks.Retrieval(temperature, remove_accidental_hits)`` computes (the tests
+    compare the two), written with plain ops: TFRS's task needs autograph to trace and its
+    Keras layers cost seconds of tracing per training run. Logits: q c^T / temperature, minus
+    log(candidate_probs [B]) per column (log-Q correction; clipped to [1e-6, 1] as TFRS does);
+    with candidate_ids [B], a column with the row's own id off the diagonal is not a negative.
+    """
+    scores = tf.matmul(q, c, transpose_b=True)
+    if temperature is not None:
+        scores = scores / temperature
+    if candidate_probs is not None:
+        scores = scores - tf.math.log(tf.clip_by_value(candidate_probs, 1e-6, 1.0))
+    rows = tf.range(tf.shape(scores)[0])
+    if candidate_ids is not None:
+        accidental = tf.logical_and(tf.equal(candidate_ids[:, None], candidate_ids[None, :]),
+                                    tf.not_equal(rows[:, None], rows[None, :]))
+        scores = tf.where(accidental, tf.constant(MIN_FLOAT, scores.dtype), scores)
+    return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=rows,
+                                                                        logits=scores))
 
 
 class SparseMeanEmbedding(tf.keras.layers.Layer):
@@ -143,20 +178,34 @@ class TwoTowerModel(tfrs.Model):
         self.candidate_tower = CandidateTower(sizes, items, cfg)
         floor = 1.0 / max(1.0, float(item_probs.size) * 1e3)
         self.item_probs = tf.constant(np.maximum(item_probs, floor), tf.float32)
-        self.task = tfrs.tasks.Retrieval(
-            temperature=cfg.temperature,
-            remove_accidental_hits=cfg.remove_accidental_hits,
-        )
+        loss = functools.partial(in_batch_softmax_loss, temperature=cfg.temperature)
+        self._in_batch_loss = (tf.function(loss, jit_compile=True, autograph=False)
+                               if cfg.jit_compile_loss else loss)
 
+    def build_weights(self, x: dict) -> None:
+        """Creates the towers' weights from a batch ``x`` and, once compiled, the optimizer's
+        slots, eagerly: Keras would otherwise trace the first training step twice (once to create
+        them), running the Keras layer-building code inside the trace."""
+        self.query_tower(x)
+        self.candidate_tower(x)
+        if self.optimizer is not None:
+            self.optimizer.build(self.trainable_variables)
+
+    # No tensor-dependent Python control flow in a step (tfrs.Model.train_step, Adam, the
+    # towers, the loss): without autograph converting it and the Keras code it reaches, the
+    # first step of a training run traces seconds faster.
+    @tf.autograph.experimental.do_not_convert
+    def train_step(self, inputs: dict) -> dict:
+        return super().train_step(inputs)
+
+    @tf.autograph.experimental.do_not_convert
     def compute_loss(self, x: dict, training: bool = False) -> tf.Tensor:
         q = self.query_tower(x)
         c = self.candidate_tower(x)
         ids = _squeeze(x[xf(f.ITEM_ID)])
-        return self.task(
+        return self._in_batch_loss(
             q, c,
-            candidate_sampling_probability=(
-                tf.gather(self.item_probs, ids) if self.cfg.logq_correction else None),
+            candidate_probs=(tf.gather(self.item_probs, ids) if self.cfg.logq_correction
+                             else None),
             candidate_ids=ids if self.cfg.remove_accidental_hits else None,
-            compute_metrics=False,
-            compute_batch_metrics=False,
         )

@@ -5,11 +5,12 @@ The ScannIndexer executor calls ``build_and_evaluate`` and ``save_index``; servi
 ``IndexConfig``.
 
 - Build: ScaNN tree (k-means partitioning) + asymmetric hashing + exact float32 re-scoring of the
-  best ``reorder`` candidates, dot-product similarity. The number of leaves scales with the
-  catalogue (``plan_index``). A catalogue too small to train a tree falls back to ScaNN's exact
-  brute-force scoring.
+  best ``reorder`` candidates (at least twice the neighbours asked), dot-product similarity.
+  The number of leaves scales with the catalogue up to ``max_leaves`` (``plan_index``). A
+  catalogue too small to train a tree falls back to ScaNN's exact brute-force scoring.
 - Evaluate: recall@k of ScaNN against exact dot-product search (``brute_force_top_k``) and the
-  latency of single-query searches, on held-out queries; ``bless`` is the release rule.
+  latency of single-query searches re-scoring what serving's ``RetrievalIndex.search`` does, on
+  held-out queries; ``bless`` is the release rule.
 - Save / load: ``out_dir/scann/`` (ScaNN's serialized assets), ``out_dir/item_ids.npy``
   (row -> item id) and ``out_dir/index.json`` (metadata, evaluation, searcher parameters;
   written last, so its presence marks a complete index). ScaNN's ``scann_assets.pbtxt`` records
@@ -51,14 +52,13 @@ from marquee.retrieval_index import (  # noqa: F401  (re-exported: load with wha
     _check_matrix,
     _searcher_params,
     load_index,
+    rescored,
     scann,  # the one guarded import of ScaNN, with its install hint
     scann_assets_pb2,
     scann_pb2,
 )
 
-# ScaNN's documented choice for asymmetric hashing, with the anisotropic threshold it recommends
-# for dot-product (maximum inner product) search.
-DIMS_PER_BLOCK = 2
+# The anisotropic threshold ScaNN recommends for dot-product (maximum inner product) search.
 ANISOTROPIC_QUANTIZATION_THRESHOLD = 0.2
 # Untimed searches before latency is measured (first calls pay for page faults and caches).
 WARMUP_QUERIES = 20
@@ -102,13 +102,15 @@ def plan_index(num_items: int, config: IndexConfig) -> IndexPlan:
     num_leaves = max(1, round(num_items / items_per_leaf)),
     leaves_to_search = max(1, ceil(num_leaves * leaves_to_search_share)),
     reorder = min(reorder, num_items), k = min(num_neighbors, num_items).
+    num_leaves is capped at ``max_leaves`` (500,000 items at the defaults: 2,000 leaves of 250,
+    400 searched).
     Below ``config.brute_force_below`` items or 2 leaves: brute force.
     """
     _check_config(config)
     if num_items < 1:
         raise ValueError("the catalogue is empty: an index needs at least one item embedding")
     k = min(config.num_neighbors, num_items)
-    num_leaves = max(1, round(num_items / config.items_per_leaf))
+    num_leaves = min(config.max_leaves, max(1, round(num_items / config.items_per_leaf)))
     if num_items < config.brute_force_below or num_leaves < 2:
         return IndexPlan(num_items, k, True, 0, 0, 0)
     # round() first: 50 * 0.14 is 7.000000000000001 in floating point and must search 7, not 8.
@@ -139,7 +141,7 @@ def build_searcher(item_embeddings: np.ndarray, config: IndexConfig):
                 random_init=False,
             )
             .score_ah(
-                DIMS_PER_BLOCK,
+                config.dims_per_block,
                 anisotropic_quantization_threshold=ANISOTROPIC_QUANTIZATION_THRESHOLD,
                 training_sample_size=len(items),
             )
@@ -219,8 +221,11 @@ def evaluate_searcher(
 
     ``queries`` [num_queries, dim]; ``item_embeddings`` [num_items, dim] are the rows the searcher
     was built on. Recall is |ScaNN top-k ∩ exact top-k| / k averaged over queries, with
-    k = min(num_neighbors, num_items). Latency times each ``searcher.search`` call after
-    ``WARMUP_QUERIES`` untimed ones.
+    k = min(num_neighbors, num_items). Each query is one ``searcher.search`` re-scoring what
+    ``RetrievalIndex.search`` (serving's call) re-scores; it does not search every leaf again
+    when the leaves visited hold fewer than k items, as serving does, so a tree searching too
+    few leaves shows as low recall. Latency times each call after ``WARMUP_QUERIES`` untimed
+    ones.
     """
     items = _check_matrix("item_embeddings", item_embeddings)
     q = _check_matrix("queries", queries)
@@ -234,14 +239,15 @@ def evaluate_searcher(
     params = _searcher_params(searcher)
     q = q[: config.eval_queries]
     k = plan.k
+    pre = rescored(k, params["reorder"], len(items))
     exact = brute_force_top_k(q, items, k)
     for row in q[:WARMUP_QUERIES]:
-        searcher.search(row, final_num_neighbors=k)
+        searcher.search(row, final_num_neighbors=k, pre_reorder_num_neighbors=pre)
     latency_s = np.empty(len(q))
     hits = np.empty(len(q), dtype=np.int64)
     for i, row in enumerate(q):
         start = time.perf_counter()
-        found, _ = searcher.search(row, final_num_neighbors=k)
+        found, _ = searcher.search(row, final_num_neighbors=k, pre_reorder_num_neighbors=pre)
         latency_s[i] = time.perf_counter() - start
         hits[i] = np.intersect1d(found.astype(np.int64), exact[i]).size
     recall = float(hits.sum() / (len(q) * k))
@@ -366,11 +372,15 @@ def _check_config(config: IndexConfig) -> None:
         problems.append(f"items_per_leaf={config.items_per_leaf} must be >= 1")
     if not 0.0 < config.leaves_to_search_share <= 1.0:
         problems.append(f"leaves_to_search_share={config.leaves_to_search_share} must be in (0, 1]")
+    if config.max_leaves < 2:
+        problems.append(f"max_leaves={config.max_leaves} must be >= 2 (a tree needs 2 leaves)")
     if config.reorder < config.num_neighbors:
         problems.append(
             f"reorder={config.reorder} is below num_neighbors={config.num_neighbors} (ScaNN would "
             f"return only {config.reorder} neighbours); set reorder >= num_neighbors"
         )
+    if config.dims_per_block < 1:
+        problems.append(f"dims_per_block={config.dims_per_block} must be >= 1")
     if config.eval_queries < 1:
         problems.append(f"eval_queries={config.eval_queries} must be >= 1")
     if not 0.0 <= config.min_recall <= 1.0:
