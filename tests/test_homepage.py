@@ -4,6 +4,7 @@ loaded); the model server is a test double (:class:`FixedModelBackend`)."""
 
 import dataclasses
 import json
+import threading
 from collections import Counter
 
 import numpy as np
@@ -195,6 +196,55 @@ def test_only_the_collaborative_source_falls_back_when_the_tower_fails(model_bas
     page = svc.homepage(FULL)
     assert page.fallback and page.reason == "ModelUnavailable: tower down"
     assert not {p.item_id for p in page.items} & {1, 2, 3, 4, 5}
+
+
+def test_sources_without_the_embedding_run_while_the_query_tower_does(model_base):
+    started = threading.Event()
+
+    class WaitingTower(FixedModelBackend):
+        """The tower answers only once the content source has started (at most 10 s)."""
+
+        def query_embeddings(self, inputs, timeout_s):
+            self.calls["overlapped"] += started.wait(10)
+            return super().query_embeddings(inputs, timeout_s)
+
+    backend = WaitingTower()
+    svc = make(model_base, backend)
+    content = svc.sources["content"]
+
+    class Recorded:
+        name, needs_query_embedding = content.name, content.needs_query_embedding
+
+        def candidates(self, request, k):
+            started.set()
+            assert request.query_embedding is None and request.index is None
+            return content.candidates(request, k)
+
+    svc.sources["content"] = Recorded()
+    page = svc.homepage(FULL)
+    assert backend.calls["overlapped"] == 1 and not page.fallback and page.degraded is None
+    assert "collaborative" in {s for p in page.items for s in p.sources}
+
+
+def test_a_source_that_does_not_say_gets_the_query_embedding(model_base):
+    from serving.sources.base import needs_query_embedding
+
+    seen = []
+
+    class Custom:
+        name = "content"  # in the config's place of the content source
+
+        def candidates(self, request, k):
+            seen.append(request.query_embedding)
+            return []
+
+    assert needs_query_embedding(Custom())
+    svc = make(model_base)
+    assert not needs_query_embedding(svc.sources["trending"])
+    assert needs_query_embedding(svc.sources["collaborative"])
+    svc.sources["content"] = Custom()
+    svc.homepage(FULL)
+    np.testing.assert_allclose(seen[0], QUERY)
 
 
 def test_rows_are_filtered_like_the_page(model_base):

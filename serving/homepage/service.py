@@ -51,7 +51,15 @@ from serving.rerank import SECONDS_PER_DAY, RerankContext, RerankPipeline, build
 from serving.rerank import scored_from_catalogue as scored
 from serving.rerank.exploration import ExplorationPool
 from serving.sources import SOURCES
-from serving.sources.base import BuildContext, MergedCandidate, SourceRequest, query_sources
+from serving.sources.base import (
+    BuildContext,
+    MergedCandidate,
+    SourceRequest,
+    check_sources,
+    collect_sources,
+    needs_query_embedding,
+    submit_sources,
+)
 from serving.sources.item_to_item import build as item_to_item
 from serving.state.catalogue import Catalogue, UserProfile, UserStore
 from serving.state.feature_store import EmbeddedStore, FeatureStore
@@ -248,24 +256,34 @@ class HomepageService:
         req.embedding, req.page.model_version = np.asarray(emb)[0], version
 
     def _candidates(self, req: _Request) -> list[MergedCandidate]:
+        """The sources of the page's stage. Those that do not read the query embedding start
+        first, on the executor; the query tower runs meanwhile on this thread, then the sources
+        that need its embedding start."""
         page, cfg = req.page, self.config
         configs = [s for s in cfg.sources if page.stage in s.stages]
+        sources = [self.sources[s.name] for s in configs]
+        quotas = {s.name: s.quota for s in configs}
+        left = req.budget.left_ms()
+        deadlines = {s.name: min(s.deadline_ms, left) for s in configs}
+        check_sources(sources, quotas, deadlines)
+        late = [s for s in sources if needs_query_embedding(s)]
+        early = [s for s in sources if not needs_query_embedding(s)]
+        t = self._clock()
+        request = SourceRequest.from_profile(req.profile, req.timestamp, req.seed)
+        pending = submit_sources(early, request, quotas, self._executor)
         tower_error = None
-        if any(s.name == COLLABORATIVE for s in configs):
+        if late:
             try:
                 self._embed(req)
             except MODEL_ERRORS as e:  # the other sources still answer; say why
                 log.warning("query tower failed for user %s: %s", req.profile.user_id, e)
                 tower_error = e
-                page.skipped[COLLABORATIVE] = f"query tower: {describe(e)}"
-        t = self._clock()
-        left = req.budget.left_ms()
-        found = query_sources(
-            [self.sources[s.name] for s in configs],
-            SourceRequest.from_profile(req.profile, req.timestamp, req.seed, req.embedding,
-                                       req.index),
-            {s.name: s.quota for s in configs},
-            {s.name: min(s.deadline_ms, left) for s in configs}, self._executor)
+                if COLLABORATIVE in quotas:
+                    page.skipped[COLLABORATIVE] = f"query tower: {describe(e)}"
+            pending.update(submit_sources(late, dataclasses.replace(
+                request, query_embedding=req.embedding, index=req.index), quotas,
+                self._executor))
+        found = collect_sources({s.name: pending[s.name] for s in sources}, quotas, deadlines)
         page.timings_ms["sources"] = self._ms(t)
         page.timings_ms.update({f"source_{n}": ms for n, ms in found.timings_ms.items()})
         page.skipped.update(found.skipped)

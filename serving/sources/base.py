@@ -70,7 +70,9 @@ class SourceRequest:
 class CandidateSource(Protocol):
     """A source may also offer hooks the service calls when it has them: ``observe(event)``
     (an accepted write: trending's live watches), ``refresh_live(now)`` (the periodic refresh)
-    and ``add_rows(rows)`` (titles appended to the catalogue: the content source)."""
+    and ``add_rows(rows)`` (titles appended to the catalogue: the content source). A source
+    with ``needs_query_embedding = False`` starts before the query tower answers and gets no
+    embedding or index; without the attribute it waits for them."""
 
     name: str
 
@@ -245,24 +247,36 @@ def _timed(source: CandidateSource, request: SourceRequest, k: int) -> tuple[lis
     return out, (time.perf_counter() - start) * 1000
 
 
-def query_sources(sources: Sequence[CandidateSource], request: SourceRequest,
-                  quotas: Mapping[str, int], deadlines_ms: Mapping[str, float],
-                  executor: futures.Executor) -> SourceResults:
-    """Asks every source for its quota at once on ``executor``; merges what arrives in time.
-
-    Each source's deadline counts from the moment all are submitted. A source that raises or
-    misses its deadline contributes nothing and is named in ``skipped`` with the reason; its
-    thread runs to the end in the background (Python cannot stop it) and the answer is dropped.
-    """
+def check_sources(sources: Sequence[CandidateSource], quotas: Mapping[str, int],
+                  deadlines_ms: Mapping[str, float]) -> None:
     names = [s.name for s in sources]
     missing = [n for n in names if n not in quotas or n not in deadlines_ms]
     if len(set(names)) != len(names) or missing:
         raise ValueError(f"sources {names} need distinct names, each with a quota and a "
                          f"deadline; missing for {missing}")
-    start = time.perf_counter()
-    pending = {s.name: executor.submit(_timed, s, request, quotas[s.name]) for s in sources}
+
+
+def needs_query_embedding(source: CandidateSource) -> bool:
+    """Whether ``source`` reads the request's query embedding or index (so it waits for the
+    query tower); a source that does not say is assumed to."""
+    return bool(getattr(source, "needs_query_embedding", True))
+
+
+Pending = dict[str, tuple[float, futures.Future]]
+
+
+def submit_sources(sources: Sequence[CandidateSource], request: SourceRequest,
+                   quotas: Mapping[str, int], executor: futures.Executor) -> Pending:
+    """Starts every source on ``executor``: name -> (start time, future)."""
+    return {s.name: (time.perf_counter(), executor.submit(_timed, s, request, quotas[s.name]))
+            for s in sources}
+
+
+def collect_sources(pending: Pending, quotas: Mapping[str, int],
+                    deadlines_ms: Mapping[str, float]) -> SourceResults:
+    """Waits for each started source until its deadline (counted from its start); merges."""
     answers, skipped, timings = {}, {}, {}
-    for name, future in pending.items():
+    for name, (start, future) in pending.items():
         left = deadlines_ms[name] / 1000 - (time.perf_counter() - start)
         try:
             answers[name], timings[name] = future.result(timeout=max(0.0, left))
@@ -274,3 +288,17 @@ def query_sources(sources: Sequence[CandidateSource], request: SourceRequest,
         if name in skipped:
             log.warning("candidate source %s skipped: %s", name, skipped[name])
     return SourceResults(merge_candidates(answers, quotas), answers, skipped, timings)
+
+
+def query_sources(sources: Sequence[CandidateSource], request: SourceRequest,
+                  quotas: Mapping[str, int], deadlines_ms: Mapping[str, float],
+                  executor: futures.Executor) -> SourceResults:
+    """Asks every source for its quota at once on ``executor``; merges what arrives in time.
+
+    Each source's deadline counts from the moment it is submitted. A source that raises or
+    misses its deadline contributes nothing and is named in ``skipped`` with the reason; its
+    thread runs to the end in the background (Python cannot stop it) and the answer is dropped.
+    """
+    check_sources(sources, quotas, deadlines_ms)
+    return collect_sources(submit_sources(sources, request, quotas, executor), quotas,
+                           deadlines_ms)

@@ -30,6 +30,8 @@ class CollaborativeSource:
     answer is empty.
     """
 
+    needs_query_embedding = True  # waits for the query tower
+
     def __init__(self, search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]] | None,
                  catalogue: Catalogue, name: str = "collaborative"):
         self.search, self.catalogue, self.name = search, catalogue, name

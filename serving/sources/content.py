@@ -81,6 +81,8 @@ class ContentSource:
     many row ranges at once, on the source's own threads; the scores are the same as with one.
     """
 
+    needs_query_embedding = False  # starts before the query tower answers
+
     def __init__(self, catalogue: Catalogue, recent: int = 10, name: str = "content",
                  blocks: int | None = None):
         if recent < 1:

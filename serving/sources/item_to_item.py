@@ -33,6 +33,8 @@ class ItemToItemSource:
     candidates are scored by the summed similarity to its last ``recent`` watches.
     """
 
+    needs_query_embedding = False  # starts before the query tower answers
+
     def __init__(self, catalogue: Catalogue, neighbour_rows: np.ndarray,
                  neighbour_sims: np.ndarray, recent: int = 3, name: str = "item_to_item"):
         self.catalogue, self.recent, self.name = catalogue, recent, name

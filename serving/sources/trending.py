@@ -48,6 +48,8 @@ class TrendingSource:
     new interactions without retraining; requests in flight keep the state they started with.
     """
 
+    needs_query_embedding = False  # starts before the query tower answers
+
     def __init__(self, catalogue: Catalogue, half_life_days: float = 3.0,
                  min_watch_seconds: float = c.WATCHED_THRESHOLD_SECONDS, name: str = "trending"):
         if half_life_days <= 0:
