@@ -322,3 +322,24 @@ def test_the_served_blend_uses_item_to_item_and_popularity(model_base):
                   pop, 0.4)
     np.testing.assert_allclose([p.score for p in page.items], final, rtol=1e-5, atol=1e-6)
     assert list(final) == sorted(final, reverse=True)
+
+
+def test_page_to_dict_is_asdict_and_a_copy():
+    from serving.homepage.page import Homepage, PageRow, Pick
+
+    picks = [Pick(7, "Seven", 1.5, 0.25, 0.5, 60.0, sources={"content": 0.1}, explore=True,
+                  team="b"), Pick(8, "Eight", -0.5)]
+    page = Homepage(3, picks, degraded="x", model_version=2, timings_ms={"total": 4.0},
+                    stage="full", rows=[PageRow("Because you watched Seven", 7, picks[1:])],
+                    skipped={"trending": "slow"}, page_id="p1", experiments={"e": "a"},
+                    device="tv")
+    d = page.to_dict()
+    assert d == dataclasses.asdict(page)
+    assert list(d) == list(dataclasses.asdict(page))  # the same key order
+    assert list(d["items"][0]) == list(dataclasses.asdict(picks[0]))
+    d["items"][0]["sources"]["content"] = 9.0
+    d["timings_ms"]["total"] = 0.0
+    d["rows"][0]["items"].clear()
+    assert picks[0].sources == {"content": 0.1} and page.timings_ms == {"total": 4.0}
+    assert page.rows[0].items == picks[1:]
+    assert Homepage.from_dict(page.to_dict()) == page

@@ -57,7 +57,16 @@ class Homepage:
     device: str | None = None  # the user's latest device (logged with the impressions)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The page as plain dicts and lists: ``dataclasses.asdict(self)``, written out (asdict
+        deep-copies every value generically: 2.5 ms for a 50-title page with its rows, most of
+        a cache hit's cost)."""
+        out = {name: getattr(self, name) for name in _PAGE_FIELDS}
+        for name in _PAGE_DICTS:
+            out[name] = dict(out[name])
+        out["items"] = [_pick_dict(p) for p in self.items]
+        out["rows"] = [{"title": r.title, "seed_item_id": r.seed_item_id,
+                        "items": [_pick_dict(p) for p in r.items]} for r in self.rows]
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> Homepage:
@@ -65,6 +74,17 @@ class Homepage:
         rows = [PageRow(r["title"], r["seed_item_id"], [Pick(**p) for p in r["items"]])
                 for r in d["rows"]]
         return cls(**{**d, "items": [Pick(**p) for p in d["items"]], "rows": rows})
+
+
+_PICK_FIELDS = tuple(f.name for f in dataclasses.fields(Pick))
+_PAGE_FIELDS = tuple(f.name for f in dataclasses.fields(Homepage))
+_PAGE_DICTS = ("timings_ms", "skipped", "experiments")
+
+
+def _pick_dict(p: Pick) -> dict:
+    out = {name: getattr(p, name) for name in _PICK_FIELDS}
+    out["sources"] = dict(p.sources)
+    return out
 
 
 def degrade(page: Homepage, why: str) -> None:
