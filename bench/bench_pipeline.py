@@ -27,7 +27,7 @@ from pipeline.local_runner import component_seconds, run_dirs, run_local
 REPO = Path(__file__).resolve().parents[1]
 MOVIELENS = REPO.parent / "shared" / "datasets" / "movielens-100k"
 ORDER = ["ContractExampleGen", "StatisticsGen", "ExampleValidator", "DistributionValidator",
-         "AnomalyGate", "Transform", "Trainer", "ScannIndexer", "RankingTrainer",
+         "AnomalyGate", "Transform", "Trainer", "ScannIndexer", "AlsTrainer", "RankingTrainer",
          "RankingEvaluator", "ModelPusher", "EmbeddingDrift"]
 TARGET_WALL_S = {"movielens": 120.0}  # issue 18
 TARGET_EXAMPLES_PER_S = 50_000

@@ -13,6 +13,7 @@ to get a string::
                                        retrieval_score [N]) -> {p_watch: [N],
                                        watch_time_seconds: [N]}; rank_by_id(query [1],
                                        item_id [N], retrieval_score [N]) -> the same + known [N]
+    BASE/als/<version>/                ALS item factors (marquee.als), scored in the client
     BASE/models.config                 TF Serving --model_config_file
     BASE/pushes.jsonl                  one line per push
 """
@@ -29,6 +30,7 @@ QUERY_TOWER = "query_tower"
 CANDIDATE_TOWER = "candidate_tower"
 RETRIEVAL_INDEX = "retrieval_index"
 RANKER = "ranker"
+ALS = "als"
 SAVED_MODELS = (QUERY_TOWER, CANDIDATE_TOWER, RANKER)
 MODEL_CONFIG_FILE = "models.config"
 PUSH_LOG = "pushes.jsonl"

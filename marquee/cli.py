@@ -9,7 +9,7 @@ import click
 
 import marquee  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
 from marquee.data.contract import ContractError
-from marquee.data.simulate import SimConfig
+from marquee.data.simulate import SHAPES, SimConfig
 from marquee.logs import quiet_libraries
 
 _SIM_DEFAULTS = SimConfig()  # `marquee data synth` follows the simulator's defaults
@@ -36,20 +36,26 @@ def data() -> None:
 @data.command("synth")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Dataset folder to write.")
-@click.option("--users", default=_SIM_DEFAULTS.users, show_default=True,
-              type=click.IntRange(min=1))
-@click.option("--items", default=_SIM_DEFAULTS.items, show_default=True,
-              type=click.IntRange(min=1))
-@click.option("--days", default=_SIM_DEFAULTS.days, show_default=True,
-              type=click.IntRange(min=1))
+@click.option("--shape", default="default", show_default=True,
+              type=click.Choice(sorted(SHAPES)),
+              help="A named dataset shape: 'long-tail' is few users and many titles, most "
+                   "watched by a handful (600 users, 10,000 titles, 120 days); --users, "
+                   "--items and --days override it.")
+@click.option("--users", type=click.IntRange(min=1),
+              help=f"[default: {_SIM_DEFAULTS.users}, or the shape's]")
+@click.option("--items", type=click.IntRange(min=1),
+              help=f"[default: {_SIM_DEFAULTS.items}, or the shape's]")
+@click.option("--days", type=click.IntRange(min=1),
+              help=f"[default: {_SIM_DEFAULTS.days}, or the shape's]")
 @click.option("--seed", default=_SIM_DEFAULTS.seed, show_default=True, type=int)
-def data_synth(out_dir: str, users: int, items: int, days: int, seed: int) -> None:
+def data_synth(out_dir: str, shape: str, users: int | None, items: int | None,
+               days: int | None, seed: int) -> None:
     """Simulate a streaming service (users, catalogue, logged impressions and watches)."""
-    from marquee.data.simulate import SimConfig, simulate
+    from marquee.data.simulate import shape_config, simulate
 
     try:
-        summary = simulate(out_dir, SimConfig(users=users, items=items, days=days, seed=seed),
-                           progress=_echo)
+        config = shape_config(shape, users=users, items=items, days=days, seed=seed)
+        summary = simulate(out_dir, config, progress=_echo)
     except ValueError as e:
         raise click.ClickException(str(e)) from e
     click.echo(str(summary))

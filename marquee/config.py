@@ -128,6 +128,31 @@ class RankingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AlsConfig:
+    """The ALS candidate source's model (components/als_trainer): implicit-feedback ALS on the
+    retrieval train split's positives, its item factors pushed with the towers."""
+
+    # Train it in the pipeline (off: no `als` model is pushed and the `als` source answers
+    # nothing).
+    enabled: bool = True
+    factors: int = 128
+    regularization: float = 10.0
+    # A positive's confidence (the unobserved cells have 1).
+    alpha: float = 2.0
+    iterations: int = 15
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = (("factors", self.factors >= 1, "an integer >= 1"),
+                  ("regularization", self.regularization > 0, "a number > 0"),
+                  ("alpha", self.alpha > 0, "a number > 0 (1: no extra confidence)"),
+                  ("iterations", self.iterations >= 1, "an integer >= 1"))
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"{name}: expected {expected}, got {getattr(self, name)!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class EvaluatorConfig:
     # A ranking model is blessed only if its eval AUC beats the baseline's (the last blessed
     # model, or the popularity baseline the first time) by more than this...
@@ -191,7 +216,7 @@ class BeamConfig:
 class SourceConfig:
     """One candidate source of the homepage (``serving.sources``)."""
 
-    # collaborative, content, trending or item_to_item.
+    # collaborative, als, content, trending or item_to_item.
     name: str
     # Most candidates it adds to the merged list (round robin, after dedupe).
     quota: int
@@ -271,12 +296,16 @@ class ServingConfig:
     # exposure wide. 0 = off.
     item_to_item_weight: float = 0.0
     popularity_weight: float = 0.0
+    # And the ALS score (the user's vector folded in from their positives at request time, dot
+    # the title's factors; serving.sources.als), added with this weight. 0 = off.
+    als_weight: float = 0.0
     # Consecutive failures that open a model's circuit breaker, and seconds before a probe.
     breaker_failures: int = 5
     breaker_reset_seconds: float = 10.0
     # Candidate sources, merged in this order (each takes a turn) up to their quotas.
     sources: tuple[SourceConfig, ...] = (
         SourceConfig("collaborative", 600, stages=("full",)),
+        SourceConfig("als", 200, stages=("light", "full")),
         SourceConfig("item_to_item", 200, stages=("light", "full")),
         SourceConfig("content", 100, stages=("light", "full")),
         SourceConfig("trending", 100),
@@ -326,6 +355,7 @@ class Config:
     data: DataConfig = DataConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
     ranking: RankingConfig = RankingConfig()
+    als: AlsConfig = AlsConfig()
     evaluator: EvaluatorConfig = EvaluatorConfig()
     index: IndexConfig = IndexConfig()
     beam: BeamConfig = BeamConfig()

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from marquee.als import ALS_FILE
 from marquee.config import Config
 from marquee.logs import component_progress
 from marquee.monitoring.embedding_drift import REPORT_FILE, report_lines
@@ -157,6 +158,12 @@ def summarize(root: Path, data_dir: Path, seconds: float, stopped: str | None = 
     if index and (index / "index.json").is_file():
         ev = json.loads((index / "index.json").read_text()).get("evaluation", {})
         lines += ["## ScaNN index", "", *(f"- {k}: {v}" for k, v in ev.items()), ""]
+    als = latest_output(pr, "AlsTrainer", "model", since)
+    if als and (als / ALS_FILE).is_file():
+        doc = json.loads((als / ALS_FILE).read_text())
+        lines += ["## ALS source", "", f"- {doc['factors']} factors over {doc['items']:,} "
+                  f"titles, regularization {doc['regularization']:g}, alpha {doc['alpha']:g}",
+                  *(f"- {k}: {v}" for k, v in doc.get("metadata", {}).items()), ""]
     pushed = latest_output(pr, "ModelPusher", "pushed_model", since)
     if pushed and (pushed / "push.json").is_file():
         push = json.loads((pushed / "push.json").read_text())

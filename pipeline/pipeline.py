@@ -3,6 +3,7 @@
     ContractExampleGen -> StatisticsGen -> ExampleValidator (curated schema) ------> AnomalyGate
                                        -> DistributionValidator (vs BaselineStatistics) --^
       -> Transform -> Trainer (two-tower) -> ScannIndexer ----------------------> ModelPusher
+                                          -> AlsTrainer (item factors, als.enabled) --^
                    -> RankingTrainer (multi-task) -> RankingEvaluator (vs last blessed) --^
                                                                      EmbeddingDrift <--'
 
@@ -19,6 +20,7 @@ from tfx.components.distribution_validator.component import DistributionValidato
 from tfx.proto import transform_pb2
 from tfx.utils import io_utils
 
+from components.als_trainer.component import AlsTrainer
 from components.anomaly_gate.component import AnomalyGate
 from components.anomaly_gate.executor import BASELINE_STATISTICS
 from components.contract_example_gen.component import ContractExampleGen
@@ -119,17 +121,20 @@ def create_pipeline(
         model=ranking_trainer.outputs["model"], examples=examples,
         retrieval_model=trainer.outputs["model"],
         baseline_model=last_blessed_ranker.outputs["model"], config=config)
+    als = (AlsTrainer(examples=examples, retrieval_model=trainer.outputs["model"], config=config)
+           if config.als.enabled else None)
     pusher = ModelPusher(model=trainer.outputs["model"], index=indexer.outputs["index"],
                          serving_dir=serving_dir,
                          ranking_model=ranking_trainer.outputs["model"],
-                         ranking_blessing=evaluator.outputs["blessing"])
+                         ranking_blessing=evaluator.outputs["blessing"],
+                         als_model=als.outputs["model"] if als else None)
     embedding_drift = EmbeddingDrift(pushed_model=pusher.outputs["pushed_model"],
                                      examples=examples, config=config)
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics, schema, validator, baseline, drift, gate,
-                    transform, trainer, indexer, ranking_trainer, last_blessed_ranker, evaluator,
+                    transform, trainer, indexer, *([als] if als else []), ranking_trainer, last_blessed_ranker, evaluator,
                     pusher, embedding_drift],
         enable_cache=False,
         metadata_connection_config=metadata_connection_config,

@@ -42,7 +42,7 @@ REGENERATE_HINT = ("If the change is intended, regenerate the golden and review 
                    "tests/test_kubeflow.py && git diff kubeflow/pipeline.json")
 FACTORY_COMPONENTS = {"ContractExampleGen", "StatisticsGen", "ImportSchemaGen",
                       "ExampleValidator", "DistributionValidator", "AnomalyGate", "Transform",
-                      "Trainer", "ScannIndexer", "ModelPusher", "EmbeddingDrift"}
+                      "Trainer", "ScannIndexer", "AlsTrainer", "ModelPusher", "EmbeddingDrift"}
 TFX_V2_ENTRYPOINT = ["python", "-m",
                      "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
 # beam_args(BeamConfig(), cores=0): the pod's DirectRunner, one worker per core it sees.

@@ -111,8 +111,8 @@ def test_nothing_after_the_gate_ran(stopped):
     ran = set(component_seconds(dirs["metadata"]))
     assert {"ContractExampleGen", "StatisticsGen", "ExampleValidator", "DistributionValidator",
             "AnomalyGate"} <= ran
-    after = {"Transform", "Trainer", "ScannIndexer", "RankingTrainer", "RankingEvaluator",
-             "ModelPusher", "EmbeddingDrift"}
+    after = {"Transform", "Trainer", "ScannIndexer", "AlsTrainer", "RankingTrainer",
+             "RankingEvaluator", "ModelPusher", "EmbeddingDrift"}
     assert not ran & after
     outputs = {p.name for p in dirs["pipeline_root"].iterdir()}
     assert "ExampleValidator" in outputs

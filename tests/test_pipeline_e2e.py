@@ -74,7 +74,8 @@ def test_pushed_towers_answer_raw_features(run):
     base = tmp / "run" / "serving"
     versions = {m: _version(base, m).name for m in (QUERY_TOWER, CANDIDATE_TOWER, RETRIEVAL_INDEX)}
     assert len(set(versions.values())) == 1, versions
-    assert "pushed candidate_tower, query_tower, ranker, retrieval_index as version" in summary
+    assert ("pushed als, candidate_tower, query_tower, ranker, retrieval_index as version"
+            in summary)
     assert (tmp / "run" / "summary.md").is_file()
 
     query = tf.saved_model.load(str(_version(base, QUERY_TOWER)))
@@ -121,6 +122,36 @@ def test_pushed_tower_and_index_retrieve_and_mismatch_refused(run):
     finally:
         shutil.rmtree(base / QUERY_TOWER / new)
         shutil.rmtree(base / RETRIEVAL_INDEX / new)
+
+
+def test_als_is_fitted_on_the_train_split_and_pushed_with_the_towers(run):
+    from marquee.als import load_als
+    from marquee.artifacts import ALS
+    from serving.models.als_store import AlsStore
+    from serving.models.query import training_run_of
+
+    tmp, summary = run
+    base = tmp / "run" / "serving"
+    version = int(_version(base, QUERY_TOWER).name)
+    assert int(_version(base, ALS).name) == version
+    model = load_als(_version(base, ALS))
+    assert model.training_run == training_run_of(base / QUERY_TOWER / str(version))
+    (counts_file,) = (tmp / "run" / "tfx" / "ContractExampleGen" / "examples").glob(
+        "*/counts.json")
+    counts = json.loads(counts_file.read_text())["counts"]
+    assert model.metadata["positives"] == counts["train"]
+    items = pd.read_parquet(tmp / "data" / "items.parquet")[c.ITEM_ID]
+    assert model.item_ids.tolist() == sorted(items) and model.factors == CONFIG.als.factors
+    assert AlsStore(base).get(version).training_run == model.training_run
+    assert "## ALS source" in summary
+    # a user's folded-in vector ranks the titles they watched in train above the average one
+    inter = pd.read_parquet(tmp / "data" / "interactions.parquet")
+    pos = inter[(inter[c.EVENT] == c.EVENT_WATCH)
+                & (inter[c.WATCH_SECONDS] >= CONFIG.data.min_watch_seconds)]
+    user, watched = next((u, g[c.ITEM_ID].unique()) for u, g in pos.groupby(c.USER_ID)
+                         if g[c.ITEM_ID].nunique() >= 5)
+    scores = model.scores(model.fold_in(watched))
+    assert scores[model.rows(watched)].mean() > scores.mean(), user
 
 
 def test_feature_keys_cover_the_signatures():

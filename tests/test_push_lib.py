@@ -82,3 +82,23 @@ def test_unblessed_ranker_is_not_pushed_but_blessed_towers_are(tmp_path):
     none = push_lib.push(src, index, False, tmp_path / "other", "r2",
                          ranker_dir=src / "ranker", ranker_blessed=False)
     assert not none.pushed and not (tmp_path / "other").exists()
+
+
+def test_als_is_pushed_with_the_towers_only(tmp_path):
+    src, index = _model(tmp_path)
+    als = tmp_path / "als"
+    als.mkdir()
+    (als / "item_factors.npy").write_bytes(b"f")
+    base = tmp_path / "serving"
+    with pytest.raises(FileNotFoundError, match="no als.json; the AlsTrainer's model folder"):
+        push_lib.push(src, index, True, base, "r1", now=10, als_dir=als)
+    assert not base.exists()  # checked before anything is copied
+    (als / "als.json").write_text("{}")
+    pushed = push_lib.push(src, index, True, base, "r1", now=11, als_dir=als)
+    assert "als" in pushed.paths and push_lib.versions(base / push_lib.ALS) == [pushed.version]
+    assert (base / "als" / str(pushed.version) / "item_factors.npy").read_bytes() == b"f"
+    # the next version number counts the ALS folder too
+    assert push_lib.next_version(base, now=0) == pushed.version + 1
+    # not blessed: the towers, the index and the ALS model all stay out
+    skipped = push_lib.push(src, index, False, tmp_path / "other", "r2", als_dir=als)
+    assert not skipped.pushed and not (tmp_path / "other").exists()

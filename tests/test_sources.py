@@ -14,6 +14,8 @@ import pytest
 from marquee.data import contract as c
 from serving.homepage.cold_start import BecauseYouWatched, ColdStartThresholds, stage
 from serving.sources import base
+from marquee.als import AlsModel
+from serving.sources.als import AlsSource
 from serving.sources.base import (
     Candidate,
     CandidateSource,
@@ -87,7 +89,12 @@ def fake_search():
 
 
 CATALOGUE = toy_catalogue()
+# Item factors of 1..6 and of 99 (not in the catalogue, the best for everyone: never a candidate).
+TOY_ALS = AlsModel(np.array([1, 2, 3, 4, 5, 6, 99]),
+                   np.vstack([EMBEDDINGS, [[5.0, 5.0]]]), regularization=1.0, alpha=2.0)
 SOURCES = {
+    "als": lambda: AlsSource(CATALOGUE, lambda version: TOY_ALS, lambda: 1,
+                             AlsSource.positives_of(co_watches(), CATALOGUE, 120.0)),
     "collaborative": lambda: CollaborativeSource(fake_search(), CATALOGUE),
     "content": lambda: ContentSource(CATALOGUE, recent=2),
     "trending": lambda: TrendingSource.from_interactions(co_watches(), CATALOGUE, NOW),

@@ -33,10 +33,13 @@ class Executor(base_executor.BaseExecutor):
             verdict = artifact_utils.get_single_instance(input_dict["ranking_blessing"])
             ranker_dir = os.path.join(path_utils.serving_model_path(ranking.uri), push_lib.RANKER)
             ranker_blessed = bool(verdict.get_int_custom_property(BLESSED))
+        als_dir = (artifact_utils.get_single_instance(input_dict["als_model"]).uri
+                   if input_dict.get("als_model") else None)
         result = push_lib.push(serving_dir, index.uri,
                                bool(index.get_int_custom_property(BLESSED)),
                                exec_properties["serving_dir"], run,
-                               ranker_dir=ranker_dir, ranker_blessed=ranker_blessed)
+                               ranker_dir=ranker_dir, ranker_blessed=ranker_blessed,
+                               als_dir=als_dir)
         pushed.set_int_custom_property("pushed", int(result.pushed))
         if result.version is not None:
             pushed.set_int_custom_property("pushed_version", result.version)
@@ -52,6 +55,7 @@ class ModelPusherSpec(ComponentSpec):
         "index": ChannelParameter(type=ScannIndex),
         "ranking_model": ChannelParameter(type=standard_artifacts.Model, optional=True),
         "ranking_blessing": ChannelParameter(type=standard_artifacts.ModelBlessing, optional=True),
+        "als_model": ChannelParameter(type=standard_artifacts.Model, optional=True),
     }
     OUTPUTS = {"pushed_model": ChannelParameter(type=standard_artifacts.PushedModel)}
 
@@ -61,8 +65,8 @@ class ModelPusher(base_component.BaseComponent):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
     def __init__(self, model, index, serving_dir: str, ranking_model=None,
-                 ranking_blessing=None):
+                 ranking_blessing=None, als_model=None):
         super().__init__(spec=ModelPusherSpec(
             model=model, index=index, serving_dir=runtime_or_str(serving_dir),
-            ranking_model=ranking_model, ranking_blessing=ranking_blessing,
+            ranking_model=ranking_model, ranking_blessing=ranking_blessing, als_model=als_model,
             pushed_model=types.Channel(type=standard_artifacts.PushedModel)))

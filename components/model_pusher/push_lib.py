@@ -4,11 +4,12 @@
     BASE/candidate_tower/<version>/    SavedModel (TF Serving serves it; embeds new titles)
     BASE/retrieval_index/<version>/    ScaNN index + item ids + index.json (searched in the client)
     BASE/ranker/<version>/             ranking SavedModel (TF Serving serves it), when blessed
+    BASE/als/<version>/                ALS item factors (marquee.als; scored in the client)
     BASE/models.config                 TF Serving --model_config_file for the SavedModels
     BASE/pushes.jsonl                  one line per push: version, training run, sources
 
-The towers and the index are pushed together, only when the index is blessed, and share one
-version number and one training run. The ranker is pushed when the RankingEvaluator blessed it,
+The towers and the index (and the ALS model fitted beside them, when there is one) are pushed
+together, only when the index is blessed, and share one version number and one training run. The ranker is pushed when the RankingEvaluator blessed it,
 under the same version number as the towers pushed in the same run. A model server polling BASE
 never loads a half-copied model: on a local BASE each version directory is written under a
 temporary name and renamed into place; on an object store (``gs://...``, where renaming a
@@ -32,7 +33,9 @@ import tensorflow as tf
 
 from components.scann_indexer.index_lib import INDEX_FILE
 from marquee import io
+from marquee.als import ALS_FILE
 from marquee.artifacts import (  # noqa: F401  (re-exported: the Pusher's layout)
+    ALS,
     CANDIDATE_TOWER,
     MODEL_CONFIG_FILE,
     PUSH_LOG,
@@ -54,7 +57,7 @@ class PushResult:
 
 
 def next_version(base: str | Path, now: int | None = None) -> int:
-    latest = max([v for m in SAVED_MODELS + (RETRIEVAL_INDEX,)
+    latest = max([v for m in SAVED_MODELS + (RETRIEVAL_INDEX, ALS)
                   for v in versions(os.path.join(base, m))], default=0)
     return max(int(now if now is not None else time.time()), latest + 1)
 
@@ -80,9 +83,11 @@ def model_config_text(base: str | Path) -> str:
 
 def push(serving_model_dir: str | Path, index_dir: str | Path, blessed: bool,
          base: str | Path, training_run: str, now: int | None = None,
-         ranker_dir: str | Path | None = None, ranker_blessed: bool = False) -> PushResult:
-    """Copies what is blessed into ``base`` under one new version: the towers and the index
-    (when ``blessed``, the index's verdict) and the ranker (when ``ranker_blessed``).
+         ranker_dir: str | Path | None = None, ranker_blessed: bool = False,
+         als_dir: str | Path | None = None) -> PushResult:
+    """Copies what is blessed into ``base`` under one new version: the towers, the index and
+    the ALS model ``als_dir`` (when ``blessed``, the index's verdict) and the ranker (when
+    ``ranker_blessed``).
 
     Every directory may be local or a URI."""
     serving_model_dir, index_dir, base = map(os.fspath, (serving_model_dir, index_dir, base))
@@ -98,6 +103,12 @@ def push(serving_model_dir: str | Path, index_dir: str | Path, blessed: bool,
                     (CANDIDATE_TOWER, os.path.join(serving_model_dir, CANDIDATE_TOWER),
                      SAVED_MODEL_FILE),
                     (RETRIEVAL_INDEX, index_dir, INDEX_FILE)]
+        if als_dir is not None:
+            als_dir = os.fspath(als_dir)
+            if not tf.io.gfile.exists(os.path.join(als_dir, ALS_FILE)):
+                raise FileNotFoundError(f"{als_dir}: no {ALS_FILE}; the AlsTrainer's model "
+                                        "folder is incomplete (see marquee.als)")
+            sources.append((ALS, als_dir, ALS_FILE))
     else:
         skipped.append("the retrieval index was not blessed")
     if ranker_dir is not None:

@@ -7,11 +7,13 @@
 3. Score, for every user, at the time of their first test positive:
    - ``retrieval``: query tower + the ScaNN index alone (also Recall@1000);
    - ``stack``: the thin client's ranked list, what the API serves before its re-rank steps:
-     the retrieval candidates scored by ``serving.homepage.ranking.blend`` of the retrieval score,
-     the ranker's p_watch, the item-to-item score and popularity, with the :class:`Blend` chosen on
-     a validation split carved from train (``tune_blend``: the best NDCG@20 among blends that
-     keep the catalogue exposure bar, ``choose_weight``). ``bench/bench_rerank.py`` measures
-     what the re-rank steps change;
+     the two-tower and ALS candidates scored by ``serving.homepage.ranking.blend`` of the
+     retrieval score, the ranker's p_watch, the item-to-item score, popularity and the ALS score,
+     with the :class:`Blend` chosen on a validation split carved from train (``tune_blend``: the
+     best NDCG@20 among blends that keep the catalogue exposure bar, ``choose_weight``).
+     ``bench/bench_rerank.py`` measures what the re-rank steps change;
+   - ``stack_no_als``: the ablation, the two-tower candidates alone with the best blend without
+     the ALS score (chosen on validation the same way);
    - ``ranker``: the same candidates ordered by the ranker alone;
    - the peers (popularity, EASE, iALS, item-kNN), fitted on the same train part.
    Lists keep only protocol candidates (catalogue items the user has no train positive for).
@@ -76,43 +78,47 @@ def _rows(lists: list[list[int]], k: int) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class Blend:
     """The final score's weights (``serving.homepage.ranking.blend``; ServingConfig's
-    ``ranker_weight``, ``item_to_item_weight`` and ``popularity_weight``)."""
+    ``ranker_weight``, ``item_to_item_weight``, ``popularity_weight`` and ``als_weight``)."""
 
     ranker: float
     item_to_item: float = 0.0
     popularity: float = 0.0
+    als: float = 0.0
 
     def __str__(self) -> str:
         return (f"ranker_weight {self.ranker:g}, item_to_item_weight {self.item_to_item:g}, "
-                f"popularity_weight {self.popularity:g}")
+                f"popularity_weight {self.popularity:g}, als_weight {self.als:g}")
 
     @property
     def total(self) -> float:
-        return self.ranker + self.item_to_item + self.popularity
+        return self.ranker + self.item_to_item + self.popularity + self.als
 
 
 class StackScores:
     """Per user, the served stack's candidates with every signal of the final score, computed
     once and cached: ``ids`` [n], ``retrieval`` [n], ``p_watch`` [n] (None without a pushed
-    ranker), ``item_to_item`` [n] and ``popularity`` [n]. Scoring any :class:`Blend` of them is
-    then numpy (``serving.homepage.ranking.blend``, the function the API ranks with)."""
+    ranker), ``item_to_item`` [n], ``popularity`` [n], ``als`` [n] (zeros without an ALS model)
+    and ``collaborative`` [n] (the two-tower source returned it). Scoring any :class:`Blend` of
+    them is then numpy (``serving.homepage.ranking.blend``, the function the API ranks with)."""
 
     def __init__(self, train_dir: Path, serving_dir: Path, split: Split, config: Config):
         from marquee.config import SourceConfig
         from serving.build import build_service
+        from serving.homepage.service import COLLABORATIVE
 
-        # The served stack (serving.build.build_service, what `marquee serve` runs) with the
-        # two-tower part alone, for every user: only the collaborative source (in every
+        # The served stack (serving.build.build_service, what `marquee serve` runs) with its
+        # collaborative part, for every user: the two-tower and ALS sources (in every
         # cold-start stage), no re-rank steps, no rows; every blend signal computed (weights
         # 1: the order is re-blended from the signals per Blend).
         evaluated = dataclasses.replace(config, serving=dataclasses.replace(
-            config.serving, k=RETRIEVAL_K, candidates=RETRIEVAL_K, deadline_ms=1e9,
+            config.serving, k=RETRIEVAL_K, candidates=2 * RETRIEVAL_K, deadline_ms=1e9,
             query_deadline_ms=1e9, rank_deadline_ms=1e9,
             history_length=config.data.history_length,
-            sources=(SourceConfig("collaborative", RETRIEVAL_K, deadline_ms=1e9),),
+            sources=tuple(SourceConfig(name, RETRIEVAL_K, deadline_ms=1e9)
+                          for name in (COLLABORATIVE, "als")),
             rerank=(), because_you_watched=0, item_to_item_weight=1.0, popularity_weight=1.0,
-            cache_ttl_seconds=0))
-        self.evaluated = evaluated
+            als_weight=1.0, cache_ttl_seconds=0))
+        self.evaluated, self.two_tower = evaluated, COLLABORATIVE
         self.service = build_service(evaluated, train_dir, serving_dir)
         if self.service.backend.name == "unavailable":
             raise ValueError(f"no model could be loaded from {serving_dir}: "
@@ -144,7 +150,8 @@ class StackScores:
         the request's candidates, so the order matches serving only over the same set) and
         their signals; ``recommend`` keeps the protocol's allowed items after ordering."""
         if user not in self._cache:
-            page = self.service.homepage(user, RETRIEVAL_K, timestamp=int(self.first.get(user, 0)))
+            page = self.service.homepage(user, self.evaluated.serving.candidates,
+                                         timestamp=int(self.first.get(user, 0)))
             if page.fallback:
                 raise RuntimeError(f"the stack fell back for user {user}: {page.reason}")
             picks = page.items
@@ -153,36 +160,52 @@ class StackScores:
             self._cache[user] = (np.array([p.item_id for p in picks], np.int64),
                                  np.array([p.retrieval_score for p in picks]), p_watch,
                                  np.array([p.item_to_item for p in picks], np.float64),
-                                 np.array([p.popularity for p in picks], np.float64))
+                                 np.array([p.popularity for p in picks], np.float64),
+                                 np.array([p.als or 0.0 for p in picks], np.float64),
+                                 np.array([self.two_tower in p.sources for p in picks], bool))
         return self._cache[user]
 
-    def served_config(self, weights: Blend) -> Config:
-        """The config whose ``build_service`` stack serves, per user, the list ``recommend``
-        gives for ``weights`` (the parity test checks it in-process and over gRPC)."""
-        return dataclasses.replace(self.evaluated, serving=dataclasses.replace(
-            self.evaluated.serving, ranker_weight=weights.ranker,
-            item_to_item_weight=weights.item_to_item, popularity_weight=weights.popularity))
+    @property
+    def has_als(self) -> bool:
+        """Whether an ALS model was pushed with the served version."""
+        return self.service.als_models.get(self.backend.serving_version()) is not None
 
-    def recommend(self, user_ids: np.ndarray, weights: Blend) -> np.ndarray:
-        """The stack's lists [B, 100] for a blend (``Blend(1.0)``: the ranker alone)."""
+    def served_config(self, weights: Blend, als: bool = True) -> Config:
+        """The config whose ``build_service`` stack serves, per user, the list ``recommend``
+        gives for ``weights`` and ``als`` (the parity test checks it in-process and over
+        gRPC)."""
+        serving = self.evaluated.serving
+        return dataclasses.replace(self.evaluated, serving=dataclasses.replace(
+            serving, ranker_weight=weights.ranker, item_to_item_weight=weights.item_to_item,
+            popularity_weight=weights.popularity, als_weight=weights.als,
+            sources=serving.sources if als else serving.sources[:1]))
+
+    def recommend(self, user_ids: np.ndarray, weights: Blend, als: bool = True) -> np.ndarray:
+        """The stack's lists [B, 100] for a blend (``Blend(1.0)``: the ranker alone); ``als``
+        False: of the two-tower candidates alone (the ablation)."""
         from serving.homepage.ranking import blend
 
         out = []
         for u in user_ids.tolist():
-            ids, retrieval, p_watch, i2i, pop = self.scores(u)
+            ids, retrieval, p_watch, i2i, pop, als_score, collaborative = self.scores(u)
+            if not als:
+                keep = collaborative
+                ids, retrieval, i2i, pop, als_score = (
+                    a[keep] for a in (ids, retrieval, i2i, pop, als_score))
+                p_watch = None if p_watch is None else p_watch[keep]
             if len(ids) == 0:
                 out.append([])
                 continue
             final = blend(retrieval, p_watch, weights.ranker, i2i, weights.item_to_item, pop,
-                          weights.popularity)
+                          weights.popularity, als_score, weights.als)
             ordered = ids[np.lexsort((ids, -final))].tolist()
             out.append([i for i in ordered if i in self.allowed])
         return _rows(out, max(DEFAULT_KS))
 
 
-# Blends tried on the validation split: ranker x item-to-item x popularity weights.
-BLEND_GRID = tuple(Blend(r, i, p) for r in (0.0, 0.2, 0.4) for i in (0.0, 0.15, 0.3, 0.45)
-                   for p in (0.0, 0.25, 0.5, 0.75))
+# Blends tried on the validation split: ranker x item-to-item x popularity x ALS weights.
+BLEND_GRID = tuple(Blend(r, i, p, a) for r in (0.0, 0.2, 0.4) for i in (0.0, 0.15, 0.3, 0.45)
+                   for p in (0.0, 0.25, 0.5, 0.75) for a in (0.0, 0.3, 0.6, 1.0))
 TUNING_METRIC = "ndcg@20"
 # The exposure bar a chosen blend must keep on validation (issue 7's catalogue-health bar): the
 # ranker and the item-to-item score lean to popular titles, and a more accurate blend that shows
@@ -205,11 +228,12 @@ def choose_weight(results: dict) -> tuple:
 
 
 def tune_blend(data_dir: Path, run_dir: Path, split: Split, config: Config,
-               progress: Callable[[str], None]) -> tuple[Blend, str]:
+               progress: Callable[[str], None]) -> tuple[Blend, str, Blend]:
     """Chooses the blend on a validation split carved from train (the test split is never
     seen): the pipeline is trained on the validation-train part, every blend of ``BLEND_GRID``
     scored on the validation-test part and chosen by :func:`choose_weight`. Returns (blend, a
-    one-line account of the choice)."""
+    one-line account of the choice, the blend chosen the same way for the ablation without ALS:
+    two-tower candidates alone, ALS weight 0)."""
     from marquee.evaluation.protocol import validation_split
     from pipeline.local_runner import run_dirs, run_local
 
@@ -226,12 +250,17 @@ def tune_blend(data_dir: Path, run_dir: Path, split: Split, config: Config,
         progress("tuning the blend: running the pipeline on the validation-train part")
         run_local(vdata, vdir, config, progress=progress)
     scores = StackScores(vdata, run_dirs(vdir)["serving"], vsplit, config)
-    grid = BLEND_GRID if scores.backend.has_ranker() else tuple(
-        dict.fromkeys(dataclasses.replace(b, ranker=0.0) for b in BLEND_GRID))
-    progress(f"tuning the blend: {len(grid)} blends on the validation split")
+    grid = tuple(b for b in BLEND_GRID if (b.ranker == 0 or scores.backend.has_ranker())
+                 and (b.als == 0 or scores.has_als))
+    without = tuple(b for b in grid if b.als == 0)
+    progress(f"tuning the blend: {len(grid)} blends on the validation split, and "
+             f"{len(without)} for the ablation without ALS")
     results = {b: evaluate_rankings(vsplit, lambda u, b=b: scores.recommend(u, b), DEFAULT_KS)
                for b in grid}
     best, meets = choose_weight(results)
+    base = {b: evaluate_rankings(vsplit, lambda u, b=b: scores.recommend(u, b, als=False),
+                                 DEFAULT_KS) for b in without}
+    best_base, _ = choose_weight(base)
     cov, gini = f"coverage@{EXPOSURE_K}", f"gini@{EXPOSURE_K}"
     top = sorted(results, key=lambda b: -results[b][TUNING_METRIC])[:5]
     account = (f"blend {best}, chosen on a validation split carved from train: the best "
@@ -240,11 +269,13 @@ def tune_blend(data_dir: Path, run_dir: Path, split: Split, config: Config,
                + f"; validation {TUNING_METRIC} of the chosen "
                + f"{results[best][TUNING_METRIC]:.4f} ({cov} {results[best][cov]:.3f}, {gini} "
                + f"{results[best][gini]:.3f}), of retrieval alone "
-               + f"{results[Blend(0.0)][TUNING_METRIC]:.4f}; the 5 most accurate: " + "; ".join(
+               + f"{results[Blend(0.0)][TUNING_METRIC]:.4f}, without ALS (two-tower candidates, "
+               + f"blend {best_base}) {base[best_base][TUNING_METRIC]:.4f}"
+               + "; the 5 most accurate: " + "; ".join(
                    f"[{b}] {results[b][TUNING_METRIC]:.4f} ({cov} {results[b][cov]:.3f}, "
                    f"{gini} {results[b][gini]:.3f})" for b in top))
     progress(account)
-    return best, account
+    return best, account, best_base
 
 
 def truth_recall(recommend: Callable[[np.ndarray], np.ndarray], truth: pd.DataFrame,
@@ -298,16 +329,23 @@ def evaluate(data_dir: Path, run_dir: Path, out_dir: Path, config: Config,
         run_local(train_dir, run_dir, config, progress=progress)
     metrics: dict[str, float] = {}
     sc = config.serving
-    weights = Blend(sc.ranker_weight, sc.item_to_item_weight, sc.popularity_weight)
+    weights = Blend(sc.ranker_weight, sc.item_to_item_weight, sc.popularity_weight,
+                    sc.als_weight)
+    without_als = dataclasses.replace(weights, als=0.0)
     notes: list[str] = []
     if tune:
-        weights, account = tune_blend(data_dir, run_dir, split, config, progress)
+        weights, account, without_als = tune_blend(data_dir, run_dir, split, config, progress)
         notes.append(account)
     else:
         notes.append(f"blend {weights} (the config's serving section)")
     stack = StackScores(train_dir, serving, split, config)
     recommenders = {"retrieval": stack.retrieval,
                     "stack": lambda u: stack.recommend(u, weights)}
+    if stack.has_als:
+        recommenders["stack_no_als"] = lambda u: stack.recommend(u, without_als, als=False)
+    else:
+        notes.append("no ALS model was pushed (als.enabled off, or a model base from before "
+                     "it): the stack has the two-tower candidates alone")
     if stack.backend.has_ranker():
         recommenders["ranker"] = lambda u: stack.recommend(u, Blend(1.0))
     else:

@@ -112,6 +112,7 @@ class PickOut(BaseModel):
     watch_time_seconds: float | None = None
     item_to_item: float | None = None
     popularity: float | None = None
+    als: float | None = None
     sources: dict[str, float] = Field(default_factory=dict,
                                       description="each candidate source's own score")
     explore: bool = False

@@ -19,6 +19,7 @@ class Pick:
     watch_time_seconds: float | None = None
     item_to_item: float | None = None  # the blend's item-to-item signal (when weighted)
     popularity: float | None = None  # train positives (when the blend weighs popularity)
+    als: float | None = None  # the blend's ALS signal (when weighted)
     sources: dict[str, float] = dataclasses.field(default_factory=dict)
     explore: bool = False
     team: str | None = None  # an interleaved page: the arm whose list the title came from

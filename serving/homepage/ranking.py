@@ -18,16 +18,17 @@ from serving.homepage.page import Homepage, degrade
 from serving.models.backends import ModelBackend
 from serving.models.breaker import CircuitBreaker
 from serving.models.live_index import LiveIndex
+from serving.sources.als import AlsSource
 from serving.sources.item_to_item import ItemToItemSource
 from serving.state.catalogue import Catalogue, UserProfile
 
 log = logging.getLogger(__name__)
 
-ITEM_TO_ITEM, POPULARITY = "item_to_item", "popularity"  # the blend's optional signals
+ITEM_TO_ITEM, POPULARITY, ALS = "item_to_item", "popularity", "als"  # the blend's optional signals
 # What a Pick reports of the model outputs: Pick field -> output key.
 PICK_OUTPUTS = (("retrieval_score", RETRIEVAL_SCORE), ("p_watch", P_WATCH),
                 ("watch_time_seconds", WATCH_TIME_SECONDS), ("item_to_item", ITEM_TO_ITEM),
-                ("popularity", POPULARITY))
+                ("popularity", POPULARITY), ("als", ALS))
 
 
 def _standardise(x: np.ndarray) -> np.ndarray:
@@ -37,11 +38,12 @@ def _standardise(x: np.ndarray) -> np.ndarray:
 
 def blend(retrieval: np.ndarray, p_watch: np.ndarray | None, ranker_weight: float,
           item_to_item: np.ndarray | None = None, item_to_item_weight: float = 0.0,
-          popularity: np.ndarray | None = None, popularity_weight: float = 0.0) -> np.ndarray:
+          popularity: np.ndarray | None = None, popularity_weight: float = 0.0,
+          als: np.ndarray | None = None, als_weight: float = 0.0) -> np.ndarray:
     """Final score of N candidates [N]::
 
         (1 - w) * z(retrieval score) + w * z(logit(p_watch))
-          + w_i2i * z(item-to-item score) - w_pop * z(log(1 + popularity))
+          + w_i2i * z(item-to-item score) - w_pop * z(log(1 + popularity)) + w_als * z(ALS score)
 
     each signal standardised over this request's candidates (their scales are not comparable).
     ``w = 1`` ranks by the ranker alone, ``w = 0`` keeps the retrieval order; without a ranker
@@ -55,6 +57,8 @@ def blend(retrieval: np.ndarray, p_watch: np.ndarray | None, ranker_weight: floa
         final = final + item_to_item_weight * _standardise(item_to_item.astype(np.float64))
     if popularity is not None and popularity_weight:
         final = final - popularity_weight * _standardise(np.log1p(np.maximum(popularity, 0.0)))
+    if als is not None and als_weight:
+        final = final + als_weight * _standardise(als.astype(np.float64))
     return final
 
 
@@ -78,14 +82,21 @@ class RankStep:
 
     def __init__(self, backend: ModelBackend, catalogue: Catalogue, config: ServingConfig,
                  fallback: PopularityFallback, item_to_item: ItemToItemSource | None,
-                 clock: Callable[[], float]):
+                 clock: Callable[[], float], als: AlsSource | None = None):
         self.backend, self.catalogue, self.config = backend, catalogue, config
         self.fallback, self.item_to_item, self._clock = fallback, item_to_item, clock
+        self.als = als
         self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_seconds)
 
-    def signals(self, profile: UserProfile, ids: list[int]) -> dict[str, np.ndarray]:
-        """The blend's optional signals of each candidate, each only when weighted."""
+    def signals(self, profile: UserProfile, ids: list[int],
+                version: int | None = None) -> dict[str, np.ndarray]:
+        """The blend's optional signals of each candidate, each only when weighted (the ALS
+        score with the model of the page's ``version``, when it has one)."""
         cfg, out = self.config, {}
+        if cfg.als_weight and self.als is not None:
+            als = self.als.score(profile, ids, version)
+            if als is not None:
+                out[ALS] = als
         if cfg.item_to_item_weight and self.item_to_item is not None:
             out[ITEM_TO_ITEM] = self.item_to_item.score(profile.history, ids)
         if cfg.popularity_weight:
@@ -96,7 +107,8 @@ class RankStep:
         cfg = self.config
         return blend(retrieval, outputs.get(P_WATCH), cfg.ranker_weight,
                      outputs.get(ITEM_TO_ITEM), cfg.item_to_item_weight,
-                     outputs.get(POPULARITY), cfg.popularity_weight)
+                     outputs.get(POPULARITY), cfg.popularity_weight, outputs.get(ALS),
+                     cfg.als_weight)
 
     def ranker_inputs(self, query: dict[str, np.ndarray], rows: np.ndarray,
                       retrieval: np.ndarray) -> dict[str, np.ndarray]:
@@ -138,7 +150,7 @@ class RankStep:
         retrieval = np.zeros(len(ids), np.float32)
         retrieval[known] = index.score(emb, np.asarray(ids)[known])
         retrieval[~known] = retrieval[known].min() if known.any() else 0.0
-        outputs = {RETRIEVAL_SCORE: retrieval, **self.signals(profile, ids)}
+        outputs = {RETRIEVAL_SCORE: retrieval, **self.signals(profile, ids, version)}
         if not self.backend.has_ranker(version):
             return Ranked(self._blend(retrieval, outputs), outputs)
         t = self._clock()

@@ -45,6 +45,7 @@ from serving.models.backends import ModelBackend
 from serving.models.breaker import CircuitBreaker
 from serving.models.errors import MODEL_ERRORS, NoCandidates, describe
 from serving.models.index_store import IndexStore
+from serving.models.als_store import AlsStore
 from serving.models.live_index import LiveIndex
 from serving.models.query import QueryFeatures, query_inputs
 from serving.rerank import SECONDS_PER_DAY, RerankContext, RerankPipeline, build_pipeline
@@ -60,6 +61,7 @@ from serving.sources.base import (
     needs_query_embedding,
     submit_sources,
 )
+from serving.sources.als import build as als_source
 from serving.sources.item_to_item import build as item_to_item
 from serving.state.catalogue import Catalogue, UserProfile, UserStore
 from serving.state.feature_store import EmbeddedStore, FeatureStore
@@ -144,14 +146,17 @@ class HomepageService:
         self.filters = RerankPipeline(tuple(s for s in self.rerank.steps if s.is_filter))
         # ``shared``: objects of sources that several stacks over the same data can share (an
         # experiment's arms: serving.homepage.experiments).
+        self.als_models = AlsStore(indexes.base)
         ctx = BuildContext(catalogue, interactions, config, min_watch_seconds, now,
-                           shared if shared is not None else {})
+                           shared if shared is not None else {}, als_model=self.als_models.get,
+                           serving_version=lambda: self.backend.serving_version())
         self.shared = ctx.shared
         self.sources = {s.name: SOURCES[s.name](ctx) for s in config.sources}
         uses_i2i = config.because_you_watched > 0 or config.item_to_item_weight
         self.item_to_item = item_to_item(ctx) if uses_i2i or "item_to_item" in ctx.shared else None
+        self.als = als_source(ctx) if config.als_weight or "als" in ctx.shared else None
         self.ranking = RankStep(backend, catalogue, config, self.fallback, self.item_to_item,
-                                clock)
+                                clock, self.als)
         self.because_you_watched = (
             BecauseYouWatched(self.item_to_item, catalogue, config.because_you_watched,
                               config.row_k) if config.because_you_watched > 0 else None)

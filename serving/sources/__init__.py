@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from serving.sources import collaborative, content, item_to_item, trending
+from serving.sources import als, collaborative, content, item_to_item, trending
 from serving.sources.base import BuildContext, CandidateSource
 
 SOURCES: dict[str, Callable[[BuildContext], CandidateSource]] = {
+    "als": als.build,
     "collaborative": collaborative.build,
     "content": content.build,
     "item_to_item": item_to_item.build,

@@ -169,7 +169,8 @@ class BuildContext:
     (None when the service has none), the serving config and the positive-watch threshold
     (``data.min_watch_seconds``) and the service's clock. ``shared`` holds objects several
     steps use (the item-to-item neighbours are built once for the source, the blend and the
-    rows)."""
+    rows). ``als_model(version)``: the ALS model pushed with a version (None: none);
+    ``serving_version()``: the version being served."""
 
     catalogue: Catalogue
     interactions: pd.DataFrame | None
@@ -177,6 +178,8 @@ class BuildContext:
     min_watch_seconds: float
     now: Callable[[], float] = time.time  # the service's clock (UTC seconds)
     shared: dict = dataclasses.field(default_factory=dict)
+    als_model: Callable[[int | None], object | None] = lambda version: None
+    serving_version: Callable[[], int | None] = lambda: None
 
     def need_interactions(self, what: str) -> pd.DataFrame:
         if self.interactions is None:
