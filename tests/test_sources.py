@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from marquee.als import AlsModel
 from marquee.data import contract as c
 from serving.homepage.cold_start import BecauseYouWatched, ColdStartThresholds, stage
 from serving.sources import base
-from marquee.als import AlsModel
 from serving.sources.als import AlsSource
 from serving.sources.base import (
     Candidate,

@@ -9,8 +9,9 @@
     BASE/pushes.jsonl                  one line per push: version, training run, sources
 
 The towers and the index (and the ALS model fitted beside them, when there is one) are pushed
-together, only when the index is blessed, and share one version number and one training run. The ranker is pushed when the RankingEvaluator blessed it,
-under the same version number as the towers pushed in the same run. A model server polling BASE
+together, only when the index is blessed, and share one version number and one training run.
+The ranker is pushed when the RankingEvaluator blessed it, under the same version number as the
+towers pushed in the same run. A model server polling BASE
 never loads a half-copied model: on a local BASE each version directory is written under a
 temporary name and renamed into place; on an object store (``gs://...``, where renaming a
 directory copies each object) the file a loader opens first (``saved_model.pb``, ``index.json``)

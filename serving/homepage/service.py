@@ -41,17 +41,18 @@ from serving.homepage.fallback import PopularityFallback
 from serving.homepage.page import Homepage, PageRow, Pick, degrade
 from serving.homepage.ranking import PICK_OUTPUTS, RankStep
 from serving.ingest.items import FreshItems
+from serving.models.als_store import AlsStore
 from serving.models.backends import ModelBackend
 from serving.models.breaker import CircuitBreaker
 from serving.models.errors import MODEL_ERRORS, NoCandidates, describe
 from serving.models.index_store import IndexStore
-from serving.models.als_store import AlsStore
 from serving.models.live_index import LiveIndex
 from serving.models.query import QueryFeatures, query_inputs
 from serving.rerank import SECONDS_PER_DAY, RerankContext, RerankPipeline, build_pipeline
 from serving.rerank import scored_from_catalogue as scored
 from serving.rerank.exploration import ExplorationPool
 from serving.sources import SOURCES
+from serving.sources.als import build as als_source
 from serving.sources.base import (
     BuildContext,
     MergedCandidate,
@@ -61,7 +62,6 @@ from serving.sources.base import (
     needs_query_embedding,
     submit_sources,
 )
-from serving.sources.als import build as als_source
 from serving.sources.item_to_item import build as item_to_item
 from serving.state.catalogue import Catalogue, UserProfile, UserStore
 from serving.state.feature_store import EmbeddedStore, FeatureStore

@@ -20,7 +20,6 @@ from serving.sources.base import (
 )
 from serving.state.catalogue import Catalogue, UserProfile
 
-
 # Folded-in vectors kept (cleared when full): a page asks twice, the source and the blend.
 VECTOR_CACHE = 4096
 
@@ -30,11 +29,11 @@ class AlsSource:
 
     ``model(version)`` is the ALS model pushed with ``version`` (None: none, and the source
     answers nothing); the candidates use ``version()``'s, the one being served, and the blend
-    signal (:meth:`score`) the page's. A user's positives are those of the loaded interactions (``positives``:
-    user id -> item ids) plus the profile's history, which holds the watches accepted since
-    start-up: a watch a second ago counts, and a user the fit never saw gets a vector from
-    their first watch. Titles outside the catalogue, or added after the fit (no factors), are
-    not candidates.
+    signal (:meth:`score`) the page's. A user's positives are those of the loaded
+    interactions (``positives``: user id -> item ids) plus the profile's history, which holds
+    the watches accepted since start-up: a watch a second ago counts, and a user the fit never
+    saw gets a vector from their first watch. Titles outside the catalogue, or added after the
+    fit (no factors), are not candidates.
     """
 
     needs_query_embedding = False  # starts before the query tower answers
