@@ -180,6 +180,7 @@ def pipeline_compile(out: str, image: str | None, pipeline_root: str | None,
 def evaluate_cmd(data_dir: str, run_dir: str, out_dir: str, config_file: str | None,
                  no_peers: bool, tune_blend: bool) -> None:
     """Offline evaluation: the served stack, its stages and the peers, one protocol."""
+    quiet_libraries()  # it runs the pipeline: the same benign library messages dropped
     from marquee.config import ConfigError, load_config
     from marquee.evaluation.stack import evaluate
 
