@@ -174,9 +174,10 @@ def pipeline_compile(out: str, image: str | None, pipeline_root: str | None,
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--no-peers", is_flag=True, help="Skip popularity, EASE, iALS and item-kNN.")
 @click.option("--tune-blend/--no-tune-blend", default=True, show_default=True,
-              help="Choose the blend (serving.ranker_weight, item_to_item_weight, "
-                   "popularity_weight) on a validation split carved from train (one more "
-                   "pipeline run); otherwise use the config's.")
+              help="Choose ALS's factors, regularization and alpha and the blend "
+                   "(serving.ranker_weight, item_to_item_weight, popularity_weight, "
+                   "als_weight) on a validation split carved from train (one more pipeline "
+                   "run), written to OUT/tuned.yaml; otherwise use the config's.")
 def evaluate_cmd(data_dir: str, run_dir: str, out_dir: str, config_file: str | None,
                  no_peers: bool, tune_blend: bool) -> None:
     """Offline evaluation: the served stack, its stages and the peers, one protocol."""
@@ -189,7 +190,8 @@ def evaluate_cmd(data_dir: str, run_dir: str, out_dir: str, config_file: str | N
     except ConfigError as e:
         raise click.ClickException(str(e)) from e
     metrics = evaluate(Path(data_dir), Path(run_dir), Path(out_dir), config, progress=_echo,
-                       peers=not no_peers, tune=tune_blend)
+                       peers=not no_peers, tune=tune_blend,
+                       config_file=Path(config_file) if config_file else None)
     for key in sorted(metrics):
         if key.split(".", 1)[1] in ("recall@20", "ndcg@20", "coverage@50", "gini@50"):
             click.echo(f"{key:<28} {metrics[key]:.4f}")

@@ -480,3 +480,33 @@ def test_blend_weight_keeps_the_exposure_bar():
     assert choose_weight(results) == (0.3, True)
     # nothing meets the bar: the best by ndcg alone, flagged
     assert choose_weight({0.0: m(0.1, 0.5, 0.8), 0.5: m(0.2, 0.5, 0.8)}) == (0.5, False)
+
+
+def test_tune_als_chooses_on_validation_and_the_tuned_config_loads(tmp_path, monkeypatch):
+    """ALS's settings come from the grid's best validation score (the test split scrambled
+    changes nothing), and the written config holds them and the blend over the base file."""
+    import dataclasses
+
+    from marquee.config import Config, load_config
+    from marquee.evaluation import peers
+    from marquee.evaluation.stack import Blend, tune_als, write_tuned_config
+
+    monkeypatch.setattr(peers, "ALS_GRID", {"factors": (4, 8), "regularization": (1.0,),
+                                            "alpha": (1.0, 2.0)})
+    split = leave_last_out(random_interactions(9))
+    config, account = tune_als(split, Config(), lambda line: None)
+    scrambled = Split(split.train, split.test.assign(**{c.ITEM_ID: -5}), split.catalogue,
+                      split.users)
+    assert tune_als(scrambled, Config(), lambda line: None)[0] == config
+    tuned = tune(split, lambda **kw: ImplicitALS(**kw), peers.ALS_GRID)
+    assert dataclasses.asdict(config.als) == {**dataclasses.asdict(Config().als), **tuned.best}
+    assert f"als {tuned.best}" in account
+    base = tmp_path / "base.yaml"
+    base.write_text("data:\n  min_watch_seconds: 0.0\nserving:\n  k: 20\n")
+    out = write_tuned_config(tmp_path / "r" / "tuned.yaml", base, config, Blend(0.2, 0.15, 0.5,
+                                                                                  0.3))
+    loaded = load_config(out)
+    assert loaded.als == config.als and loaded.data.min_watch_seconds == 0.0
+    assert (loaded.serving.k, loaded.serving.ranker_weight, loaded.serving.item_to_item_weight,
+            loaded.serving.popularity_weight, loaded.serving.als_weight) == (20, 0.2, 0.15,
+                                                                             0.5, 0.3)

@@ -278,6 +278,47 @@ def tune_blend(data_dir: Path, run_dir: Path, split: Split, config: Config,
     return best, account, best_base
 
 
+def tune_als(split: Split, config: Config, progress: Callable[[str], None]) -> tuple[Config, str]:
+    """Chooses ALS's factors, regularisation and alpha (:data:`~marquee.evaluation.peers.
+    ALS_GRID`) on the validation split carved from train (fit on validation-train, NDCG@20 on
+    validation-test; the test split is never seen). Returns the config with them and a one-line
+    account of the choice."""
+    from marquee.evaluation.peers import ALS_GRID, ImplicitALS, tune
+
+    base = config.als
+    progress(f"tuning ALS: {np.prod([len(v) for v in ALS_GRID.values()])} settings on the "
+             "validation split")
+    result = tune(split, lambda **kw: ImplicitALS(iterations=base.iterations, seed=base.seed,
+                                                  **kw), ALS_GRID)
+    best = max(v for _, v in result.scores)
+    default = next((v for a, v in result.scores if a == {"factors": base.factors,
+                    "regularization": base.regularization, "alpha": base.alpha}), None)
+    account = (f"als {result.best}, chosen on the validation split carved from train: "
+               f"validation {result.metric} {best:.4f}" + (
+                   f" (the config's setting: {default:.4f})" if default is not None else ""))
+    progress(account)
+    return dataclasses.replace(config, als=dataclasses.replace(base, **result.best)), account
+
+
+def write_tuned_config(path: Path, base_file: Path | None, config: Config, weights: Blend) -> Path:
+    """The base config file with the choices made on validation on top (``als`` factors,
+    regularization, alpha; the blend's ``serving`` weights): ``marquee pipeline run`` and
+    ``marquee serve`` read it with ``--config``."""
+    import yaml
+
+    raw = (yaml.safe_load(Path(base_file).read_text()) or {}) if base_file else {}
+    als = config.als
+    raw.setdefault("als", {}).update(factors=als.factors, regularization=als.regularization,
+                                     alpha=als.alpha)
+    raw.setdefault("serving", {}).update(
+        ranker_weight=weights.ranker, item_to_item_weight=weights.item_to_item,
+        popularity_weight=weights.popularity, als_weight=weights.als)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# Chosen by `marquee evaluate` on a validation split carved from train "
+                    "(never the test split).\n" + yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
 def truth_recall(recommend: Callable[[np.ndarray], np.ndarray], truth: pd.DataFrame,
                  split: Split, ks=(10, 20, 50)) -> dict[str, float]:
     """Mean |top-K recommended ∩ top-K by true affinity| / K over the truth users, both over
@@ -301,9 +342,15 @@ def truth_recall(recommend: Callable[[np.ndarray], np.ndarray], truth: pd.DataFr
     return {key: v / len(users) for key, v in out.items()}
 
 
+TUNED_CONFIG = "tuned.yaml"  # in the report folder: the choices made on validation
+
+
 def evaluate(data_dir: Path, run_dir: Path, out_dir: Path, config: Config,
              progress: Callable[[str], None] = print, peers: bool = True,
-             tune: bool = True) -> dict[str, float]:
+             tune: bool = True, config_file: Path | None = None) -> dict[str, float]:
+    """Steps 1-4 of the module docstring. ``tune``: ALS's settings (:func:`tune_als`, before
+    any pipeline run) and the blend (:func:`tune_blend`) are chosen on validation and written
+    over ``config_file`` to ``out_dir/tuned.yaml``; otherwise the config's are used."""
     from marquee.evaluation.peers import (
         EASE,
         ImplicitALS,
@@ -320,6 +367,10 @@ def evaluate(data_dir: Path, run_dir: Path, out_dir: Path, config: Config,
     split = leave_last_out(ds.interactions)
     train_dir = run_dir / "train-data"
     serving = run_dirs(run_dir)["serving"]
+    notes: list[str] = []
+    if tune:
+        config, account = tune_als(split, config, progress)
+        notes.append(account)
     if (serving / "query_tower").is_dir():
         progress(f"reusing the pushed models in {serving}")
     else:
@@ -332,10 +383,12 @@ def evaluate(data_dir: Path, run_dir: Path, out_dir: Path, config: Config,
     weights = Blend(sc.ranker_weight, sc.item_to_item_weight, sc.popularity_weight,
                     sc.als_weight)
     without_als = dataclasses.replace(weights, als=0.0)
-    notes: list[str] = []
     if tune:
         weights, account, without_als = tune_blend(data_dir, run_dir, split, config, progress)
         notes.append(account)
+        tuned = write_tuned_config(out_dir / TUNED_CONFIG, config_file, config, weights)
+        notes.append(f"the choices as a config: {tuned} (`--config` of `marquee pipeline run` "
+                     "and `marquee serve`)")
     else:
         notes.append(f"blend {weights} (the config's serving section)")
     stack = StackScores(train_dir, serving, split, config)
@@ -361,7 +414,10 @@ def evaluate(data_dir: Path, run_dir: Path, out_dir: Path, config: Config,
     if peers:
         progress("fitting and evaluating the peers (popularity, EASE, iALS, item-kNN)")
         ease = tune_ease(split)
-        peer_list = [Popularity(), EASE(l2=ease.best["l2"]), ImplicitALS(), ItemKNN()]
+        als = config.als  # tuned on validation like EASE's l2, when tuning
+        peer_list = [Popularity(), EASE(l2=ease.best["l2"]),
+                     ImplicitALS(als.factors, als.regularization, als.iterations, als.alpha,
+                                 als.seed), ItemKNN()]
         metrics.update(evaluate_peers(split, peer_list, DEFAULT_KS))
         models.update({p.name: (lambda u, p=p: p.recommend(u, max(DEFAULT_KS)))
                        for p in peer_list})
