@@ -203,16 +203,17 @@ class StackScores:
         return _rows(out, max(DEFAULT_KS))
 
 
-# Blends tried on the validation split: ranker x item-to-item x popularity x ALS weights.
+# Blends tried on the validation split: ranker x item-to-item x popularity x ALS weights. The
+# popularity weights reach 1.5: on MovieLens 100K the exposure bar below needs about 1.
 BLEND_GRID = tuple(Blend(r, i, p, a) for r in (0.0, 0.2, 0.4) for i in (0.0, 0.15, 0.3, 0.45)
-                   for p in (0.0, 0.25, 0.5, 0.75) for a in (0.0, 0.3, 0.6, 1.0))
+                   for p in (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5) for a in (0.0, 0.3, 0.6, 1.0))
 TUNING_METRIC = "ndcg@20"
-# The exposure bar a chosen blend must keep on validation (issue 7's catalogue-health bar): the
-# ranker and the item-to-item score lean to popular titles, and a more accurate blend that shows
-# a narrower catalogue is not the one to serve.
+# The exposure bar a chosen blend must keep on validation (the design's "80% of the catalogue
+# recommended", issue 20): the ranker, ALS and the item-to-item score lean to popular titles,
+# and a more accurate blend that shows a narrower catalogue is not the one to serve.
 EXPOSURE_K = 50
-MIN_COVERAGE = 0.6
-MAX_GINI = 0.75
+MIN_COVERAGE = 0.8
+MAX_GINI = 0.65
 
 
 def choose_weight(results: dict) -> tuple:
