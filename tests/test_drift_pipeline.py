@@ -74,7 +74,7 @@ def runs(tmp_path_factory) -> Runs:
 
 def test_the_first_run_compares_nothing_and_publishes_its_data_as_the_baseline(runs):
     assert "no baseline yet" in runs.first
-    assert "pushed candidate_tower" in runs.first
+    assert "pushed als, candidate_tower" in runs.first
     assert "the first pushed version: nothing to compare with" in runs.first
 
 
@@ -108,7 +108,7 @@ def test_the_stopped_run_never_became_the_baseline_and_warn_lets_the_shift_throu
     assert [x.feature for x in split.breaches] == ["device"]
     assert "## Drift" in runs.third
     assert "- train: 1 of 11 features past their threshold" in runs.third
-    assert "## Stopped" not in runs.third and "pushed candidate_tower" in runs.third
+    assert "## Stopped" not in runs.third and "pushed als, candidate_tower" in runs.third
 
 
 def test_embedding_drift_compares_the_second_push_with_the_first(runs):

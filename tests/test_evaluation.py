@@ -489,7 +489,8 @@ def test_tune_als_chooses_on_validation_and_the_tuned_config_loads(tmp_path, mon
 
     from marquee.config import Config, load_config
     from marquee.evaluation import peers
-    from marquee.evaluation.stack import Blend, tune_als, write_tuned_config
+    from marquee.evaluation.stack import Blend
+    from marquee.evaluation.tuning import tune_als, write_tuned_config
 
     monkeypatch.setattr(peers, "ALS_GRID", {"factors": (4, 8), "regularization": (1.0,),
                                             "alpha": (1.0, 2.0)})

@@ -371,3 +371,25 @@ def test_rank_by_id_matches_serving_default(run, tmp_path):
     assert np.isfinite(got[P_WATCH].numpy()).all()
     assert sorted(json.loads((tmp_path / "ranker" / "assets.extra" / "marquee.json"
                               ).read_text())["signatures"]) == [RANK_BY_ID, "serving_default"]
+
+
+def test_tune_retrieval_retrains_on_the_runs_transform_outputs(run, monkeypatch):
+    """The retrieval settings are chosen by the trainer's own eval Recall@20, re-trained on the
+    run's transformed examples: the chosen one is the best reported, the config's start is
+    among those tried, and the config it returns differs from the start only there."""
+    import dataclasses
+
+    from marquee.evaluation import tuning
+
+    tmp, _ = run
+    monkeypatch.setattr(tuning, "RETRIEVAL_GRID", {"temperature": (0.05, 0.1)})
+    lines = []
+    config, account = tuning.tune_retrieval(tmp / "run", CONFIG, lines.append)
+    tried = {float(line.split("temperature ")[1].split(" ")[0]):
+             float(line.split(f"{tuning.RETRIEVAL_METRIC} ")[1].split(" ")[0])
+             for line in lines if line.startswith("tuning retrieval:")}
+    assert set(tried) == {0.05, CONFIG.retrieval.temperature}
+    assert tried[config.retrieval.temperature] == max(tried.values())
+    assert config == dataclasses.replace(CONFIG, retrieval=dataclasses.replace(
+        CONFIG.retrieval, temperature=config.retrieval.temperature))
+    assert account.startswith(f"retrieval temperature {config.retrieval.temperature:g}")

@@ -228,28 +228,20 @@ def choose_weight(results: dict) -> tuple:
     return max(pool, key=lambda w: (results[w][TUNING_METRIC], -total(w))), bool(ok)
 
 
-def tune_blend(data_dir: Path, run_dir: Path, split: Split, config: Config,
+def tune_blend(vdir: Path, split: Split, config: Config,
                progress: Callable[[str], None]) -> tuple[Blend, str, Blend]:
     """Chooses the blend on a validation split carved from train (the test split is never
-    seen): the pipeline is trained on the validation-train part, every blend of ``BLEND_GRID``
-    scored on the validation-test part and chosen by :func:`choose_weight`. Returns (blend, a
-    one-line account of the choice, the blend chosen the same way for the ablation without ALS:
+    seen): with the pipeline run on the validation-train part in ``vdir``
+    (:func:`~marquee.evaluation.tuning.validation_run`), every blend of ``BLEND_GRID`` is scored
+    on the validation-test part and chosen by :func:`choose_weight`. Returns (blend, a one-line
+    account of the choice, the blend chosen the same way for the ablation without ALS:
     two-tower candidates alone, ALS weight 0)."""
     from marquee.evaluation.protocol import validation_split
-    from pipeline.local_runner import run_dirs, run_local
+    from marquee.evaluation.tuning import VALIDATION_DATA
+    from pipeline.local_runner import run_dirs
 
     vsplit = validation_split(split)
-    vdir = run_dir / "validation"
-    vdata = vdir / "train-data"
-    if not (run_dirs(vdir)["serving"] / "query_tower").is_dir():
-        ds = load_dataset(data_dir)
-        inter = train_part(train_part(ds.interactions, split), vsplit)
-        vdata.mkdir(parents=True, exist_ok=True)
-        c.write_table(vdata, c.USERS, ds.users)
-        c.write_table(vdata, c.ITEMS, ds.items)
-        c.write_table(vdata, c.INTERACTIONS, inter)
-        progress("tuning the blend: running the pipeline on the validation-train part")
-        run_local(vdata, vdir, config, progress=progress)
+    vdata = vdir / VALIDATION_DATA
     scores = StackScores(vdata, run_dirs(vdir)["serving"], vsplit, config)
     grid = tuple(b for b in BLEND_GRID if (b.ranker == 0 or scores.backend.has_ranker())
                  and (b.als == 0 or scores.has_als))
@@ -279,47 +271,6 @@ def tune_blend(data_dir: Path, run_dir: Path, split: Split, config: Config,
     return best, account, best_base
 
 
-def tune_als(split: Split, config: Config, progress: Callable[[str], None]) -> tuple[Config, str]:
-    """Chooses ALS's factors, regularisation and alpha (:data:`~marquee.evaluation.peers.
-    ALS_GRID`) on the validation split carved from train (fit on validation-train, NDCG@20 on
-    validation-test; the test split is never seen). Returns the config with them and a one-line
-    account of the choice."""
-    from marquee.evaluation.peers import ALS_GRID, ImplicitALS, tune
-
-    base = config.als
-    progress(f"tuning ALS: {np.prod([len(v) for v in ALS_GRID.values()])} settings on the "
-             "validation split")
-    result = tune(split, lambda **kw: ImplicitALS(iterations=base.iterations, seed=base.seed,
-                                                  **kw), ALS_GRID)
-    best = max(v for _, v in result.scores)
-    default = next((v for a, v in result.scores if a == {"factors": base.factors,
-                    "regularization": base.regularization, "alpha": base.alpha}), None)
-    account = (f"als {result.best}, chosen on the validation split carved from train: "
-               f"validation {result.metric} {best:.4f}" + (
-                   f" (the config's setting: {default:.4f})" if default is not None else ""))
-    progress(account)
-    return dataclasses.replace(config, als=dataclasses.replace(base, **result.best)), account
-
-
-def write_tuned_config(path: Path, base_file: Path | None, config: Config, weights: Blend) -> Path:
-    """The base config file with the choices made on validation on top (``als`` factors,
-    regularization, alpha; the blend's ``serving`` weights): ``marquee pipeline run`` and
-    ``marquee serve`` read it with ``--config``."""
-    import yaml
-
-    raw = (yaml.safe_load(Path(base_file).read_text()) or {}) if base_file else {}
-    als = config.als
-    raw.setdefault("als", {}).update(factors=als.factors, regularization=als.regularization,
-                                     alpha=als.alpha)
-    raw.setdefault("serving", {}).update(
-        ranker_weight=weights.ranker, item_to_item_weight=weights.item_to_item,
-        popularity_weight=weights.popularity, als_weight=weights.als)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("# Chosen by `marquee evaluate` on a validation split carved from train "
-                    "(never the test split).\n" + yaml.safe_dump(raw, sort_keys=False))
-    return path
-
-
 def truth_recall(recommend: Callable[[np.ndarray], np.ndarray], truth: pd.DataFrame,
                  split: Split, ks=(10, 20, 50)) -> dict[str, float]:
     """Mean |top-K recommended ∩ top-K by true affinity| / K over the truth users, both over
@@ -343,15 +294,13 @@ def truth_recall(recommend: Callable[[np.ndarray], np.ndarray], truth: pd.DataFr
     return {key: v / len(users) for key, v in out.items()}
 
 
-TUNED_CONFIG = "tuned.yaml"  # in the report folder: the choices made on validation
-
-
 def evaluate(data_dir: Path, run_dir: Path, out_dir: Path, config: Config,
              progress: Callable[[str], None] = print, peers: bool = True,
              tune: bool = True, config_file: Path | None = None) -> dict[str, float]:
-    """Steps 1-4 of the module docstring. ``tune``: ALS's settings (:func:`tune_als`, before
-    any pipeline run) and the blend (:func:`tune_blend`) are chosen on validation and written
-    over ``config_file`` to ``out_dir/tuned.yaml``; otherwise the config's are used."""
+    """Steps 1-4 of the module docstring. ``tune``: ALS's and the retrieval model's settings
+    (:func:`~marquee.evaluation.tuning.tune_models`) and the blend (:func:`tune_blend`) are
+    chosen on validation, before the pipeline runs on the train part, and written over
+    ``config_file`` to ``out_dir/tuned.yaml``; otherwise the config's are used."""
     from marquee.evaluation.peers import (
         EASE,
         ImplicitALS,
@@ -361,6 +310,7 @@ def evaluate(data_dir: Path, run_dir: Path, out_dir: Path, config: Config,
         tune_ease,
     )
     from marquee.evaluation.report import write_report
+    from marquee.evaluation.tuning import TUNED_CONFIG, tune_models, write_tuned_config
     from pipeline.local_runner import run_dirs, run_local
 
     started = time.time()
@@ -369,9 +319,19 @@ def evaluate(data_dir: Path, run_dir: Path, out_dir: Path, config: Config,
     train_dir = run_dir / "train-data"
     serving = run_dirs(run_dir)["serving"]
     notes: list[str] = []
+    sc = config.serving
+    weights = Blend(sc.ranker_weight, sc.item_to_item_weight, sc.popularity_weight,
+                    sc.als_weight)
+    without_als = dataclasses.replace(weights, als=0.0)
     if tune:
-        config, account = tune_als(split, config, progress)
-        notes.append(account)
+        config, vdir, accounts = tune_models(data_dir, run_dir, split, config, progress)
+        weights, account, without_als = tune_blend(vdir, split, config, progress)
+        notes += [*accounts, account]
+        tuned = write_tuned_config(out_dir / TUNED_CONFIG, config_file, config, weights)
+        notes.append(f"the choices as a config: {tuned} (`--config` of `marquee pipeline run` "
+                     "and `marquee serve`)")
+    else:
+        notes.append(f"blend {weights} (the config's serving section)")
     if (serving / "query_tower").is_dir():
         progress(f"reusing the pushed models in {serving}")
     else:
@@ -380,18 +340,6 @@ def evaluate(data_dir: Path, run_dir: Path, out_dir: Path, config: Config,
         progress("running the pipeline on the train part only")
         run_local(train_dir, run_dir, config, progress=progress)
     metrics: dict[str, float] = {}
-    sc = config.serving
-    weights = Blend(sc.ranker_weight, sc.item_to_item_weight, sc.popularity_weight,
-                    sc.als_weight)
-    without_als = dataclasses.replace(weights, als=0.0)
-    if tune:
-        weights, account, without_als = tune_blend(data_dir, run_dir, split, config, progress)
-        notes.append(account)
-        tuned = write_tuned_config(out_dir / TUNED_CONFIG, config_file, config, weights)
-        notes.append(f"the choices as a config: {tuned} (`--config` of `marquee pipeline run` "
-                     "and `marquee serve`)")
-    else:
-        notes.append(f"blend {weights} (the config's serving section)")
     stack = StackScores(train_dir, serving, split, config)
     recommenders = {"retrieval": stack.retrieval,
                     "stack": lambda u: stack.recommend(u, weights)}
