@@ -11,6 +11,7 @@ split: per user, the last share of their train watches. The pipeline runs on the
 from __future__ import annotations
 
 import dataclasses
+import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 TUNED_CONFIG = "tuned.yaml"  # in the report folder: the choices made on validation
 VALIDATION_DATA = "train-data"  # in a validation run folder: the validation-train part
+RETRIEVAL_TUNING = "retrieval-tuning.json"  # there too: each retrieval setting's measured score
 # The retrieval model's settings tried, one at a time in this order, each from the best so far
 # (coordinate search; the config's own value is the starting point and wins ties).
 RETRIEVAL_GRID = {
@@ -128,14 +130,24 @@ def tune_retrieval(vdir: Path, config: Config,
         return [str(examples / f"Split-{split}" / "*")]
 
     scores: dict = {}
+    # every training's result, kept in the run folder: a rerun of `marquee evaluate` on it
+    # does not train again what it already measured
+    done_file = vdir / RETRIEVAL_TUNING
+    done = json.loads(done_file.read_text()) if done_file.is_file() else {}
 
     def score(cfg) -> float:
+        key = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+        if cfg not in scores and key in done:
+            scores[cfg] = float(done[key])
+            progress(f"tuning retrieval: {_settings(cfg)} -> {RETRIEVAL_METRIC} "
+                     f"{scores[cfg]:.4f} (measured before, {done_file})")
         if cfg not in scores:
             with tempfile.TemporaryDirectory() as tmp:
                 meta = train_and_export(split_files(TRAIN), split_files(EVAL),
                                         split_files(CATALOGUE), str(graph), tmp, cfg,
                                         dataclasses.replace(config, retrieval=cfg).to_json())
-            scores[cfg] = float(meta["metrics"][RETRIEVAL_METRIC])
+            scores[cfg] = done[key] = float(meta["metrics"][RETRIEVAL_METRIC])
+            done_file.write_text(json.dumps(done, indent=1))
             progress(f"tuning retrieval: {_settings(cfg)} -> {RETRIEVAL_METRIC} "
                      f"{scores[cfg]:.4f} ({meta['metrics']['epochs_run']} epochs)")
         return scores[cfg]
