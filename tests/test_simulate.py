@@ -18,6 +18,7 @@ from marquee.data.simulate import (
     _blocks,
     _first_unique,
     read_sim_config,
+    shape_config,
     simulate,
 )
 from marquee.data.validate import load_dataset, validate_dataset
@@ -282,3 +283,27 @@ def test_affinity_is_the_dot_product_of_the_embeds():
     u, i = np.array([0, 3, 3, 1]), np.array([5, 0, 2, 2])
     np.testing.assert_allclose(_affinity(users, items, u, i),
                                np.einsum("dn,dn->n", users[:, u], items[:, i]), rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def long_tail(tmp_path_factory):
+    out = tmp_path_factory.mktemp("long-tail")
+    simulate(out, shape_config("long-tail", seed=1))
+    return load_dataset(out)
+
+
+def test_the_long_tail_shape_has_few_users_and_mostly_rarely_watched_titles(long_tail):
+    """The second evaluation shape (issue 20): a few hundred users, 10,000 titles, and most
+    watched titles seen by a handful of users (MovieLens latest-small's shape)."""
+    watches = long_tail.interactions[long_tail.interactions[c.EVENT] == c.EVENT_WATCH]
+    viewers = watches.groupby(c.ITEM_ID)[c.USER_ID].nunique()
+    assert len(long_tail.items) == 10_000
+    assert 400 <= watches[c.USER_ID].nunique() <= 600
+    assert len(viewers) > 5_000  # most of the catalogue is watched at least once
+    assert viewers.median() <= 5 and (viewers <= 3).mean() >= 0.4
+    assert viewers.max() >= 25 * viewers.median()  # and a popular head (seed 1: 171 viewers)
+
+
+def test_an_unknown_shape_names_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown dataset shape 'wide'.*'default', 'long-tail'"):
+        shape_config("wide")
