@@ -299,6 +299,13 @@ class ServingConfig:
     # And the ALS score (the user's vector folded in from their positives at request time, dot
     # the title's factors; serving.sources.als), added with this weight. 0 = off.
     als_weight: float = 0.0
+    # Calibrated exposure (serving.homepage.exposure): each candidate's exposure in the table
+    # `exposure_file` (a Parquet file of item_id, exposure: how often the title is in the top
+    # 50 of this stack's pages over the known users; `marquee evaluate` writes it) is
+    # subtracted, as z(log(1 + exposure)), with this weight. It widens the catalogue shown by
+    # pushing down only the titles that are over-shown. 0 = off.
+    exposure_weight: float = 0.0
+    exposure_file: str = ""
     # Consecutive failures that open a model's circuit breaker, and seconds before a probe.
     breaker_failures: int = 5
     breaker_reset_seconds: float = 10.0
@@ -348,6 +355,16 @@ class ServingConfig:
     # With --event-log, every page served is logged as impression rows (page, experiment, arm;
     # serving/ingest/exposures.py) for the next pipeline run and experiment analyses.
     log_impressions: bool = True
+
+    def __post_init__(self) -> None:
+        if self.exposure_weight < 0:
+            raise ValueError(f"serving.exposure_weight must be >= 0, got "
+                             f"{self.exposure_weight}; 0 turns calibrated exposure off")
+        if self.exposure_weight and not self.exposure_file:
+            raise ValueError(f"serving.exposure_weight is {self.exposure_weight} but "
+                             "serving.exposure_file is empty: give the exposure table "
+                             "`marquee evaluate` wrote (OUT/exposure.parquet), or set the "
+                             "weight to 0")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -511,3 +511,19 @@ def test_tune_als_chooses_on_validation_and_the_tuned_config_loads(tmp_path, mon
     assert (loaded.serving.k, loaded.serving.ranker_weight, loaded.serving.item_to_item_weight,
             loaded.serving.popularity_weight, loaded.serving.als_weight) == (20, 0.2, 0.15,
                                                                              0.5, 0.3)
+
+
+def test_the_tuned_config_points_serving_at_the_exposure_table(tmp_path):
+    from marquee.config import Config, load_config
+    from marquee.evaluation.stack import Blend
+    from marquee.evaluation.tuning import write_tuned_config
+
+    table = tmp_path / "r" / "exposure.parquet"
+    out = write_tuned_config(tmp_path / "r" / "tuned.yaml", None, Config(),
+                             Blend(0.4, 0.15, 0.5, 0.3, exposure=0.5), table)
+    loaded = load_config(out)
+    assert (loaded.serving.exposure_weight, loaded.serving.exposure_file) == (0.5, str(table))
+    plain = load_config(write_tuned_config(tmp_path / "p.yaml", None, Config(), Blend(0.4)))
+    assert (plain.serving.exposure_weight, plain.serving.exposure_file) == (0.0, "")
+    with pytest.raises(ValueError, match="needs its exposure table"):
+        write_tuned_config(tmp_path / "x.yaml", None, Config(), Blend(0.4, exposure=0.5))

@@ -343,3 +343,21 @@ def test_page_to_dict_is_asdict_and_a_copy():
     assert picks[0].sources == {"content": 0.1} and page.timings_ms == {"total": 4.0}
     assert page.rows[0].items == picks[1:]
     assert Homepage.from_dict(page.to_dict()) == page
+
+
+def test_the_served_blend_subtracts_calibrated_exposure(model_base, tmp_path):
+    from serving.homepage.exposure import ExposureTable
+
+    plain = make(model_base, rerank=(), ranker_weight=0.5, because_you_watched=0)
+    first = [p.item_id for p in plain.homepage(FULL, k=7).items]
+    # the plain page's top title shown to everyone, the rest to no one
+    path = ExposureTable({first[0]: 1000.0}).save(tmp_path / "exposure.parquet")
+    svc = make(model_base, rerank=(), ranker_weight=0.5, because_you_watched=0,
+               exposure_weight=0.8, exposure_file=str(path))
+    page = svc.homepage(FULL, k=7)
+    ids = np.array([p.item_id for p in page.items])
+    exposure = np.where(ids == first[0], 1000.0, 0.0)
+    final = blend(ITEMS[ids - 1] @ QUERY, 1 / (1 + np.exp(-(ids - 6.0))), 0.5,
+                  exposure=exposure, exposure_weight=0.8)
+    np.testing.assert_allclose([p.score for p in page.items], final, rtol=1e-5, atol=1e-6)
+    assert ids[0] != first[0]  # the over-shown title is pushed down

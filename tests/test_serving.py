@@ -370,9 +370,11 @@ def test_events_update_the_homepage_and_its_cache(world, tmp_path):
 # ----------------------------------------------------------------------------- evaluated = served
 
 
-def test_the_evaluated_stack_is_the_served_stack_in_process_and_over_grpc(world, model_server):
+def test_the_evaluated_stack_is_the_served_stack_in_process_and_over_grpc(world, model_server,
+                                                                         tmp_path):
     """``marquee evaluate``'s stack (StackScores) and ``build_service`` of the same config give
-    every user the same list, with the models in-process and behind the gRPC API."""
+    every user the same list, with the models in-process and behind the gRPC API, the blend's
+    calibrated-exposure term read from the table the evaluation saved."""
     from marquee.config import Config
     from marquee.evaluation.protocol import leave_last_out
     from marquee.evaluation.stack import RETRIEVAL_K, Blend, StackScores
@@ -381,12 +383,16 @@ def test_the_evaluated_stack_is_the_served_stack_in_process_and_over_grpc(world,
     run, _, users, interactions = world
     split = leave_last_out(interactions)
     stack = StackScores(run.data, run.serving, split, Config())
-    weights = Blend(0.4, 0.15, 0.25)  # a blend as configs/movielens.yaml chooses
-    config = stack.served_config(weights)
+    weights = Blend(0.4, 0.15, 0.25, exposure=0.5)  # a blend as marquee evaluate chooses
+    table = stack.calibrated(split.users, weights)
+    assert len(table) > 0
+    config = stack.served_config(weights, exposure_file=str(table.save(tmp_path / "e.parquet")))
     served = {"in_process": build_service(config, run.data, run.serving),
               "grpc": build_service(config, run.data, run.serving, model_server.address)}
     picked = _heavy_users(users)[:10]
-    expected = stack.recommend(np.array(picked), weights)
+    expected = stack.recommend(np.array(picked), weights, exposure=table)
+    plain = stack.recommend(np.array(picked), dataclasses.replace(weights, exposure=0.0))
+    assert (expected != plain).any()  # the term changes some lists: the parity below is not moot
     for name, svc in served.items():
         for row, user in enumerate(picked):
             page = svc.homepage(user, RETRIEVAL_K, timestamp=int(stack.first.get(user, 0)))

@@ -64,11 +64,12 @@ def tune_als(split: Split, config: Config, progress: Callable[[str], None]) -> t
     return dataclasses.replace(config, als=dataclasses.replace(base, **result.best)), account
 
 
-def write_tuned_config(path: Path, base_file: Path | None, config: Config, weights: Blend) -> Path:
+def write_tuned_config(path: Path, base_file: Path | None, config: Config, weights: Blend,
+                       exposure_file: Path | None = None) -> Path:
     """The base config file with the choices made on validation on top (``als`` factors,
     regularization, alpha; the ``retrieval`` settings of :data:`RETRIEVAL_GRID`; the blend's
-    ``serving`` weights): ``marquee pipeline run`` and ``marquee serve`` read it with
-    ``--config``."""
+    ``serving`` weights, and ``exposure_file`` when the blend has an exposure weight):
+    ``marquee pipeline run`` and ``marquee serve`` read it with ``--config``."""
     import yaml
 
     raw = (yaml.safe_load(Path(base_file).read_text()) or {}) if base_file else {}
@@ -79,7 +80,12 @@ def write_tuned_config(path: Path, base_file: Path | None, config: Config, weigh
         {name: getattr(config.retrieval, name) for name in RETRIEVAL_GRID})
     raw.setdefault("serving", {}).update(
         ranker_weight=weights.ranker, item_to_item_weight=weights.item_to_item,
-        popularity_weight=weights.popularity, als_weight=weights.als)
+        popularity_weight=weights.popularity, als_weight=weights.als,
+        exposure_weight=weights.exposure)
+    if weights.exposure:
+        if exposure_file is None:
+            raise ValueError("a blend with an exposure weight needs its exposure table's path")
+        raw["serving"]["exposure_file"] = str(exposure_file)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("# Chosen by `marquee evaluate` on a validation split carved from train "
                     "(never the test split).\n" + yaml.safe_dump(raw, sort_keys=False))

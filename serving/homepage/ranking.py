@@ -13,6 +13,7 @@ from marquee.artifacts import KNOWN, P_WATCH, RETRIEVAL_SCORE, WATCH_TIME_SECOND
 from marquee.config import ServingConfig
 from marquee.data.contract import ITEM_ID
 from serving.homepage.budget import Budget
+from serving.homepage.exposure import ExposureTable
 from serving.homepage.fallback import PopularityFallback
 from serving.homepage.page import Homepage, degrade
 from serving.models.backends import ModelBackend
@@ -25,6 +26,7 @@ from serving.state.catalogue import Catalogue, UserProfile
 log = logging.getLogger(__name__)
 
 ITEM_TO_ITEM, POPULARITY, ALS = "item_to_item", "popularity", "als"  # the blend's optional signals
+EXPOSURE = "exposure"
 # What a Pick reports of the model outputs: Pick field -> output key.
 PICK_OUTPUTS = (("retrieval_score", RETRIEVAL_SCORE), ("p_watch", P_WATCH),
                 ("watch_time_seconds", WATCH_TIME_SECONDS), ("item_to_item", ITEM_TO_ITEM),
@@ -39,11 +41,13 @@ def _standardise(x: np.ndarray) -> np.ndarray:
 def blend(retrieval: np.ndarray, p_watch: np.ndarray | None, ranker_weight: float,
           item_to_item: np.ndarray | None = None, item_to_item_weight: float = 0.0,
           popularity: np.ndarray | None = None, popularity_weight: float = 0.0,
-          als: np.ndarray | None = None, als_weight: float = 0.0) -> np.ndarray:
+          als: np.ndarray | None = None, als_weight: float = 0.0,
+          exposure: np.ndarray | None = None, exposure_weight: float = 0.0) -> np.ndarray:
     """Final score of N candidates [N]::
 
         (1 - w) * z(retrieval score) + w * z(logit(p_watch))
           + w_i2i * z(item-to-item score) - w_pop * z(log(1 + popularity)) + w_als * z(ALS score)
+          - w_exp * z(log(1 + exposure))
 
     each signal standardised over this request's candidates (their scales are not comparable).
     ``w = 1`` ranks by the ranker alone, ``w = 0`` keeps the retrieval order; without a ranker
@@ -59,6 +63,8 @@ def blend(retrieval: np.ndarray, p_watch: np.ndarray | None, ranker_weight: floa
         final = final - popularity_weight * _standardise(np.log1p(np.maximum(popularity, 0.0)))
     if als is not None and als_weight:
         final = final + als_weight * _standardise(als.astype(np.float64))
+    if exposure is not None and exposure_weight:
+        final = final - exposure_weight * _standardise(np.log1p(np.maximum(exposure, 0.0)))
     return final
 
 
@@ -82,10 +88,11 @@ class RankStep:
 
     def __init__(self, backend: ModelBackend, catalogue: Catalogue, config: ServingConfig,
                  fallback: PopularityFallback, item_to_item: ItemToItemSource | None,
-                 clock: Callable[[], float], als: AlsSource | None = None):
+                 clock: Callable[[], float], als: AlsSource | None = None,
+                 exposure: ExposureTable | None = None):
         self.backend, self.catalogue, self.config = backend, catalogue, config
         self.fallback, self.item_to_item, self._clock = fallback, item_to_item, clock
-        self.als = als
+        self.als, self.exposure = als, exposure
         self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_seconds)
 
     def signals(self, profile: UserProfile, ids: list[int],
@@ -101,6 +108,8 @@ class RankStep:
             out[ITEM_TO_ITEM] = self.item_to_item.score(profile.history, ids)
         if cfg.popularity_weight:
             out[POPULARITY] = self.fallback.scores(ids)
+        if cfg.exposure_weight and self.exposure is not None:
+            out[EXPOSURE] = self.exposure.counts(ids)
         return out
 
     def _blend(self, retrieval: np.ndarray, outputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -108,7 +117,7 @@ class RankStep:
         return blend(retrieval, outputs.get(P_WATCH), cfg.ranker_weight,
                      outputs.get(ITEM_TO_ITEM), cfg.item_to_item_weight,
                      outputs.get(POPULARITY), cfg.popularity_weight, outputs.get(ALS),
-                     cfg.als_weight)
+                     cfg.als_weight, outputs.get(EXPOSURE), cfg.exposure_weight)
 
     def ranker_inputs(self, query: dict[str, np.ndarray], rows: np.ndarray,
                       retrieval: np.ndarray) -> dict[str, np.ndarray]:

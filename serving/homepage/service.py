@@ -37,6 +37,7 @@ from marquee.config import ServingConfig
 from marquee.data import contract as c
 from serving.homepage.budget import Budget
 from serving.homepage.cold_start import BecauseYouWatched, ColdStartThresholds, stage
+from serving.homepage.exposure import ExposureTable
 from serving.homepage.fallback import PopularityFallback
 from serving.homepage.page import Homepage, PageRow, Pick, degrade
 from serving.homepage.ranking import PICK_OUTPUTS, RankStep
@@ -155,8 +156,10 @@ class HomepageService:
         uses_i2i = config.because_you_watched > 0 or config.item_to_item_weight
         self.item_to_item = item_to_item(ctx) if uses_i2i or "item_to_item" in ctx.shared else None
         self.als = als_source(ctx) if config.als_weight or "als" in ctx.shared else None
+        exposure = (ExposureTable.load(config.exposure_file) if config.exposure_weight
+                    else None)
         self.ranking = RankStep(backend, catalogue, config, self.fallback, self.item_to_item,
-                                clock, self.als)
+                                clock, self.als, exposure)
         self.because_you_watched = (
             BecauseYouWatched(self.item_to_item, catalogue, config.because_you_watched,
                               config.row_k) if config.because_you_watched > 0 else None)
