@@ -115,7 +115,8 @@ class StackScores:
         # The served stack (serving.build.build_service, what `marquee serve` runs) with its
         # collaborative part, for every user: the two-tower and ALS sources (in every
         # cold-start stage), no re-rank steps, no rows; every blend signal computed (weights
-        # 1: the order is re-blended from the signals per Blend).
+        # 1: the order is re-blended from the signals per Blend; the exposure term from a table
+        # per Blend, StackScores.calibrated).
         evaluated = dataclasses.replace(config, serving=dataclasses.replace(
             config.serving, k=RETRIEVAL_K, candidates=2 * RETRIEVAL_K, deadline_ms=1e9,
             query_deadline_ms=1e9, rank_deadline_ms=1e9,
@@ -123,7 +124,7 @@ class StackScores:
             sources=tuple(SourceConfig(name, RETRIEVAL_K, deadline_ms=1e9)
                           for name in (COLLABORATIVE, "als")),
             rerank=(), because_you_watched=0, item_to_item_weight=1.0, popularity_weight=1.0,
-            als_weight=1.0, cache_ttl_seconds=0))
+            als_weight=1.0, exposure_weight=0.0, exposure_file="", cache_ttl_seconds=0))
         self.evaluated, self.two_tower = evaluated, COLLABORATIVE
         self.service = build_service(evaluated, train_dir, serving_dir)
         if self.service.backend.name == "unavailable":
