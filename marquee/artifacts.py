@@ -10,9 +10,11 @@ to get a string::
                                        -> {"embedding": [N, dim]}
     BASE/retrieval_index/<version>/    ScaNN index (marquee.retrieval_index), searched in the client
     BASE/ranker/<version>/             SavedModel: serving_default(query + item features,
-                                       retrieval_score [N]) -> {p_watch: [N],
+                                       retrieval_score [N][, als_score [N]]) -> {p_watch: [N],
                                        watch_time_seconds: [N]}; rank_by_id(query [1],
-                                       item_id [N], retrieval_score [N]) -> the same + known [N]
+                                       item_id [N], retrieval_score [N][, als_score [N]])
+                                       -> the same + known [N]; als_score only in a ranker
+                                       trained with it (its export info's "inputs")
     BASE/als/<version>/                ALS item factors (marquee.als), scored in the client
     BASE/models.config                 TF Serving --model_config_file
     BASE/pushes.jsonl                  one line per push
@@ -42,6 +44,8 @@ EXPORT_INFO = ("assets.extra", "marquee.json")
 SIGNATURE = "serving_default"
 EMBEDDING = "embedding"  # the towers' output
 RETRIEVAL_SCORE = "retrieval_score"  # the ranker's input: the pair's two-tower score
+# The ranker's input in a version with an ALS model: the pair's ALS score (trainer/als_feature.py).
+ALS_SCORE = "als_score"
 P_WATCH = "p_watch"  # the ranker's outputs
 WATCH_TIME_SECONDS = "watch_time_seconds"
 # The ranker's second signature: the page's query once and N item ids, the titles' features

@@ -4,6 +4,7 @@
                                        -> DistributionValidator (vs BaselineStatistics) --^
       -> Transform -> Trainer (two-tower) -> ScannIndexer ----------------------> ModelPusher
                                           -> AlsTrainer (item factors, als.enabled) --^
+                                                  | (the ranker's ALS feature)         |
                    -> RankingTrainer (multi-task) -> RankingEvaluator (vs last blessed) --^
                                                                      EmbeddingDrift <--'
 
@@ -33,6 +34,7 @@ from components.contract_example_gen.example_lib import (
 )
 from components.embedding_drift.component import EmbeddingDrift
 from components.model_pusher.component import ModelPusher
+from components.ranking_trainer.component import RankingTrainer
 from components.ranking_evaluator.component import RankingEvaluator
 from components.scann_indexer.component import ScannIndexer
 from marquee.config import BeamConfig, Config
@@ -103,11 +105,14 @@ def create_pipeline(
         custom_config={"config": config.to_json()},
     )
     indexer = ScannIndexer(model=trainer.outputs["model"], examples=examples, config=config)
-    ranking_trainer = tfx.components.Trainer(
+    als = (AlsTrainer(examples=examples, retrieval_model=trainer.outputs["model"], config=config)
+           if config.als.enabled else None)
+    ranking_trainer = RankingTrainer(
         run_fn=RANKING_RUN_FN,
         examples=examples,  # raw: the ranker applies the Transform graph inside the model
         transform_graph=transform.outputs["transform_graph"],
         base_model=trainer.outputs["model"],  # the retrieval towers give the retrieval score
+        als_model=als.outputs["model"] if als and config.ranking.use_als_score else None,
         train_args=tfx.proto.TrainArgs(splits=[RANK_TRAIN]),
         eval_args=tfx.proto.EvalArgs(splits=[RANK_EVAL]),
         custom_config={"config": config.to_json()},
@@ -120,9 +125,8 @@ def create_pipeline(
     evaluator = RankingEvaluator(
         model=ranking_trainer.outputs["model"], examples=examples,
         retrieval_model=trainer.outputs["model"],
-        baseline_model=last_blessed_ranker.outputs["model"], config=config)
-    als = (AlsTrainer(examples=examples, retrieval_model=trainer.outputs["model"], config=config)
-           if config.als.enabled else None)
+        baseline_model=last_blessed_ranker.outputs["model"], config=config,
+        als_model=als.outputs["model"] if als else None)
     pusher = ModelPusher(model=trainer.outputs["model"], index=indexer.outputs["index"],
                          serving_dir=serving_dir,
                          ranking_model=ranking_trainer.outputs["model"],

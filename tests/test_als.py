@@ -5,6 +5,7 @@ the source's use of live watches."""
 import json
 
 import numpy as np
+import tensorflow as tf
 import pandas as pd
 import pytest
 import scipy.sparse as sp
@@ -150,3 +151,45 @@ def test_source_folds_in_live_watches_and_new_users():
     score = src.score(UserProfile(8, history=(1,)), [2, 3, 9], version=5)
     assert score[0] > score[1] and score[2] == 0
     assert src.score(UserProfile(8, history=(1,)), [2], version=4) is None  # no model there
+
+
+def test_leave_one_out_scores_hand_checked():
+    # one factor, titles 10 -> 1, 20 -> 2, 30 -> -1, reg 1, alpha 2 (YtY = 6); positives {10, 20}.
+    # 10 left out: fold in {20}: A = 6 + 1 + 4 = 11, b = 4, x = 4/11 -> score of 10 = 4/11.
+    # 20 left out: fold in {10}: A = 6 + 1 + 1 = 8, b = 2, x = 1/4 -> score of 20 = 2/4.
+    # Both: A = 6 + 1 + 5 = 12, b = 6, x = 1/2.
+    m = AlsModel(np.array([10, 20, 30]), np.array([[1.0], [2.0], [-1.0]]), 1.0, 2.0)
+    x, rows, loo = m.fold_in_leave_one_out([20, 10, 99])
+    assert x == pytest.approx([0.5]) and rows.tolist() == [0, 1]
+    assert loo == pytest.approx([4 / 11, 0.5])
+    # one positive left out: nothing left to fold in, the score is 0 (as serving sends)
+    assert m.fold_in_leave_one_out([30])[2] == pytest.approx([0.0])
+    assert m.fold_in_leave_one_out([99]) is None
+
+
+def test_leave_one_out_equals_folding_in_without_the_title():
+    rng = np.random.default_rng(3)
+    m = AlsModel(np.arange(40) * 3, rng.normal(size=(40, 8)), 0.5, 5.0)
+    for user in range(5):
+        positives = rng.choice(m.item_ids, 7, replace=False)
+        x, rows, loo = m.fold_in_leave_one_out(positives)
+        np.testing.assert_allclose(x, m.fold_in(positives), rtol=1e-9)
+        for r, got in zip(rows, loo, strict=True):
+            others = [p for p in positives if p != m.item_ids[r]]
+            assert got == pytest.approx(m.score(m.fold_in(others), [m.item_ids[r]])[0],
+                                        rel=1e-5, abs=1e-7), user
+
+
+def test_ranker_feature_scores_rows_as_serving_does():
+    from trainer.als_feature import AlsScorer
+
+    # the model of the hand-checked test; user 7 watched {10, 20}, user 8 watched {30}
+    m = AlsModel(np.array([10, 20, 30]), np.array([[1.0], [2.0], [-1.0]]), 1.0, 2.0)
+    scorer = AlsScorer(m, np.array([7, 8, 7]), np.array([10, 30, 20]))
+    rows = {"user_id": np.array([7, 7, 7, 8, 8, 9, 7]),
+            "item_id": np.array([10, 20, 30, 30, 10, 10, 99])}
+    got = scorer({k: tf.constant(v) for k, v in rows.items()}).numpy()
+    # 7: own titles left out (4/11, 1/2), an unwatched one by the whole vector (1/2 * -1);
+    # 8: own title left out (0), 10 by fold in {30}: A = 8, b = -2, x = -1/4 -> -1/4;
+    # an unknown user and an unknown title: 0
+    assert got == pytest.approx([4 / 11, 0.5, -0.5, 0.0, -0.25, 0.0, 0.0], abs=1e-6)

@@ -105,6 +105,9 @@ class FixedModelBackend:
     def ranks_by_id(self, version=None) -> bool:
         return False
 
+    def ranker_inputs(self, version=None) -> frozenset[str]:
+        return frozenset()
+
     def candidate_embeddings(self, inputs, version, timeout_s):
         """Title i embeds to ``[i / 10, 0, 0, 1]`` (the index's dim 4)."""
         self._check(version)

@@ -12,11 +12,14 @@ import tensorflow as tf
 from components.model_pusher import push_lib
 from components.model_pusher.push_lib import CANDIDATE_TOWER, QUERY_TOWER, RETRIEVAL_INDEX
 from components.ranking_evaluator.executor import evaluate
+from marquee.als import load_als
+from marquee.artifacts import ALS_SCORE
 from marquee.config import EvaluatorConfig
 from marquee.data import contract as c
 from serving.models.in_process import InProcessBackend
 from serving.models.index_store import IndexStore
 from serving.models.query import ModelMismatch, QueryFeatures, query_inputs
+from trainer import als_feature, raw_inputs
 from trainer import features as f
 from trainer.ranking import (
     KNOWN,
@@ -160,13 +163,56 @@ def test_feature_keys_cover_the_signatures():
         [QueryFeatures(user_id=1, timestamp=0)], 3))
 
 
-def _ranking_inputs(tmp):
+def _ranking_inputs(tmp, als=None):
 
     examples = next((tmp / "run" / "tfx" / "ContractExampleGen" / "examples").glob("*"))
     retrieval = next((tmp / "run" / "tfx" / "Trainer" / "model").glob("*/Format-Serving"))
     transform = next((tmp / "run" / "tfx" / "Transform" / "transform_graph").glob("*"))
-    train = load_split([str(examples / "Split-rank_train" / "*")], str(retrieval))
+    train = load_split([str(examples / "Split-rank_train" / "*")], str(retrieval), als=als)
     return examples, retrieval, transform, train
+
+
+def _als_scorer(tmp):
+    examples = next((tmp / "run" / "tfx" / "ContractExampleGen" / "examples").glob("*"))
+    (als_dir,) = (tmp / "run" / "tfx" / "AlsTrainer" / "model").glob("*")
+    return als_feature.load_scorer(str(als_dir), str(examples)), load_als(als_dir)
+
+
+def test_ranker_takes_the_als_score_as_serving_gives_it(run):
+    tmp, _ = run
+    scorer, als = _als_scorer(tmp)
+    examples, _, _, train = _ranking_inputs(tmp, scorer)
+    # The numpy reference: each row's user folded in from their retrieval-train positives (the
+    # ALS fit's), the row's own title left out; 0 for a user without one.
+    pos = raw_inputs.columns([str(examples / "Split-train" / "*")], (f.USER_ID, f.ITEM_ID))
+    by_user = pd.DataFrame(pos).groupby(f.USER_ID)[f.ITEM_ID].apply(set).to_dict()
+    rng = np.random.default_rng(0)
+    rows = rng.choice(len(train[f.ITEM_ID]), 60, replace=False)
+    left_out = 0
+    for r in rows:
+        user, item = int(train[f.USER_ID][r]), int(train[f.ITEM_ID][r])
+        others = by_user.get(user, set()) - {item}
+        left_out += item in by_user.get(user, set())
+        x = als.fold_in(sorted(others))
+        expected = 0.0 if x is None else float(als.score(x, [item])[0])
+        assert train[ALS_SCORE][r] == pytest.approx(expected, rel=1e-3, abs=1e-5), (user, item)
+    assert 0 < left_out < len(rows)  # both kinds of rows were checked
+    # The pushed ranker was trained with it: both signatures take it, the export info says so,
+    # the backend reports it (the page sends it), and it moves the score.
+    base = tmp / "run" / "serving"
+    version = int(_version(base, "ranker").name)
+    info = json.loads((_version(base, "ranker") / "assets.extra" / "marquee.json").read_text())
+    assert ALS_SCORE in info["inputs"] and info["als_score"] is True
+    loaded = tf.saved_model.load(str(_version(base, "ranker")))
+    for name in ("serving_default", RANK_BY_ID):
+        assert ALS_SCORE in loaded.signatures[name].structured_input_signature[1], name
+    backend = InProcessBackend(base)
+    assert ALS_SCORE in backend.ranker_inputs(version)
+    batch = {k: train[k][:32] for k in RAW_KEYS + (RETRIEVAL_SCORE,)}
+    p = [loaded.signatures["serving_default"](**{k: tf.constant(v) for k, v in batch.items()},
+                                              als_score=tf.constant(np.full(32, a, np.float32))
+                                              )[P_WATCH].numpy() for a in (0.0, 1.0)]
+    assert np.abs(p[1] - p[0]).max() > 1e-4
 
 
 def test_ranker_losses_and_position_tower_dropped_at_serving(run, tmp_path):
@@ -281,9 +327,10 @@ def test_streamed_ranking_batches_equal_the_in_memory_ones(run):
     # The RankingTrainer streams rank_train from its files; load_split holds it in memory (tests,
     # hard negatives). The model must get the same batches either way.
     tmp, _ = run
-    examples, retrieval, _, train = _ranking_inputs(tmp)
+    scorer, _ = _als_scorer(tmp)
+    examples, retrieval, _, train = _ranking_inputs(tmp, scorer)
     cfg = dataclasses.replace(CONFIG.ranking, batch_size=64)
-    records = RankingRecords((str(examples / "Split-rank_train" / "*"),), str(retrieval))
+    records = RankingRecords((str(examples / "Split-rank_train" / "*"),), str(retrieval), scorer)
     in_memory, streamed = scan_split(train, cfg), scan_split(records, cfg)
 
     # The latest 10% of the examples by time validate: timestamp >= the 0.9 quantile.
@@ -301,7 +348,7 @@ def test_streamed_ranking_batches_equal_the_in_memory_ones(run):
     assert streamed.counts.positives.sum() == y.sum() == (
         train[f.WATCH_SECONDS] >= cfg.min_watch_seconds).sum() > 0
 
-    features = RAW_KEYS + (RETRIEVAL_SCORE, f.POSITION, OWN_POSITIVE, OWN_EXAMPLE)
+    features = RAW_KEYS + (RETRIEVAL_SCORE, ALS_SCORE, f.POSITION, OWN_POSITIVE, OWN_EXAMPLE)
     for side in (False, True):
         rows = validation == side
         mem = list(_dataset(train, in_memory, cfg, side, shuffle=False))
@@ -311,7 +358,7 @@ def test_streamed_ranking_batches_equal_the_in_memory_ones(run):
         m = _columns(mem, features + (WATCHED_LOGIT, LOG_WATCH_TIME))
         r = _columns(rec, features + (WATCHED_LOGIT, LOG_WATCH_TIME))
         for k in m:
-            if k == RETRIEVAL_SCORE:
+            if k in (RETRIEVAL_SCORE, ALS_SCORE):
                 np.testing.assert_allclose(r[k], m[k], rtol=1e-5, atol=1e-6)
             else:
                 np.testing.assert_array_equal(r[k], m[k], err_msg=k)
@@ -340,7 +387,7 @@ def test_rank_by_id_matches_serving_default(run, tmp_path):
     # The by-id signature (the page's query once, item ids, features looked up in the model)
     # must score exactly as serving_default does with every raw feature sent.
     tmp, _ = run
-    examples, _, transform, train = _ranking_inputs(tmp)
+    examples, _, transform, train = _ranking_inputs(tmp, _als_scorer(tmp)[0])
     cfg = dataclasses.replace(CONFIG.ranking, item_popularity_features=True)
     model, _ = train_ranker(train, str(transform), cfg, epochs=1, steps=3)
     catalogue = load_catalogue([str(examples / "Split-catalogue" / "*")])
@@ -352,13 +399,15 @@ def test_rank_by_id_matches_serving_default(run, tmp_path):
     n = len(rows)
     query = {k: train[k][:1] for k in f.QUERY_FEATURES}
     score = np.linspace(-1, 1, n).astype(np.float32)
+    als = np.linspace(2, -1, n).astype(np.float32)
     pairs = {**{k: np.repeat(v, n, axis=0) for k, v in query.items()},
-             **{k: catalogue[k][rows] for k in f.CANDIDATE_FEATURES}, RETRIEVAL_SCORE: score}
+             **{k: catalogue[k][rows] for k in f.CANDIDATE_FEATURES}, RETRIEVAL_SCORE: score,
+             ALS_SCORE: als}
     expected = raw(**{k: tf.constant(v) for k, v in pairs.items()})
     ids = catalogue[f.ITEM_ID][rows]
     for q in (query, {k: pairs[k] for k in f.QUERY_FEATURES}):  # once, or once per id
         got = by_id(**{k: tf.constant(v) for k, v in q.items()}, item_id=tf.constant(ids),
-                    retrieval_score=tf.constant(score))
+                    retrieval_score=tf.constant(score), als_score=tf.constant(als))
         assert got[KNOWN].numpy().all()
         for key in (P_WATCH, WATCH_TIME_SECONDS):
             np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), rtol=1e-4,
@@ -366,7 +415,7 @@ def test_rank_by_id_matches_serving_default(run, tmp_path):
     # An id the table does not hold is flagged, scored as a title without metadata.
     unknown = np.array([ids[0], 10**12], np.int64)
     got = by_id(**{k: tf.constant(v) for k, v in query.items()}, item_id=tf.constant(unknown),
-                retrieval_score=tf.constant(score[:2]))
+                retrieval_score=tf.constant(score[:2]), als_score=tf.constant(als[:2]))
     assert got[KNOWN].numpy().tolist() == [True, False]
     assert np.isfinite(got[P_WATCH].numpy()).all()
     assert sorted(json.loads((tmp_path / "ranker" / "assets.extra" / "marquee.json"

@@ -6,11 +6,13 @@ positive threshold is ``RankingConfig.min_watch_seconds``; MovieLens sets 0, eve
 Inputs are raw features (the same dense, padded form as the towers' signatures: scalars [B],
 ``history`` [B, H] padded with -1, genres / cast / keywords [B, L] padded with "") plus
 ``retrieval_score`` [B] (the two-tower dot product of the pair, which serving has from the
-candidate source). The Transform graph runs inside the model, so the exported SavedModel takes
-raw features like the towers.
+candidate source) and, when the pipeline trains ALS, ``als_score`` [B] (the pair's ALS score
+with the user's vector folded in as serving folds it, a training row's own title left out:
+:mod:`trainer.als_feature`). The Transform graph runs inside the model, so the exported
+SavedModel takes raw features like the towers.
 
 Architecture: user / item / categorical embeddings, pooled genres, cast, title tokens and
-history, the scaled numerics and the retrieval score -> a DCN-v2 cross network
+history, the scaled numerics and the pair scores -> a DCN-v2 cross network
 (``tfrs.layers.dcn.Cross``) -> a deep MLP -> two heads:
 - ``watched``: logit of P(watch past 2 minutes), binary cross-entropy;
 - ``watch_time``: log1p(watch seconds), mean squared error;
@@ -60,6 +62,7 @@ import tensorflow_transform as tft
 
 from marquee import io as mio
 from marquee.artifacts import (
+    ALS_SCORE,
     KNOWN,
     P_WATCH,
     RANK_BY_ID,
@@ -70,7 +73,8 @@ from marquee.artifacts import (
 from marquee.config import Config, RankingConfig
 from marquee.data import contract as c
 from trainer import features as f
-from trainer import negatives, raw_inputs
+from trainer import als_feature, negatives, raw_inputs
+from trainer.als_feature import AlsScorer
 from trainer.model import SparseMeanEmbedding, VocabSizes
 from trainer.retrieval import complete_raw_inputs, vocab_sizes, write_export_info
 
@@ -81,12 +85,17 @@ LOG_WATCH_TIME = "log_watch_time"
 OWN_POSITIVE = "own_positive"
 OWN_EXAMPLE = "own_example"
 SERVING_POSITION = 1
+# The custom_config key the RankingTrainer's executor sets to its ALS model's URI.
+ALS_MODEL_KEY = "als_model"
 RAW_KEYS = f.QUERY_FEATURES + f.CANDIDATE_FEATURES
 # The network's input blocks (RankingModel.parts), in the order they are concatenated; the
 # candidate side's depend on the title alone, so the by-id signature holds them per title.
 QUERY_CATEGORIES = (f.COUNTRY, f.SUBSCRIPTION_TIER, f.AGE_BUCKET, f.DEVICE)
-PARTS = ("user", "item", "history", "hour", "day_of_week", RETRIEVAL_SCORE, "popularity",
+PARTS = ("user", "item", "history", "hour", "day_of_week", RETRIEVAL_SCORE, ALS_SCORE,
+         "popularity",
          "numeric", *QUERY_CATEGORIES, f.DIRECTOR, f.GENRES, f.CAST, f.KEYWORDS, f.TITLE_TOKENS)
+# The pair's scores, per candidate in both signatures (the by-id one tiles the query, not these).
+PAIR_SCORES = (RETRIEVAL_SCORE, ALS_SCORE)
 CANDIDATE_PARTS = ("item", "popularity", "numeric", f.DIRECTOR, f.GENRES, f.CAST, f.KEYWORDS,
                    f.TITLE_TOKENS)
 
@@ -144,8 +153,10 @@ def retrieval_scores(retrieval_dir: str, inputs: dict, batch_size: int = 8192) -
                 ).numpy() for s in range(0, n, batch_size)] or [np.zeros(0, np.float32)])
 
 
-def load_split(patterns: list[str], retrieval_dir: str, limit: int | None = None) -> dict:
-    """Raw ranking examples -> dense inputs (+ retrieval score, position, watch seconds)."""
+def load_split(patterns: list[str], retrieval_dir: str, limit: int | None = None,
+               als: AlsScorer | None = None) -> dict:
+    """Raw ranking examples -> dense inputs (+ retrieval score, position, watch seconds, and
+    with an ALS scorer the ALS score)."""
     serialized = raw_inputs.read_examples(patterns, limit)
     if not serialized:
         return {}
@@ -153,6 +164,8 @@ def load_split(patterns: list[str], retrieval_dir: str, limit: int | None = None
         serialized, RAW_KEYS + (f.POSITION, f.WATCH_SECONDS, f.TIMESTAMP))
     out = {k: v.numpy() for k, v in inputs.items()}
     out[RETRIEVAL_SCORE] = retrieval_scores(retrieval_dir, inputs)
+    if als is not None:
+        out[ALS_SCORE] = als_feature.scores(als, out)
     return out
 
 
@@ -231,9 +244,10 @@ def popularity_features(positives: np.ndarray | tf.Tensor, examples: np.ndarray 
 
 class RankingModel(tf.keras.Model):
     def __init__(self, tft_layer, raw_spec: dict, sizes: VocabSizes, cfg: RankingConfig,
-                 counts: ItemCounts | None = None):
+                 counts: ItemCounts | None = None, als_score: bool = False):
         super().__init__(name="ranker")
         self.tft_layer = tft_layer
+        self.als_score = als_score  # the ALS_SCORE input is a feature (and in the signatures)
         self._raw_spec = raw_spec
         self.cfg = cfg
         self.counts_tables = None
@@ -305,6 +319,8 @@ class RankingModel(tf.keras.Model):
             out.update({k: pool(x[xf(k)]) for k, pool in self.pools.items()})
         if RETRIEVAL_SCORE in raw and self.cfg.use_retrieval_score:
             out[RETRIEVAL_SCORE] = tf.reshape(tf.cast(raw[RETRIEVAL_SCORE], tf.float32), [-1, 1])
+        if self.als_score and ALS_SCORE in raw:
+            out[ALS_SCORE] = tf.reshape(tf.cast(raw[ALS_SCORE], tf.float32), [-1, 1])
         return out
 
     @staticmethod
@@ -341,21 +357,25 @@ class RankingModel(tf.keras.Model):
         return self.head(self.features(raw), raw.get(f.POSITION))
 
 
-def serving_signature() -> dict[str, tf.TensorSpec]:
+def _pair_scores(als_score: bool) -> dict[str, tf.TensorSpec]:
+    keys = PAIR_SCORES if als_score else (RETRIEVAL_SCORE,)
+    return {k: tf.TensorSpec([None], tf.float32, k) for k in keys}
+
+
+def serving_signature(als_score: bool = False) -> dict[str, tf.TensorSpec]:
+    """Every raw feature of N pairs, their retrieval scores and (``als_score``) ALS scores."""
     from trainer.retrieval import candidate_signature, query_signature
 
-    spec = {**query_signature(), **candidate_signature()}
-    spec[RETRIEVAL_SCORE] = tf.TensorSpec([None], tf.float32, RETRIEVAL_SCORE)
-    return spec
+    return {**query_signature(), **candidate_signature(), **_pair_scores(als_score)}
 
 
-def by_id_signature() -> dict[str, tf.TensorSpec]:
+def by_id_signature(als_score: bool = False) -> dict[str, tf.TensorSpec]:
     """The by-id signature's inputs: one page's query (batch 1, or one row per candidate) and
-    its N candidates as ids with their retrieval scores."""
+    its N candidates as ids with their retrieval (and ``als_score``: ALS) scores."""
     from trainer.retrieval import query_signature
 
     return {**query_signature(), f.ITEM_ID: tf.TensorSpec([None], tf.int64, f.ITEM_ID),
-            RETRIEVAL_SCORE: tf.TensorSpec([None], tf.float32, RETRIEVAL_SCORE)}
+            **_pair_scores(als_score)}
 
 
 class _Export(tf.Module):
@@ -404,14 +424,14 @@ class _Export(tf.Module):
 
     def serve_by_id(self, inputs: dict) -> dict:
         query = {k: inputs[k] for k in f.QUERY_FEATURES}
-        parts = self.model.parts({**query, RETRIEVAL_SCORE: inputs[RETRIEVAL_SCORE]},
+        parts = self.model.parts({**query, **{k: inputs[k] for k in PAIR_SCORES if k in inputs}},
                                  f.QUERY_FEATURES)
         n = tf.shape(inputs[f.ITEM_ID])[0]
         rows_q = tf.shape(inputs[f.USER_ID])[0]
         tf.debugging.assert_equal(
             tf.logical_or(tf.equal(rows_q, 1), tf.equal(rows_q, n)), True,
             message="rank_by_id: send the query once (batch 1) or once per item id")
-        parts = {k: (v if k == RETRIEVAL_SCORE else tf.tile(v, [n // rows_q, 1]))
+        parts = {k: (v if k in PAIR_SCORES else tf.tile(v, [n // rows_q, 1]))
                  for k, v in parts.items()}
         rows = self.item_rows.lookup(tf.reshape(inputs[f.ITEM_ID], [-1]))
         known = rows >= 0
@@ -427,12 +447,14 @@ def export_ranker(model: RankingModel, path: str, info: dict,
     catalogue split's raw candidate inputs, :func:`load_catalogue`)."""
     module = _Export(model, catalogue)
     fn = tf.function(lambda **kw: module.serve(kw))
-    signatures = {SIGNATURE: fn.get_concrete_function(**serving_signature())}
+    inputs = serving_signature(model.als_score)
+    signatures = {SIGNATURE: fn.get_concrete_function(**inputs)}
     if catalogue is not None:
         by_id = tf.function(lambda **kw: module.serve_by_id(kw))
-        signatures[RANK_BY_ID] = by_id.get_concrete_function(**by_id_signature())
+        signatures[RANK_BY_ID] = by_id.get_concrete_function(**by_id_signature(model.als_score))
     tf.saved_model.save(module, path, signatures=signatures)
-    write_export_info(path, {**info, "signatures": sorted(signatures)})
+    # Serving reads which pair scores to send from "inputs" (serving/models/versions.py).
+    write_export_info(path, {**info, "signatures": sorted(signatures), "inputs": sorted(inputs)})
 
 
 # Examples in the training shuffle buffer. Streamed, it holds serialized records (~0.5 KB each
@@ -454,6 +476,7 @@ class RankingRecords:
 
     patterns: tuple[str, ...]
     retrieval_dir: str
+    als: AlsScorer | None = None  # scores each pair's ALS_SCORE too
 
 
 # A train split: in memory (the dense inputs of load_split) or streamed from its files.
@@ -511,7 +534,7 @@ def _rows(source: RankingSource, cutoff: int | None, validation: bool) -> tf.dat
         ts = source[f.TIMESTAMP]
         keep = np.ones(len(ts), bool) if cutoff is None else (ts >= cutoff) == validation
         return tf.data.Dataset.from_tensor_slices(
-            {k: source[k][keep] for k in _COLUMNS + (RETRIEVAL_SCORE,)})
+            {k: source[k][keep] for k in _COLUMNS + PAIR_SCORES if k in source})
     records = raw_inputs.records(list(source.patterns))
     if cutoff is None:
         return records
@@ -537,17 +560,17 @@ def _dataset(source: RankingSource, split: TrainSplit, cfg: RankingConfig, valid
     # Streamed. (Not isinstance(source, RankingRecords): TFX's Trainer reloads this module, so
     # a caller's RankingRecords may be the class object from before the reload.)
     if not isinstance(source, dict):
-        scorer = RetrievalScorer(source.retrieval_dir)
+        scorer, als = RetrievalScorer(source.retrieval_dir), source.als
 
         def parse(serialized: tf.Tensor) -> dict:
             x = raw_inputs.parse_serialized(serialized, _COLUMNS)
-            return {**x, RETRIEVAL_SCORE: scorer(x)}
+            return {**x, RETRIEVAL_SCORE: scorer(x), **({ALS_SCORE: als(x)} if als else {})}
 
         ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
 
     def labelled(x: dict) -> tuple[dict, dict]:
         watched, log_time = label_tensors(x[f.WATCH_SECONDS], cfg.min_watch_seconds)
-        features = {k: x[k] for k in RAW_KEYS + (RETRIEVAL_SCORE, f.POSITION)}
+        features = {k: x[k] for k in RAW_KEYS + PAIR_SCORES + (f.POSITION,) if k in x}
         features[OWN_POSITIVE], features[OWN_EXAMPLE] = watched, tf.ones_like(watched)
         return features, {WATCHED_LOGIT: watched, LOG_WATCH_TIME: log_time}
 
@@ -555,10 +578,10 @@ def _dataset(source: RankingSource, split: TrainSplit, cfg: RankingConfig, valid
 
 
 def build_model(tft_out: tft.TFTransformOutput, cfg: RankingConfig,
-                counts: ItemCounts | None = None) -> RankingModel:
+                counts: ItemCounts | None = None, als_score: bool = False) -> RankingModel:
     tf.keras.utils.set_random_seed(cfg.seed)
     model = RankingModel(tft_out.transform_features_layer(), tft_out.raw_feature_spec(),
-                         vocab_sizes(tft_out), cfg, counts)
+                         vocab_sizes(tft_out), cfg, counts, als_score)
     model.compile(
         optimizer=tf.keras.optimizers.Adam(cfg.learning_rate),
         loss={WATCHED_LOGIT: tf.keras.losses.BinaryCrossentropy(from_logits=True),
@@ -578,7 +601,8 @@ def train_ranker(train: RankingSource, transform_dir: str, cfg: RankingConfig,
     if not split.fit_examples + split.validation_examples:
         raise ValueError("the rank_train split has no examples; check the data")
     # Counts over every train row (fit and validation), each row leaving its own label out.
-    model = build_model(tft.TFTransformOutput(transform_dir), cfg, split.counts)
+    als_score = (ALS_SCORE in train) if isinstance(train, dict) else train.als is not None
+    model = build_model(tft.TFTransformOutput(transform_dir), cfg, split.counts, als_score)
     t0 = time.perf_counter()
     train_ds = _dataset(train, split, cfg, validation=False, shuffle=True)
     if steps is not None:
@@ -600,12 +624,25 @@ def train_ranker(train: RankingSource, transform_dir: str, cfg: RankingConfig,
                    "final_loss": float(history.history["loss"][-1])}
 
 
+def als_scorer(custom_config: dict, cfg: RankingConfig, examples_uri: str) -> AlsScorer | None:
+    """The ALS feature's scorer when the RankingTrainer was given an ALS model (its
+    ``custom_config[ALS_MODEL_KEY]``, components/ranking_trainer) and ``cfg.use_als_score``."""
+    als_dir = custom_config.get(ALS_MODEL_KEY)
+    if not (als_dir and cfg.use_als_score):
+        return None
+    return als_feature.load_scorer(als_dir, examples_uri)
+
+
 def run_fn(fn_args) -> None:
-    """TFX Trainer entry point. ``fn_args.base_model``: the retrieval model (for the score)."""
+    """TFX Trainer entry point. ``fn_args.base_model``: the retrieval model (for the score);
+    ``custom_config[ALS_MODEL_KEY]``: the ALS model, when the pipeline trains one."""
     config = Config.from_json(fn_args.custom_config["config"])
     cfg = config.ranking
     steps = fn_args.custom_config.get("max_steps")
-    train: RankingSource = RankingRecords(tuple(fn_args.train_files), fn_args.base_model)
+    # .../Split-rank_train/* -> the Examples artifact (its train split folds the ALS users in)
+    examples_uri = os.path.dirname(os.path.dirname(fn_args.train_files[0]))
+    als = als_scorer(fn_args.custom_config, cfg, examples_uri)
+    train: RankingSource = RankingRecords(tuple(fn_args.train_files), fn_args.base_model, als)
     catalogue = [p.replace("Split-rank_train", "Split-catalogue") for p in fn_args.train_files]
     extra = 0
     if cfg.retrieval_negatives_per_positive > 0:
@@ -619,12 +656,14 @@ def run_fn(fn_args) -> None:
         n_examples = len(train[f.WATCH_SECONDS])
         train = add_retrieval_negatives(train, load_catalogue(catalogue), fn_args.base_model, cfg)
         extra = len(train[f.WATCH_SECONDS]) - n_examples
+        if als is not None:  # the added negatives too
+            train[ALS_SCORE] = als_feature.scores(als, train)
     model, metrics = train_ranker(train, fn_args.transform_output, cfg, steps=steps)
     metrics["retrieval_negatives"] = extra
     retrieval_run = json.loads(mio.read_text(os.path.join(fn_args.base_model, "metadata.json"))
                                )["training_run"]
     info = {"retrieval_training_run": retrieval_run, "metrics": metrics,
-            "config": dataclasses.asdict(cfg)}
+            "als_score": als is not None, "config": dataclasses.asdict(cfg)}
     export_ranker(model, os.path.join(fn_args.serving_model_dir, "ranker"), info,
                   load_catalogue(catalogue))
     mio.write_text(os.path.join(fn_args.serving_model_dir, "metadata.json"),

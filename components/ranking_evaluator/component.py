@@ -20,6 +20,8 @@ class RankingEvaluatorSpec(ComponentSpec):
         "examples": ChannelParameter(type=standard_artifacts.Examples),
         "retrieval_model": ChannelParameter(type=standard_artifacts.Model),
         "baseline_model": ChannelParameter(type=standard_artifacts.Model, optional=True),
+        # the AlsTrainer's model: the rows' ALS scores, for a ranker that takes them
+        "als_model": ChannelParameter(type=standard_artifacts.Model, optional=True),
     }
     OUTPUTS = {"blessing": ChannelParameter(type=standard_artifacts.ModelBlessing)}
 
@@ -28,8 +30,9 @@ class RankingEvaluator(base_component.BaseComponent):
     SPEC_CLASS = RankingEvaluatorSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
-    def __init__(self, model, examples, retrieval_model, config: Config, baseline_model=None):
+    def __init__(self, model, examples, retrieval_model, config: Config, baseline_model=None,
+                 als_model=None):
         super().__init__(spec=RankingEvaluatorSpec(
             model=model, examples=examples, retrieval_model=retrieval_model,
-            baseline_model=baseline_model, config_json=config.to_json(),
+            baseline_model=baseline_model, als_model=als_model, config_json=config.to_json(),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing)))

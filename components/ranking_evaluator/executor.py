@@ -19,7 +19,7 @@ from components.ranking_evaluator import eval_lib
 from marquee import io
 from marquee.config import Config
 from trainer import features as f
-from trainer import raw_inputs
+from trainer import als_feature, raw_inputs
 from trainer.ranking import P_WATCH, RETRIEVAL_SCORE, WATCH_TIME_SECONDS, labels, load_split
 
 RANKER = "ranker"
@@ -30,6 +30,10 @@ def predict(ranker_dir: str, data: dict, batch_size: int = 8192) -> tuple[np.nda
     """(P(watched), log1p(predicted watch seconds)) from a ranking SavedModel."""
     fn = tf.saved_model.load(ranker_dir).signatures["serving_default"]
     keys = [k for k in fn.structured_input_signature[1]]
+    missing = sorted(set(keys) - set(data))
+    if missing:
+        raise ValueError(f"the ranker at {ranker_dir} takes {missing}, which the evaluation rows "
+                         "lack; give the RankingEvaluator the run's als_model")
     p, t = [], []
     n = len(data[RETRIEVAL_SCORE])
     for s in range(0, n, batch_size):
@@ -40,10 +44,13 @@ def predict(ranker_dir: str, data: dict, batch_size: int = 8192) -> tuple[np.nda
 
 
 def evaluate(ranker_dir: str, baseline_dir: str | None, examples_uri: str, retrieval_dir: str,
-             config: Config) -> dict:
-    """Sliced metrics of the candidate and of the baseline, and the blessing verdict."""
+             config: Config, als_dir: str | None = None) -> dict:
+    """Sliced metrics of the candidate and of the baseline, and the blessing verdict. Both
+    rankers get the rows' scores of this run's towers (and ALS model, ``als_dir``) for the pair
+    scores they take."""
     split = lambda s: [os.path.join(examples_uri, f"Split-{s}", "*")]  # noqa: E731
-    data = load_split(split(RANK_EVAL), retrieval_dir, config.evaluator.max_examples)
+    als = als_feature.load_scorer(als_dir, examples_uri) if als_dir else None
+    data = load_split(split(RANK_EVAL), retrieval_dir, config.evaluator.max_examples, als)
     if not data:
         raise ValueError("the rank_eval split is empty: nothing to evaluate the ranker on")
     train = raw_inputs.columns(split(RANK_TRAIN), (f.ITEM_ID, f.USER_ID, f.WATCH_SECONDS))
@@ -78,13 +85,14 @@ class Executor(base_executor.BaseExecutor):
         examples = artifact_utils.get_single_instance(input_dict["examples"])
         retrieval = artifact_utils.get_single_instance(input_dict["retrieval_model"])
         baselines = input_dict.get("baseline_model") or []
+        als = input_dict.get("als_model") or []
         blessing = artifact_utils.get_single_instance(output_dict["blessing"])
         config = Config.from_json(exec_properties["config_json"])
         baseline_dir = (os.path.join(path_utils.serving_model_path(baselines[0].uri), RANKER)
                         if baselines else None)
         result = evaluate(os.path.join(path_utils.serving_model_path(model.uri), RANKER),
                           baseline_dir, examples.uri, path_utils.serving_model_path(retrieval.uri),
-                          config)
+                          config, als[0].uri if als else None)
         io.write_text(os.path.join(blessing.uri, METRICS_FILE), json.dumps(result, indent=2))
         blessing.set_int_custom_property("blessed", int(result["blessed"]))
         blessing.set_string_custom_property("current_model", model.uri)

@@ -13,7 +13,8 @@
      best NDCG@20 among blends that keep the catalogue exposure bar, ``choose_weight``).
      ``bench/bench_rerank.py`` measures what the re-rank steps change;
    - ``stack_no_als``: the ablation, the two-tower candidates alone with the best blend without
-     the ALS score (chosen on validation the same way);
+     the ALS score (chosen on validation the same way); the ranker keeps its ALS feature, which
+     only a ranker retrained with ``ranking.use_als_score: false`` drops;
    - ``stack_no_exposure``: the chosen blend without its calibrated-exposure term, when it has
      one (the table: ``serving.homepage.exposure.calibrate`` over every user's pages);
    - ``ranker``: the same candidates ordered by the ranker alone;

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from marquee.artifacts import KNOWN, P_WATCH, RETRIEVAL_SCORE, WATCH_TIME_SECONDS
+from marquee.artifacts import ALS_SCORE, KNOWN, P_WATCH, RETRIEVAL_SCORE, WATCH_TIME_SECONDS
 from marquee.config import ServingConfig
 from marquee.data.contract import ITEM_ID
 from serving.homepage.budget import Budget
@@ -119,33 +119,46 @@ class RankStep:
                      outputs.get(POPULARITY), cfg.popularity_weight, outputs.get(ALS),
                      cfg.als_weight, outputs.get(EXPOSURE), cfg.exposure_weight)
 
+    def pair_scores(self, retrieval: np.ndarray, als: np.ndarray | None,
+                    version: int | None) -> dict[str, np.ndarray]:
+        """The pair scores ``version``'s ranker takes: the retrieval score, and the ALS score
+        (0 where the user has no ALS vector, as in training) for a ranker trained with it."""
+        out = {RETRIEVAL_SCORE: np.asarray(retrieval, np.float32)}
+        if ALS_SCORE in self.backend.ranker_inputs(version):
+            out[ALS_SCORE] = (np.zeros(len(retrieval), np.float32) if als is None
+                              else np.asarray(als, np.float32))
+        return out
+
     def ranker_inputs(self, query: dict[str, np.ndarray], rows: np.ndarray,
-                      retrieval: np.ndarray) -> dict[str, np.ndarray]:
+                      retrieval: np.ndarray, version: int | None,
+                      als: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The ranker's batch of N pairs: the query's features repeated, the titles' own."""
         inputs = {key: np.repeat(v, len(rows), axis=0) for key, v in query.items()}
         inputs.update(self.catalogue.candidate_inputs(rows))
-        inputs[RETRIEVAL_SCORE] = retrieval.astype(np.float32)
+        inputs.update(self.pair_scores(retrieval, als, version))
         return inputs
 
     def score(self, query: dict[str, np.ndarray], ids: list[int], retrieval: np.ndarray,
-              timeout_s: float, version: int | None) -> dict[str, np.ndarray]:
-        """The ranker's outputs for the candidates ``ids``: by id (the query once, the titles'
-        features looked up in the model) when the version's ranker can, with any title its
-        table lacks (added since training) scored again from its features; otherwise every
-        pair's features sent."""
+              timeout_s: float, version: int | None,
+              als: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The ranker's outputs for the candidates ``ids`` (``als``: their ALS scores, None
+        without): by id (the query once, the titles' features looked up in the model) when the
+        version's ranker can, with any title its table lacks (added since training) scored
+        again from its features; otherwise every pair's features sent."""
         if not self.backend.ranks_by_id(version):
             return self.backend.rank(self.ranker_inputs(query, self.catalogue.rows(ids),
-                                                         retrieval), timeout_s, version)
+                                                         retrieval, version, als),
+                                     timeout_s, version)
         item_ids = np.asarray(ids, np.int64)
         out = self.backend.rank_by_id(
-            {**query, ITEM_ID: item_ids, RETRIEVAL_SCORE: retrieval.astype(np.float32)},
+            {**query, ITEM_ID: item_ids, **self.pair_scores(retrieval, als, version)},
             timeout_s, version)
         out = {k: np.array(out[k]) for k in (P_WATCH, WATCH_TIME_SECONDS, KNOWN)}
         unknown = np.flatnonzero(~out[KNOWN].astype(bool))
         if len(unknown):
             rest = self.backend.rank(self.ranker_inputs(
-                query, self.catalogue.rows(item_ids[unknown].tolist()), retrieval[unknown]),
-                timeout_s, version)
+                query, self.catalogue.rows(item_ids[unknown].tolist()), retrieval[unknown],
+                version, None if als is None else als[unknown]), timeout_s, version)
             for key in (P_WATCH, WATCH_TIME_SECONDS):
                 out[key][unknown] = np.asarray(rest[key])
         return out
@@ -162,10 +175,14 @@ class RankStep:
         outputs = {RETRIEVAL_SCORE: retrieval, **self.signals(profile, ids, version)}
         if not self.backend.has_ranker(version):
             return Ranked(self._blend(retrieval, outputs), outputs)
+        als = outputs.get(ALS)
+        if (als is None and self.als is not None
+                and ALS_SCORE in self.backend.ranker_inputs(version)):
+            als = self.als.score(profile, ids, version)  # the ranker's feature, unweighted
         t = self._clock()
         try:
             out = self.breaker.call(self.score, query, ids, retrieval,
-                                    budget.left_s(self.config.rank_deadline_ms), version)
+                                    budget.left_s(self.config.rank_deadline_ms), version, als)
             budget.check("ranker", t, self.config.rank_deadline_ms)
             outputs.update({P_WATCH: np.asarray(out[P_WATCH]),
                             WATCH_TIME_SECONDS: np.asarray(out[WATCH_TIME_SECONDS])})

@@ -155,7 +155,9 @@ class HomepageService:
         self.sources = {s.name: SOURCES[s.name](ctx) for s in config.sources}
         uses_i2i = config.because_you_watched > 0 or config.item_to_item_weight
         self.item_to_item = item_to_item(ctx) if uses_i2i or "item_to_item" in ctx.shared else None
-        self.als = als_source(ctx) if config.als_weight or "als" in ctx.shared else None
+        # Always: besides the source and the blend signal, a ranker trained with the ALS
+        # feature takes the pair's ALS score (without a pushed ALS model it scores nothing).
+        self.als = als_source(ctx)
         exposure = (ExposureTable.load(config.exposure_file) if config.exposure_weight
                     else None)
         self.ranking = RankStep(backend, catalogue, config, self.fallback, self.item_to_item,
@@ -426,4 +428,4 @@ class HomepageService:
             self.ranking.score(query, ids, np.zeros(len(ids), np.float32), 30.0, version)
             if self.backend.ranks_by_id(version):  # the features path too (new titles)
                 self.backend.rank(self.ranking.ranker_inputs(
-                    query, self.catalogue.rows(ids), np.zeros(len(ids))), 30.0, version)
+                    query, self.catalogue.rows(ids), np.zeros(len(ids)), version), 30.0, version)

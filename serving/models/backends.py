@@ -45,6 +45,11 @@ class ModelBackend(Protocol):
         """Whether ``version``'s ranker has the ``rank_by_id`` signature (rankers exported before
         it have only ``serving_default``)."""
 
+    def ranker_inputs(self, version: int | None = None) -> frozenset[str]:
+        """The input names of ``version``'s ranker (empty: none, or not listed by a ranker
+        exported before they were); the page sends ``als_score`` only to a ranker that takes
+        it."""
+
     def candidate_embeddings(self, inputs: dict[str, np.ndarray], version: int,
                              timeout_s: float) -> np.ndarray:
         """Candidate tower of ``version`` on N titles' raw inputs -> [N, dim] (new titles)."""
@@ -76,6 +81,9 @@ class UnavailableBackend:
 
     def ranks_by_id(self, version=None) -> bool:
         return False
+
+    def ranker_inputs(self, version=None) -> frozenset[str]:
+        return frozenset()
 
     def candidate_embeddings(self, inputs, version, timeout_s):
         raise ModelUnavailable(self.reason)
@@ -141,6 +149,9 @@ class WaitingBackend:
     def ranks_by_id(self, version=None) -> bool:
         return self._backend is not None and self._backend.ranks_by_id(version)
 
+    def ranker_inputs(self, version=None) -> frozenset[str]:
+        return frozenset() if self._backend is None else self._backend.ranker_inputs(version)
+
     def candidate_embeddings(self, inputs, version, timeout_s):
         return self._current().candidate_embeddings(inputs, version, timeout_s)
 
@@ -174,6 +185,9 @@ class PinnedBackend:
 
     def ranks_by_id(self, version=None) -> bool:
         return self.backend.ranks_by_id(self.version if version is None else version)
+
+    def ranker_inputs(self, version=None) -> frozenset[str]:
+        return self.backend.ranker_inputs(self.version if version is None else version)
 
     def candidate_embeddings(self, inputs, version, timeout_s):
         return self.backend.candidate_embeddings(inputs, version, timeout_s)

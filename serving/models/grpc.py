@@ -23,7 +23,9 @@ from serving.models.versions import (
     has_ranker,
     is_complete,
     pushed_models,
-    ranker_signatures,
+    NO_RANKER,
+    RankerExport,
+    ranker_export,
 )
 
 log = logging.getLogger(__name__)
@@ -63,8 +65,8 @@ class GrpcBackend:
         self._checked = float("-inf")
         self._checking = threading.Lock()
         self._served: int | None = None
-        # The ranker's signatures (empty: no ranker) of the newest two versions served.
-        self._rankers: dict[int, frozenset[str]] = {}
+        # The ranker's exports (signatures empty: no ranker) of the newest two versions served.
+        self._rankers: dict[int, RankerExport] = {}
         self._why_none: Exception = ModelUnavailable(
             f"no complete version of {self.base} is loaded in the model server at {target}")
 
@@ -131,7 +133,7 @@ class GrpcBackend:
         log.info("model server at %s: serving version %d", self.target, version)
         older = sorted(v for v in self._rankers if v < version)[-1:]  # pages under way
         self._rankers = {**{v: self._rankers[v] for v in older},
-                         version: ranker_signatures(self.base, version)}
+                         version: ranker_export(self.base, version)}
         self._served = version
 
     def _version(self, version: int | None) -> int:
@@ -152,7 +154,7 @@ class GrpcBackend:
                 f"the model server at {self.target} does not serve every model of version "
                 f"{version} of {self.base}; list it in the server's model config "
                 "(model_version_policy {specific {versions: ...}}) or pin the arm to one served")
-        self._rankers.setdefault(version, ranker_signatures(self.base, version))
+        self._rankers.setdefault(version, ranker_export(self.base, version))
 
     def query_embeddings(self, inputs, timeout_s, version: int | None = None):
         out, version = self.client.predict_with_version(
@@ -173,7 +175,12 @@ class GrpcBackend:
     def ranks_by_id(self, version: int | None = None) -> bool:
         if version is None:
             version = self.serving_version()
-        return RANK_BY_ID in self._rankers.get(version, frozenset())
+        return RANK_BY_ID in self._rankers.get(version, NO_RANKER).signatures
+
+    def ranker_inputs(self, version: int | None = None) -> frozenset[str]:
+        if version is None:
+            version = self.serving_version()
+        return self._rankers.get(version, NO_RANKER).inputs
 
     def candidate_embeddings(self, inputs, version, timeout_s):
         return self.client.predict(CANDIDATE_TOWER, inputs, version=version,
@@ -184,4 +191,4 @@ class GrpcBackend:
         ranker pushed (and loaded: a version is served once all its models are)."""
         if version is None:
             version = self.serving_version()
-        return bool(self._rankers.get(version))
+        return bool(self._rankers.get(version, NO_RANKER).signatures)

@@ -199,6 +199,15 @@ class InProcessBackend:
             return False
         return ranker is not None and RANK_BY_ID in ranker
 
+    def ranker_inputs(self, version: int | None = None) -> frozenset[str]:
+        try:
+            ranker = self._version(version).ranker
+        except ModelMismatch:
+            return frozenset()
+        if ranker is None or SIGNATURE not in ranker:
+            return frozenset()
+        return frozenset(ranker[SIGNATURE].structured_input_signature[1])
+
     def _rank(self, signature: str, inputs, version: int | None):
         m = self._version(version)
         if m.ranker is None:

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -113,14 +114,26 @@ def has_ranker(base: str | Path, version: int) -> bool:
     return _has(base, RANKER, version)
 
 
-def ranker_signatures(base: str | Path, version: int) -> frozenset[str]:
-    """The signatures of ``version``'s ranker, from its export info (``EXPORT_INFO``): empty
-    without a ranker; ``serving_default`` alone for a ranker exported before the export info
-    listed them."""
+class RankerExport(NamedTuple):
+    """What a version's ranker exports: its ``signatures`` (empty: no ranker) and the
+    ``inputs`` of ``serving_default`` (empty when its export info does not list them: a ranker
+    exported before it did, which takes no ALS score)."""
+
+    signatures: frozenset[str]
+    inputs: frozenset[str]
+
+
+NO_RANKER = RankerExport(frozenset(), frozenset())
+
+
+def ranker_export(base: str | Path, version: int) -> RankerExport:
+    """``version``'s :class:`RankerExport`, from its export info (``EXPORT_INFO``);
+    ``serving_default`` alone for a ranker exported before the export info listed them."""
     if not has_ranker(base, version):
-        return frozenset()
+        return NO_RANKER
     try:
         info = json.loads(io.read_text(_path(base, RANKER, version, *EXPORT_INFO)))
     except (OSError, ValueError, tf.errors.NotFoundError):  # an export without the info
-        return frozenset({SIGNATURE})
-    return frozenset(info.get("signatures", [SIGNATURE]))
+        return RankerExport(frozenset({SIGNATURE}), frozenset())
+    return RankerExport(frozenset(info.get("signatures", [SIGNATURE])),
+                        frozenset(info.get("inputs", [])))
