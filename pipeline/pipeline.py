@@ -34,8 +34,8 @@ from components.contract_example_gen.example_lib import (
 )
 from components.embedding_drift.component import EmbeddingDrift
 from components.model_pusher.component import ModelPusher
-from components.ranking_trainer.component import RankingTrainer
 from components.ranking_evaluator.component import RankingEvaluator
+from components.ranking_trainer.component import RankingTrainer
 from components.scann_indexer.component import ScannIndexer
 from marquee.config import BeamConfig, Config
 from marquee.monitoring.drift import DRIFT_SPLITS, validator_config

@@ -5,10 +5,10 @@ the source's use of live watches."""
 import json
 
 import numpy as np
-import tensorflow as tf
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import tensorflow as tf
 
 from components.als_trainer import als_lib
 from marquee.als import ALS_FILE, AlsModel, load_als, save_als

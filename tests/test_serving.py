@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from components.model_pusher.push_lib import RANKER, RETRIEVAL_INDEX, versions
+from marquee.artifacts import ALS_SCORE
 from marquee.config import ServingConfig, SourceConfig
 from marquee.data import contract as c
 from marquee.dev.model_server import ModelServer
@@ -115,9 +116,12 @@ def test_parity_in_process_and_grpc(world, model_server):
     run, _, users, _ = world
     local = service(world, InProcessBackend(run.serving), FULL)
     remote = service(world, GrpcBackend(model_server.address, run.serving), FULL)
+    for svc in (local, remote):  # the run's ranker takes the ALS feature: both pages send it
+        assert ALS_SCORE in svc.backend.ranker_inputs(), svc.backend.name
     for user in _heavy_users(users) + [10**9]:
         a, b = local.homepage(user), remote.homepage(user)
         assert not a.fallback and a.degraded is None and a.skipped == {}
+        assert b.degraded is None
         assert [p.item_id for p in a.items] == [p.item_id for p in b.items]
         np.testing.assert_allclose([p.score for p in a.items], [p.score for p in b.items],
                                    rtol=1e-5, atol=1e-6)

@@ -48,17 +48,20 @@ def user_vectors(model: AlsModel, users: np.ndarray, items: np.ndarray
         ids.append(int(user[0]))
         vectors.append(x)
         loo.append(scores)
-    cat = lambda parts, dt, shape: np.concatenate(parts).astype(dt) if parts else np.zeros(shape, dt)  # noqa: E731,E501
     return (np.asarray(ids, np.int64), np.asarray(vectors, np.float32).reshape(-1, model.factors),
-            cat(keys, np.int64, 0), cat(loo, np.float32, 0))
+            _concat(keys, np.int64), _concat(loo, np.float32))
 
 
-class AlsScorer(tf.Module):
+def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+
+
+class AlsScorer:
     """``scorer(inputs) -> [B] float32``: the ALS score of each (``user_id``, ``item_id``) row,
-    as the module docstring defines it. Graph-safe."""
+    as the module docstring defines it. Graph-safe (plain TensorFlow ops, so ``tf.data``'s
+    AutoGraph has nothing to convert)."""
 
     def __init__(self, model: AlsModel, users: np.ndarray, items: np.ndarray):
-        super().__init__(name="als_scorer")
         ids, vectors, keys, loo = user_vectors(model, users, items)
         self.titles = len(model.item_ids)
         self.users, self.vectors = len(ids), tf.constant(vectors)
@@ -67,6 +70,7 @@ class AlsScorer(tf.Module):
         self.item_rows = _table(model.item_ids, np.arange(self.titles, dtype=np.int64), -1)
         self.left_out = _table(keys, loo, np.nan)
 
+    @tf.autograph.experimental.do_not_convert
     def __call__(self, inputs: dict) -> tf.Tensor:
         user = self.user_rows.lookup(tf.reshape(tf.cast(inputs[f.USER_ID], tf.int64), [-1]))
         item = self.item_rows.lookup(tf.reshape(tf.cast(inputs[f.ITEM_ID], tf.int64), [-1]))

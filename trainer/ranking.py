@@ -72,8 +72,8 @@ from marquee.artifacts import (
 )
 from marquee.config import Config, RankingConfig
 from marquee.data import contract as c
-from trainer import features as f
 from trainer import als_feature, negatives, raw_inputs
+from trainer import features as f
 from trainer.als_feature import AlsScorer
 from trainer.model import SparseMeanEmbedding, VocabSizes
 from trainer.retrieval import complete_raw_inputs, vocab_sizes, write_export_info
@@ -564,7 +564,10 @@ def _dataset(source: RankingSource, split: TrainSplit, cfg: RankingConfig, valid
 
         def parse(serialized: tf.Tensor) -> dict:
             x = raw_inputs.parse_serialized(serialized, _COLUMNS)
-            return {**x, RETRIEVAL_SCORE: scorer(x), **({ALS_SCORE: als(x)} if als else {})}
+            x[RETRIEVAL_SCORE] = scorer(x)
+            if als is not None:  # a Python object: decided while tracing
+                x[ALS_SCORE] = als(x)
+            return x
 
         ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
 

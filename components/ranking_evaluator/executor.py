@@ -18,8 +18,8 @@ from components.contract_example_gen.example_lib import RANK_EVAL, RANK_TRAIN
 from components.ranking_evaluator import eval_lib
 from marquee import io
 from marquee.config import Config
-from trainer import features as f
 from trainer import als_feature, raw_inputs
+from trainer import features as f
 from trainer.ranking import P_WATCH, RETRIEVAL_SCORE, WATCH_TIME_SECONDS, labels, load_split
 
 RANKER = "ranker"

@@ -20,11 +20,11 @@ from marquee.artifacts import (
 )
 from serving.models.errors import ModelUnavailable
 from serving.models.versions import (
+    NO_RANKER,
+    RankerExport,
     has_ranker,
     is_complete,
     pushed_models,
-    NO_RANKER,
-    RankerExport,
     ranker_export,
 )
 
