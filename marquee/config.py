@@ -39,6 +39,16 @@ class DataConfig:
     history_length: int = 20
     # A watch counts as a retrieval positive from this many seconds on.
     min_watch_seconds: float = 120.0
+    # How the Transform graph indexes user ids: 0 = a vocabulary of the train split's users
+    # (plus the out-of-vocabulary buckets); N > 0 = a hash of the id into N buckets, with no
+    # vocabulary to compute or hold (100M users), at the cost of collisions (N = 2^20 for
+    # millions of users). Both towers and the ranker read the same index.
+    user_id_hash_buckets: int = 0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.user_id_hash_buckets, int) and self.user_id_hash_buckets >= 0):
+            raise ValueError("user_id_hash_buckets: expected 0 (a vocabulary) or a number of "
+                             f"buckets >= 1 (e.g. 1048576), got {self.user_id_hash_buckets!r}")
 
 
 @dataclasses.dataclass(frozen=True)

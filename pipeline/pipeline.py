@@ -92,6 +92,7 @@ def create_pipeline(
     transform = tfx.components.Transform(
         examples=examples, schema=schema.outputs["schema"], preprocessing_fn=PREPROCESSING_FN,
         disable_statistics=True,  # StatisticsGen already profiles the examples
+        custom_config={"config": config.to_json()},  # data.user_id_hash_buckets
         splits_config=transform_pb2.SplitsConfig(analyze=[TRAIN],
                                                  transform=[TRAIN, EVAL, CATALOGUE]))
     transform.add_upstream_node(gate)

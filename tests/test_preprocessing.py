@@ -93,3 +93,34 @@ def test_title_tokens_lowercased_and_split(transformed):
 def test_context_buckets_pass_through(transformed):
     train, _ = transformed
     assert int(train[0][xf(f.HOUR)]) == 21 and int(train[0][xf(f.DAY_OF_WEEK)]) == 4
+
+
+def test_hashed_user_ids_need_no_vocabulary():
+    # data.user_id_hash_buckets = 8: each user's index is the FarmHash bucket of its decimal
+    # string (TensorFlow's own op, the reference), the same for a user unseen in train, and the
+    # items keep their vocabulary.
+    import functools
+
+    import tensorflow as tf
+
+    from marquee.config import from_dict
+
+    config = {"config": from_dict({"data": {"user_id_hash_buckets": 8}}).to_json()}
+    train = [example(7, 100, 2000), example(9, 200, 2020), example(7, 100, 2010)]
+    test = [example(5, 200, 2000)]
+    meta = dataset_metadata.DatasetMetadata(_schema())
+    fn = functools.partial(preprocessing_fn, custom_config=config)
+    with tempfile.TemporaryDirectory() as tmp, tft_beam.Context(temp_dir=tmp):
+        (train_out, _), transform_fn = (train, meta) | tft_beam.AnalyzeAndTransformDataset(fn)
+        test_out, _ = ((test, meta), transform_fn) | tft_beam.TransformDataset()
+    expected = tf.strings.to_hash_bucket_fast(["7", "9", "7", "5"], 8).numpy().tolist()
+    got = [int(np.ravel(r[xf(f.USER_ID)])[0]) for r in train_out + test_out]
+    assert got == expected and all(0 <= g < 8 for g in got)
+    assert [int(np.ravel(r[xf(f.ITEM_ID)])[0]) for r in train_out] == [0, 1, 0]
+
+
+def test_hash_buckets_config_says_what_it_expects():
+    from marquee.config import ConfigError, from_dict
+
+    with pytest.raises(ConfigError, match="user_id_hash_buckets: expected 0"):
+        from_dict({"data": {"user_id_hash_buckets": -1}})

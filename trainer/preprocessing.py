@@ -6,6 +6,8 @@ tower, so serving feeds raw features and cannot skew from training.
 Outputs (``features.transformed_name`` of each key), shapes for a batch of B examples:
 - ids (user, item, history): vocabulary indices with ``oov_buckets`` out-of-vocabulary buckets,
   so an unseen id maps to a bucket instead of failing. Item id and history share one vocabulary.
+  With ``data.user_id_hash_buckets`` N > 0 (``custom_config``), the user id is hashed into N
+  buckets instead (:func:`user_index`): no vocabulary over 100M users.
   user/item: int64 [B, 1]; history: SparseTensor int64 [B, None].
 - categorical strings (country, tier, age bucket, device, director): vocabulary index [B, 1],
   one OOV bucket. Genres, cast, keywords, title tokens: SparseTensor [B, None].
@@ -56,13 +58,31 @@ def title_tokens(title: tf.Tensor) -> tf.SparseTensor:
     return tf.strings.split(text).to_sparse()
 
 
-def preprocessing_fn(inputs: dict) -> dict:
+def user_buckets(custom_config: dict | None) -> int:
+    """``data.user_id_hash_buckets`` of the run's config (0: a vocabulary)."""
+    if not custom_config or "config" not in custom_config:
+        return 0
+    from marquee.config import Config
+
+    return Config.from_json(custom_config["config"]).data.user_id_hash_buckets
+
+
+def user_index(user_id: tf.Tensor, buckets: int) -> tf.Tensor:
+    """The user id's index: its vocabulary index (``buckets`` 0), or its decimal string's
+    FarmHash fingerprint modulo ``buckets`` (the same in every process and at serving)."""
+    if buckets:
+        return tf.strings.to_hash_bucket_fast(_as_string(user_id), buckets)
+    return tft.compute_and_apply_vocabulary(
+        _as_string(user_id), num_oov_buckets=ID_OOV_BUCKETS, vocab_filename=f.USER_VOCAB)
+
+
+def preprocessing_fn(inputs: dict, custom_config: dict | None = None) -> dict:
+    """``custom_config``: ``{"config": Config.to_json()}`` as the pipeline passes it (only
+    ``data.user_id_hash_buckets`` is read); None gives the defaults."""
     out = {}
     xf = f.transformed_name
 
-    out[xf(f.USER_ID)] = tft.compute_and_apply_vocabulary(
-        _as_string(inputs[f.USER_ID]), num_oov_buckets=ID_OOV_BUCKETS,
-        vocab_filename=f.USER_VOCAB)
+    out[xf(f.USER_ID)] = user_index(inputs[f.USER_ID], user_buckets(custom_config))
     item_vocab = tft.vocabulary(_as_string(inputs[f.ITEM_ID]), vocab_filename=f.ITEM_VOCAB)
     out[xf(f.ITEM_ID)] = tft.apply_vocabulary(
         _as_string(inputs[f.ITEM_ID]), item_vocab, num_oov_buckets=ID_OOV_BUCKETS)

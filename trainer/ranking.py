@@ -581,10 +581,11 @@ def _dataset(source: RankingSource, split: TrainSplit, cfg: RankingConfig, valid
 
 
 def build_model(tft_out: tft.TFTransformOutput, cfg: RankingConfig,
-                counts: ItemCounts | None = None, als_score: bool = False) -> RankingModel:
+                counts: ItemCounts | None = None, als_score: bool = False,
+                user_buckets: int = 0) -> RankingModel:
     tf.keras.utils.set_random_seed(cfg.seed)
     model = RankingModel(tft_out.transform_features_layer(), tft_out.raw_feature_spec(),
-                         vocab_sizes(tft_out), cfg, counts, als_score)
+                         vocab_sizes(tft_out, user_buckets), cfg, counts, als_score)
     model.compile(
         optimizer=tf.keras.optimizers.Adam(cfg.learning_rate),
         loss={WATCHED_LOGIT: tf.keras.losses.BinaryCrossentropy(from_logits=True),
@@ -595,7 +596,8 @@ def build_model(tft_out: tft.TFTransformOutput, cfg: RankingConfig,
 
 
 def train_ranker(train: RankingSource, transform_dir: str, cfg: RankingConfig,
-                 epochs: int | None = None, steps: int | None = None) -> tuple[RankingModel, dict]:
+                 epochs: int | None = None, steps: int | None = None,
+                 user_buckets: int = 0) -> tuple[RankingModel, dict]:
     """Fits the ranker on a train split, in memory (the dense inputs of :func:`load_split`) or
     streamed from its files (:class:`RankingRecords`), early-stopping on a validation split
     carved from the end of train (``cfg.validation_share``); ``steps`` caps the steps per
@@ -605,7 +607,8 @@ def train_ranker(train: RankingSource, transform_dir: str, cfg: RankingConfig,
         raise ValueError("the rank_train split has no examples; check the data")
     # Counts over every train row (fit and validation), each row leaving its own label out.
     als_score = (ALS_SCORE in train) if isinstance(train, dict) else train.als is not None
-    model = build_model(tft.TFTransformOutput(transform_dir), cfg, split.counts, als_score)
+    model = build_model(tft.TFTransformOutput(transform_dir), cfg, split.counts, als_score,
+                        user_buckets)
     t0 = time.perf_counter()
     train_ds = _dataset(train, split, cfg, validation=False, shuffle=True)
     if steps is not None:
@@ -661,7 +664,8 @@ def run_fn(fn_args) -> None:
         extra = len(train[f.WATCH_SECONDS]) - n_examples
         if als is not None:  # the added negatives too
             train[ALS_SCORE] = als_feature.scores(als, train)
-    model, metrics = train_ranker(train, fn_args.transform_output, cfg, steps=steps)
+    model, metrics = train_ranker(train, fn_args.transform_output, cfg, steps=steps,
+                                  user_buckets=config.data.user_id_hash_buckets)
     metrics["retrieval_negatives"] = extra
     retrieval_run = json.loads(mio.read_text(os.path.join(fn_args.base_model, "metadata.json"))
                                )["training_run"]

@@ -99,12 +99,14 @@ def in_memory_dataset(examples: dict, batch_size: int, shuffle_seed: int | None 
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def vocab_sizes(tft_out: tft.TFTransformOutput) -> VocabSizes:
+def vocab_sizes(tft_out: tft.TFTransformOutput, user_buckets: int = 0) -> VocabSizes:
+    """Each table's rows; ``user_buckets``: the run's ``data.user_id_hash_buckets`` (the Transform
+    graph then hashes user ids and has no user vocabulary)."""
     def size(name: str, oov: int) -> int:
         return tft_out.vocabulary_size_by_name(name) + oov
 
     return VocabSizes(
-        user_id=size(f.USER_VOCAB, ID_OOV_BUCKETS),
+        user_id=user_buckets or size(f.USER_VOCAB, ID_OOV_BUCKETS),
         item_id=size(f.ITEM_VOCAB, ID_OOV_BUCKETS),
         title_tokens=size(f.vocab_name(f.TITLE_TOKENS), 1),
         **{k: size(f.vocab_name(k), 1) for k in (
@@ -322,7 +324,7 @@ def train_and_export(
     tf.keras.utils.set_random_seed(cfg.seed)
     tft_out = tft.TFTransformOutput(transform_dir)
     spec = tft_out.transformed_feature_spec()
-    sizes = vocab_sizes(tft_out)
+    sizes = vocab_sizes(tft_out, Config.from_json(config_json).data.user_id_hash_buckets)
 
     inputs = _training_inputs(train_patterns, eval_patterns, spec, cfg)
     train_ds, eval_ds, raw = inputs.train, inputs.eval, inputs.item_ids
