@@ -95,30 +95,6 @@ class AlsModel:
         a = self._gram + (self.alpha - 1.0) * (y.T @ y)
         return np.linalg.solve(a, self.alpha * y.sum(axis=0))
 
-    def fold_in_leave_one_out(self, positives: Iterable[int]
-                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """(the user's vector ``x [f]`` as :meth:`fold_in`, the known positive rows ``[P]``,
-        each one's score ``[P]`` with the vector folded in from the other positives), or None.
-
-        What serving gives a candidate (never among the user's watches) is the score with that
-        title left out, which for a positive ``y`` follows from the whole fold-in's system ``A``
-        (Sherman-Morrison, ``c = alpha - 1``, ``s = y·x``, ``h = yᵀA⁻¹y``)::
-
-            y · x_without_y = (s - alpha·h) / (1 - c·h)
-
-        so the ranker's training rows get the served meaning at one solve a user."""
-        rows = np.unique(self.rows(positives))
-        rows = rows[rows >= 0]
-        if len(rows) == 0:
-            return None
-        y = self.item_factors[rows].astype(np.float64)
-        a = self._gram + (self.alpha - 1.0) * (y.T @ y)
-        # One factorisation for both: A⁻¹ b (the vector) and A⁻¹ yᵀ (each positive's h).
-        solved = np.linalg.solve(a, np.column_stack([self.alpha * y.sum(axis=0), y.T]))
-        x = solved[:, 0]
-        s, h = y @ x, np.einsum("ij,ji->i", y, solved[:, 1:])
-        return x, rows, (s - self.alpha * h) / (1.0 - (self.alpha - 1.0) * h)
-
     def scores(self, user: np.ndarray) -> np.ndarray:
         """``[I]`` the user's score of every title (row order)."""
         return self.item_factors @ np.asarray(user, np.float32)

@@ -108,10 +108,12 @@ class RankingConfig:
     # Feed the two-tower score of the pair to the ranker. On the ranker's training examples it
     # is in-sample (the towers were fitted on the same positives), so it can be inflated there.
     use_retrieval_score: bool = True
-    # Feed the pair's ALS score to the ranker when the pipeline trains ALS (als.enabled): the
-    # user's vector folded in from their positives, a training row's own title left out
-    # (trainer/als_feature.py), as serving gives it.
+    # Feed the pair's ALS score to the ranker when the pipeline trains ALS (als.enabled). Its
+    # training rows are scored out of fold (trainer/als_feature.py): each by one of
+    # ``als_score_folds`` ALS models fitted without the row's (user, title) fold, as serving
+    # scores a candidate the model never saw; in-sample scores wrecked the ranker.
     use_als_score: bool = True
+    als_score_folds: int = 5
     # Give the ranker the item's train-period counts (log positives, log examples and the
     # positive rate smoothed towards the global one with ``popularity_prior_count`` pseudo
     # examples), looked up inside the exported model by item id. A training row's own label is

@@ -153,43 +153,31 @@ def test_source_folds_in_live_watches_and_new_users():
     assert src.score(UserProfile(8, history=(1,)), [2], version=4) is None  # no model there
 
 
-def test_leave_one_out_scores_hand_checked():
-    # one factor, titles 10 -> 1, 20 -> 2, 30 -> -1, reg 1, alpha 2 (YtY = 6); positives {10, 20}.
-    # 10 left out: fold in {20}: A = 6 + 1 + 4 = 11, b = 4, x = 4/11 -> score of 10 = 4/11.
-    # 20 left out: fold in {10}: A = 6 + 1 + 1 = 8, b = 2, x = 1/4 -> score of 20 = 2/4.
-    # Both: A = 6 + 1 + 5 = 12, b = 6, x = 1/2.
-    m = AlsModel(np.array([10, 20, 30]), np.array([[1.0], [2.0], [-1.0]]), 1.0, 2.0)
-    x, rows, loo = m.fold_in_leave_one_out([20, 10, 99])
-    assert x == pytest.approx([0.5]) and rows.tolist() == [0, 1]
-    assert loo == pytest.approx([4 / 11, 0.5])
-    # one positive left out: nothing left to fold in, the score is 0 (as serving sends)
-    assert m.fold_in_leave_one_out([30])[2] == pytest.approx([0.0])
-    assert m.fold_in_leave_one_out([99]) is None
+def test_ranker_feature_scores_each_row_out_of_its_fold():
+    from trainer.als_feature import AlsScorer, fold_of
 
-
-def test_leave_one_out_equals_folding_in_without_the_title():
-    rng = np.random.default_rng(3)
-    m = AlsModel(np.arange(40) * 3, rng.normal(size=(40, 8)), 0.5, 5.0)
-    for user in range(5):
-        positives = rng.choice(m.item_ids, 7, replace=False)
-        x, rows, loo = m.fold_in_leave_one_out(positives)
-        np.testing.assert_allclose(x, m.fold_in(positives), rtol=1e-9)
-        for r, got in zip(rows, loo, strict=True):
-            others = [p for p in positives if p != m.item_ids[r]]
-            assert got == pytest.approx(m.score(m.fold_in(others), [m.item_ids[r]])[0],
-                                        rel=1e-5, abs=1e-7), user
-
-
-def test_ranker_feature_scores_rows_as_serving_does():
-    from trainer.als_feature import AlsScorer
-
-    # the model of the hand-checked test; user 7 watched {10, 20}, user 8 watched {30}
-    m = AlsModel(np.array([10, 20, 30]), np.array([[1.0], [2.0], [-1.0]]), 1.0, 2.0)
-    scorer = AlsScorer(m, np.array([7, 8, 7]), np.array([10, 30, 20]))
+    # two folds of the positives: user 7 {10 (fold 1), 21 (fold 0)}, user 8 {30 (fold 0)};
+    # fold = (user * 1000003 + title) mod 2
+    users, items = np.array([7, 7, 8]), np.array([10, 21, 30])
+    assert fold_of(users, items, 2).tolist() == [1, 0, 0]
+    # each fold's model (one factor, reg 1, alpha 2): fold 0 titles 10 -> 1, 21 -> 2, 30 -> -1
+    # (YtY 6), fold 1 10 -> 2, 21 -> 1, 30 -> 0 (YtY 5)
+    fold0 = AlsModel(np.array([10, 21, 30]), np.array([[1.0], [2.0], [-1.0]]), 1.0, 2.0)
+    fold1 = AlsModel(np.array([10, 21, 30]), np.array([[2.0], [1.0], [0.0]]), 1.0, 2.0)
+    scorer = AlsScorer([fold0, fold1], users, items)
     rows = {"user_id": np.array([7, 7, 7, 8, 8, 9, 7]),
-            "item_id": np.array([10, 20, 30, 30, 10, 10, 99])}
+            "item_id": np.array([10, 21, 30, 30, 11, 10, 99])}
+    assert fold_of(rows["user_id"], rows["item_id"], 2).tolist() == [1, 0, 1, 0, 1, 1, 0]
     got = scorer({k: tf.constant(v) for k, v in rows.items()}).numpy()
-    # 7: own titles left out (4/11, 1/2), an unwatched one by the whole vector (1/2 * -1);
-    # 8: own title left out (0), 10 by fold in {30}: A = 8, b = -2, x = -1/4 -> -1/4;
-    # an unknown user and an unknown title: 0
-    assert got == pytest.approx([4 / 11, 0.5, -0.5, 0.0, -0.25, 0.0, 0.0], abs=1e-6)
+    # (7, 10), fold 1: fold1 with 7's positives outside fold 1 = {21}: A = 5 + 1 + 1 = 7,
+    #   b = 2, x = 2/7 -> 2 * 2/7 = 4/7
+    # (7, 21), fold 0: fold0 with {10}: A = 6 + 1 + 1 = 8, b = 2, x = 1/4 -> 2/4
+    # (7, 30), fold 1: fold1 with {20}: x = 2/7 -> 0 * 2/7 = 0
+    # (8, 30), fold 0: fold0 with 8's positives outside fold 0: none -> 0
+    # (8, 11): a title without factors; (9, 10): a user without positives; (7, 99): unknown
+    assert got == pytest.approx([4 / 7, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0], abs=1e-6)
+    # one model, every positive folded in: serving's score (7 with {10, 21}: A = 12, b = 6,
+    # x = 1/2)
+    served = AlsScorer([fold0], users, items)
+    got = served({k: tf.constant(v[:3]) for k, v in rows.items()}).numpy()
+    assert got == pytest.approx([0.5, 1.0, -0.5], abs=1e-6)

@@ -12,14 +12,13 @@ import tensorflow as tf
 from components.model_pusher import push_lib
 from components.model_pusher.push_lib import CANDIDATE_TOWER, QUERY_TOWER, RETRIEVAL_INDEX
 from components.ranking_evaluator.executor import evaluate
-from marquee.als import load_als
 from marquee.artifacts import ALS_SCORE
 from marquee.config import EvaluatorConfig
 from marquee.data import contract as c
 from serving.models.in_process import InProcessBackend
 from serving.models.index_store import IndexStore
 from serving.models.query import ModelMismatch, QueryFeatures, query_inputs
-from trainer import als_feature, raw_inputs
+from trainer import als_feature
 from trainer import features as f
 from trainer.ranking import (
     KNOWN,
@@ -173,30 +172,36 @@ def _ranking_inputs(tmp, als=None):
 
 
 def _als_scorer(tmp):
+    """Serving's ALS scores of the run's pushed model (the RankingEvaluator's)."""
     examples = next((tmp / "run" / "tfx" / "ContractExampleGen" / "examples").glob("*"))
     (als_dir,) = (tmp / "run" / "tfx" / "AlsTrainer" / "model").glob("*")
-    return als_feature.load_scorer(str(als_dir), str(examples)), load_als(als_dir)
+    return als_feature.load_scorer(str(als_dir), str(examples))
 
 
 def test_ranker_takes_the_als_score_as_serving_gives_it(run):
     tmp, _ = run
-    scorer, als = _als_scorer(tmp)
-    examples, _, _, train = _ranking_inputs(tmp, scorer)
-    # The numpy reference: each row's user folded in from their retrieval-train positives (the
-    # ALS fit's), the row's own title left out; 0 for a user without one.
-    pos = raw_inputs.columns([str(examples / "Split-train" / "*")], (f.USER_ID, f.ITEM_ID))
-    by_user = pd.DataFrame(pos).groupby(f.USER_ID)[f.ITEM_ID].apply(set).to_dict()
+    examples = next((tmp / "run" / "tfx" / "ContractExampleGen" / "examples").glob("*"))
+    scorer = als_feature.out_of_fold_scorer(str(examples), CONFIG.als, 3)
+    _, _, _, train = _ranking_inputs(tmp, scorer)
+    # The numpy reference: a row's (user, title) fold k; ALS model k, fitted on the positives
+    # outside fold k, with the user folded in from their positives outside fold k.
+    users, items = als_feature.train_positives(str(examples))
+    fold = als_feature.fold_of(users, items, 3)
+    for k, model in enumerate(scorer.models):
+        assert model.metadata["positives"] == np.count_nonzero(fold != k)
     rng = np.random.default_rng(0)
     rows = rng.choice(len(train[f.ITEM_ID]), 60, replace=False)
-    left_out = 0
+    own = 0
     for r in rows:
         user, item = int(train[f.USER_ID][r]), int(train[f.ITEM_ID][r])
-        others = by_user.get(user, set()) - {item}
-        left_out += item in by_user.get(user, set())
-        x = als.fold_in(sorted(others))
-        expected = 0.0 if x is None else float(als.score(x, [item])[0])
+        k = int(als_feature.fold_of(user, item, 3))
+        seen = items[(users == user) & (fold != k)]
+        own += bool(np.any((users == user) & (items == item)))
+        x = scorer.models[k].fold_in(seen)
+        expected = 0.0 if x is None else float(scorer.models[k].score(x, [item])[0])
         assert train[ALS_SCORE][r] == pytest.approx(expected, rel=1e-3, abs=1e-5), (user, item)
-    assert 0 < left_out < len(rows)  # both kinds of rows were checked
+        assert item not in seen  # the pair is never in what scores it
+    assert 0 < own < len(rows)  # positive pairs and others were both checked
     # The pushed ranker was trained with it: both signatures take it, the export info says so,
     # the backend reports it (the page sends it), and it moves the score.
     base = tmp / "run" / "serving"
@@ -327,15 +332,17 @@ def test_streamed_ranking_batches_equal_the_in_memory_ones(run):
     # The RankingTrainer streams rank_train from its files; load_split holds it in memory (tests,
     # hard negatives). The model must get the same batches either way.
     tmp, _ = run
-    scorer, _ = _als_scorer(tmp)
+    scorer = _als_scorer(tmp)
     examples, retrieval, _, train = _ranking_inputs(tmp, scorer)
     cfg = dataclasses.replace(CONFIG.ranking, batch_size=64)
     records = RankingRecords((str(examples / "Split-rank_train" / "*"),), str(retrieval), scorer)
     in_memory, streamed = scan_split(train, cfg), scan_split(records, cfg)
 
-    # The latest 10% of the examples by time validate: timestamp >= the 0.9 quantile.
+    # The latest 10% of the examples by time validate, rounded up to whole hours: the latest
+    # hour boundary with at least 10% of the rows at or after it.
     ts = train[f.TIMESTAMP]
-    cutoff = int(np.ceil(np.quantile(ts, 1 - cfg.validation_share)))
+    hours = np.arange(ts.min() // 3600, ts.max() // 3600 + 1) * 3600
+    cutoff = int(hours[[np.mean(ts >= h) >= cfg.validation_share for h in hours]][-1])
     validation = ts >= cutoff
     assert in_memory.cutoff == streamed.cutoff == cutoff
     assert 0.05 * len(ts) < validation.sum() < 0.15 * len(ts)
@@ -387,7 +394,7 @@ def test_rank_by_id_matches_serving_default(run, tmp_path):
     # The by-id signature (the page's query once, item ids, features looked up in the model)
     # must score exactly as serving_default does with every raw feature sent.
     tmp, _ = run
-    examples, _, transform, train = _ranking_inputs(tmp, _als_scorer(tmp)[0])
+    examples, _, transform, train = _ranking_inputs(tmp, _als_scorer(tmp))
     cfg = dataclasses.replace(CONFIG.ranking, item_popularity_features=True)
     model, _ = train_ranker(train, str(transform), cfg, epochs=1, steps=3)
     catalogue = load_catalogue([str(examples / "Split-catalogue" / "*")])
