@@ -218,7 +218,7 @@ class IndexConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BeamConfig:
-    # DirectRunner, DataflowRunner, FlinkRunner or PortableRunner.
+    # DirectRunner, DataflowRunner, FlinkRunner, SparkRunner or PortableRunner.
     runner: str = "DirectRunner"
     # DirectRunner workers; 0 means one per core.
     direct_num_workers: int = 0

@@ -57,6 +57,7 @@ DEFAULT_SERVING_DIR = "/models"
 REQUIRED_BEAM_OPTIONS = {
     "DataflowRunner": ("--project", "--region", "--temp_location"),
     "FlinkRunner": ("--flink_master",),
+    "SparkRunner": ("--spark_master_url",),
     "PortableRunner": ("--job_endpoint",),
 }
 
@@ -80,7 +81,8 @@ def runtime_parameter(name: str, default: str):
 def kubeflow_beam_args(beam: BeamConfig) -> list[str]:
     """Beam args for pipeline steps in pods: the config's runner and ``extra_args``.
 
-    Raises ``CompileError`` naming the missing options when a Dataflow, Flink or portable runner
+    Raises ``CompileError`` naming the missing options when a Dataflow, Flink, Spark or portable
+    runner
     lacks what it needs to start.
     """
     given = {a.split("=", 1)[0] for a in beam.extra_args}

@@ -185,17 +185,22 @@ def test_every_component_parameter_is_set(job):
     assert (REPO / Path(schema).relative_to(kr.IMAGE_SOURCE_DIR)).is_file()
 
 
-def test_arguments_and_a_dataflow_config_reach_the_spec(tmp_path):
-    extra = ("--project=p", "--region=europe-west4", "--temp_location=gs://b/tmp")
-    config = dataclasses.replace(Config(), beam=BeamConfig(runner="DataflowRunner",
-                                                           extra_args=extra))
+@pytest.mark.parametrize("runner,extra", [
+    ("DataflowRunner", ("--project=p", "--region=europe-west4", "--temp_location=gs://b/tmp")),
+    ("FlinkRunner", ("--flink_master=flink:8081", "--environment_type=DOCKER",
+                     "--environment_config=reg/marquee:7")),
+    ("SparkRunner", ("--spark_master_url=spark://spark:7077", "--environment_type=DOCKER",
+                     "--environment_config=reg/marquee:7")),
+])
+def test_arguments_and_a_scale_out_runner_reach_the_spec(tmp_path, runner, extra):
+    config = dataclasses.replace(Config(), beam=BeamConfig(runner=runner, extra_args=extra))
     out = kr.compile_pipeline(tmp_path / "p.json", image="reg/marquee:7",
                               pipeline_root="gs://b/root", data_dir="gs://b/data",
                               serving_dir="/mnt/models", config=config)
     job = json.loads(out.read_text())
     for name, container in _containers(job).items():
         assert container["image"] == "reg/marquee:7", name
-        assert container["args"][-4:] == ["--runner=DataflowRunner", *extra], name
+        assert container["args"][-4:] == [f"--runner={runner}", *extra], name
         assert not any(a.startswith("--direct_") for a in container["args"]), name
     assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://b/root"
     assert _runtime_parameter(job, "ContractExampleGen", "data_dir") == "gs://b/data"
@@ -205,6 +210,7 @@ def test_arguments_and_a_dataflow_config_reach_the_spec(tmp_path):
 @pytest.mark.parametrize("runner,given,missing", [
     ("DataflowRunner", ("--project=p",), "--region, --temp_location"),
     ("FlinkRunner", (), "--flink_master"),
+    ("SparkRunner", ("--environment_type=DOCKER",), "--spark_master_url"),
     ("PortableRunner", ("--environment_type=DOCKER",), "--job_endpoint"),
 ])
 def test_scale_out_runner_without_its_options_is_refused_with_the_fix(runner, given, missing):
