@@ -142,6 +142,12 @@ class RankingConfig:
     position_buckets: int = 30
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if not (isinstance(self.als_score_folds, int) and self.als_score_folds >= 2):
+            raise ValueError("als_score_folds: expected an integer >= 2 (each fold's training "
+                             "rows are scored by an ALS model fitted without them), got "
+                             f"{self.als_score_folds!r}")
+
 
 @dataclasses.dataclass(frozen=True)
 class AlsConfig:

@@ -181,3 +181,8 @@ def test_ranker_feature_scores_each_row_out_of_its_fold():
     served = AlsScorer([fold0], users, items)
     got = served({k: tf.constant(v[:3]) for k, v in rows.items()}).numpy()
     assert got == pytest.approx([0.5, 1.0, -0.5], abs=1e-6)
+
+
+def test_feature_folds_config_says_what_it_expects():
+    with pytest.raises(ConfigError, match="als_score_folds: expected an integer >= 2"):
+        from_dict({"ranking": {"als_score_folds": 1}})
