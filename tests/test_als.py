@@ -172,7 +172,7 @@ def test_ranker_feature_scores_each_row_out_of_its_fold():
     # (7, 10), fold 1: fold1 with 7's positives outside fold 1 = {21}: A = 5 + 1 + 1 = 7,
     #   b = 2, x = 2/7 -> 2 * 2/7 = 4/7
     # (7, 21), fold 0: fold0 with {10}: A = 6 + 1 + 1 = 8, b = 2, x = 1/4 -> 2/4
-    # (7, 30), fold 1: fold1 with {20}: x = 2/7 -> 0 * 2/7 = 0
+    # (7, 30), fold 1: fold1 with {21}: x = 2/7 -> 0 * 2/7 = 0
     # (8, 30), fold 0: fold0 with 8's positives outside fold 0: none -> 0
     # (8, 11): a title without factors; (9, 10): a user without positives; (7, 99): unknown
     assert got == pytest.approx([4 / 7, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0], abs=1e-6)
