@@ -45,9 +45,15 @@ class _Loaded:
     query: Callable
     ranker: dict[str, Callable] | None  # its signatures by name
     candidate: Callable | None = None  # loaded on first use (only new titles need it)
+    # serving_default's input names, read once at load: asked on every page
+    ranker_inputs: frozenset[str] = dataclasses.field(init=False)
     locks: dict[str, threading.Lock] = dataclasses.field(default_factory=lambda: {
         QUERY_TOWER: threading.Lock(), RANKER: threading.Lock(),
         CANDIDATE_TOWER: threading.Lock()})
+
+    def __post_init__(self) -> None:
+        fn = (self.ranker or {}).get(SIGNATURE)
+        self.ranker_inputs = frozenset(fn.structured_input_signature[1]) if fn else frozenset()
 
 
 def _load(path: Path) -> Callable:
@@ -201,12 +207,9 @@ class InProcessBackend:
 
     def ranker_inputs(self, version: int | None = None) -> frozenset[str]:
         try:
-            ranker = self._version(version).ranker
+            return self._version(version).ranker_inputs
         except ModelMismatch:
             return frozenset()
-        if ranker is None or SIGNATURE not in ranker:
-            return frozenset()
-        return frozenset(ranker[SIGNATURE].structured_input_signature[1])
 
     def _rank(self, signature: str, inputs, version: int | None):
         m = self._version(version)
