@@ -24,7 +24,8 @@ from tfx.types import standard_artifacts
 
 from components.anomaly_gate.executor import ANOMALIES_FILE, AnomaliesFound, check_anomalies
 from components.contract_example_gen import example_lib
-from components.contract_example_gen.executor import REJECTS_FILE, validate, write_examples
+from components.contract_example_gen.executor import check_rejects, write_examples
+from components.contract_example_gen.validate_lib import REJECTS_DIR
 from components.model_pusher import component as pusher
 from components.model_pusher import push_lib
 from components.ranking_evaluator import executor as evaluator
@@ -184,24 +185,35 @@ def test_validator_reads_a_uri_and_a_file_uri(dataset, tmp_path):
         c.USERS: 2, c.ITEMS: 3, c.INTERACTIONS: 6}
 
 
-def test_example_gen_validation_writes_rejects_to_a_uri(dataset, ram):
-    out = f"{ram}/ContractExampleGen/examples/1"
-    report = validate(dataset, from_dict({"data": {"max_bad_share": 0.5}}), out)
-    assert report.rejects_path == f"{out}/{REJECTS_FILE}"
-    lines = io.read_text(f"{out}/{REJECTS_FILE}").splitlines()
+def _example_gen(dataset: str, config, out: str) -> dict:
+    with beam.Pipeline() as p:
+        info = write_examples(p, dataset, config, out)
+    return info
+
+
+def test_example_gen_validation_writes_rejects_shards(dataset, tmp_path):
+    # Beam's file sinks write the outputs (ram:// is TensorFlow's, not Beam's; gs:// is both)
+    out = str(tmp_path / "ContractExampleGen" / "examples" / "1")
+    config = from_dict({"data": {"max_bad_share": 0.5}})
+    info = _example_gen(dataset, config, out)
+    report = check_rejects(info, dataset, config, out)
+    assert report.rejects_path == f"{out}/{REJECTS_DIR}/"
+    (shard,) = tf.io.gfile.glob(f"{out}/{REJECTS_DIR}/rejects-*.csv")
+    lines = io.read_text(shard).splitlines()
+    assert lines[0] == "table,file,row,reason"
     assert len(lines) == 2 and "watch_seconds" in lines[1]
+    assert lines[1].startswith(f"interactions,{dataset}/interactions/part-0001.parquet,1,")
     # over the limit (1 of 6 interactions > 1%): the message names the URIs as given
     with pytest.raises(TooManyRejects) as failed:
-        validate(dataset, from_dict({}), out)
+        check_rejects(info, dataset, from_dict({}), out)
     assert f"dataset {dataset}\n" in str(failed.value)
-    assert f"rejected rows with file, row and reason: {out}/{REJECTS_FILE}" in str(failed.value)
+    assert f"rejected rows with file, row and reason: {out}/{REJECTS_DIR}/" in str(failed.value)
 
 
 def test_example_gen_reads_a_uri(dataset, tmp_path):
     config = from_dict({"data": {"max_bad_share": 0.5, "eval_cutoff": 2500}})
     out = tmp_path / "examples"
-    with beam.Pipeline() as p:
-        info = write_examples(p, dataset, config, str(out))
+    info = _example_gen(dataset, config, str(out))
     assert info["eval_cutoff"] == 2500
 
     def items(split):

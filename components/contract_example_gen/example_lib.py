@@ -14,8 +14,12 @@ Ranking (``rank_train`` / ``rank_eval``): every watch plus sampled negatives (im
 watched, random catalogue items); see :func:`user_examples`. All splits share one feature set,
 so one schema and one Transform graph serve both models.
 
-Memory: interactions are grouped per user (one user's events in one worker); items are a side
-input (the catalogue fits in a worker: 500K items is a few hundred MB).
+The contract's checks run in the same graph (``validate_lib``): rows are checked per batch, a
+title's duplicates where titles are grouped by id, a user's duplicates and the events of unknown
+users or titles where a user shard's rows meet.
+
+Memory: interactions are grouped per user shard (one user's events in one worker), packed;
+items are a side input (the catalogue fits in a worker: 500K items is a few hundred MB).
 """
 
 from __future__ import annotations
@@ -27,12 +31,11 @@ from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
-import pyarrow as pa
 import tensorflow as tf
 
+from components.contract_example_gen import validate_lib as v
 from marquee.config import Config, DataConfig, RankingConfig
 from marquee.data import contract as c
-from marquee.data.validate import check_frame
 from trainer import features as f
 
 TRAIN = "train"
@@ -72,28 +75,6 @@ def time_cutoff(data_dir: str | Path, config: DataConfig) -> int:
             "events at different times. Set data.eval_cutoff explicitly to override."
         )
     return int(hi - config.eval_fraction * (hi - lo))
-
-
-def clean_rows(table_name: str, batch: pa.Table) -> Iterator[dict]:
-    """Rows of one batch that pass the contract's per-row checks, as plain dicts.
-
-    Unknown ids and duplicates are resolved by the joins downstream; every dropped row was
-    already written to the rejects file by the validator that runs before this pipeline.
-    """
-    typed, reasons = check_frame(table_name, batch.to_pandas(), check_refs=False)
-    good = typed[reasons == ""]
-    for row in good.to_dict("records"):
-        yield {k: _plain(v) for k, v in row.items()}
-
-
-def _plain(v):
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return [_plain(x) for x in v.tolist()]
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return None
-    return v
 
 
 def _bytes(values: Iterable[str]) -> tf.train.Feature:
@@ -352,11 +333,15 @@ def user_examples(
 
 
 class UserExamples(beam.DoFn):
-    """Per user: :func:`user_examples`, as tagged outputs per split."""
+    """Per user shard: the users' and their events' checks that need both (a duplicate user
+    row, an event of an unknown user or title: ``rejects`` records), then
+    :func:`user_examples` of each user, as tagged outputs per split."""
 
-    def __init__(self, cutoff: int, data: DataConfig, ranking: RankingConfig):
+    def __init__(self, cutoff: int, data: DataConfig, ranking: RankingConfig,
+                 user_files: tuple[str, ...], event_files: tuple[str, ...]):
         super().__init__()
         self.cutoff, self.data, self.ranking = cutoff, data, ranking
+        self.user_files, self.event_files = user_files, event_files
         self._ids_for = None
         self._item_ids = None
         self._cdf = None
@@ -364,65 +349,80 @@ class UserExamples(beam.DoFn):
 
     def process(self, element, items: dict, popularity: dict | None = None):
         _, grouped = element
-        users = list(grouped["user"])
-        if not users:  # interactions of an unknown user: already in the rejects file
-            return
         if self._ids_for != id(items):  # the side inputs' arrays, built once per worker
             self._item_ids = np.array(sorted(items), np.int64)
             self._cdf = negative_cdf(self._item_ids, popularity or {},
                                      self.ranking.random_negative_popularity_exponent)
             self._ids_for = id(items)
             self._encode = ExampleEncoder()
-        for split, example in user_examples(users[0], list(grouped["event"]), items,
-                                            self._item_ids, self.cutoff, self.data, self.ranking,
-                                            self._cdf, self._encode):
-            yield beam.pvalue.TaggedOutput(split, example)
-
-
-def _read(p: beam.Pipeline, data_dir: str | Path, table: str) -> beam.PCollection:
-    pattern = [str(x) for x in c.table_files(data_dir, table)]
-    return (
-        p
-        | f"List{table}" >> beam.Create(pattern)
-        | f"Read{table}" >> beam.FlatMap(_read_file)
-        | f"Clean{table}" >> beam.FlatMap(lambda t, name=table: clean_rows(name, t))
-    )
-
-
-def _read_file(path: str, batch_size: int = 65_536) -> Iterator[pa.Table]:
-    pf = c.open_parquet(path)
-    for batch in pf.iter_batches(batch_size=batch_size):
-        yield pa.Table.from_batches([batch])
+        rows_of: dict[int, list] = {}
+        for row in grouped["user"]:
+            rows_of.setdefault(row[2][c.USER_ID], []).append(row)
+        users = {}
+        for uid, rows in rows_of.items():
+            users[uid], rejects = v.first_rows(rows, c.USERS, self.user_files, c.USER_ID)
+            for r in rejects:
+                yield beam.pvalue.TaggedOutput(v.REJECTS, r)
+        events = v.unpack_events(list(grouped["event"]))
+        known_item = np.isin(events["item"], self._item_ids)
+        uids, starts = np.unique(events["user"], return_index=True)
+        for uid, part, known in zip(uids.tolist(), np.split(events, starts[1:]),
+                                    np.split(known_item, starts[1:]), strict=True):
+            user = users.get(uid)
+            bad = np.ones(len(part), bool) if user is None else ~known
+            for e in part[bad]:
+                reason = (f"{c.USER_ID}: {uid} is not in users" if user is None
+                          else f"{c.ITEM_ID}: {int(e['item'])} is not in items")
+                yield beam.pvalue.TaggedOutput(
+                    v.REJECTS, (c.INTERACTIONS, self.event_files[e["file"]], int(e["row"]),
+                                reason))
+            if user is None or bad.all():
+                continue
+            for split, example in user_examples(user, v.event_dicts(part[~bad]), items,
+                                                self._item_ids, self.cutoff, self.data,
+                                                self.ranking, self._cdf, self._encode):
+                yield beam.pvalue.TaggedOutput(split, example)
 
 
 def build_examples(
-    p: beam.Pipeline, data_dir: str | Path, config: Config, cutoff: int
+    p: beam.Pipeline, plans: dict[str, v.TablePlan], config: Config, cutoff: int,
+    shards: int | None = None,
 ) -> dict[str, beam.PCollection]:
-    """Beam graph from the dataset folder (local or a URI) to serialized tf.Examples per split."""
-    users = _read(p, data_dir, c.USERS) | "KeyUsers" >> beam.Map(lambda u: (u[c.USER_ID], u))
-    items = _read(p, data_dir, c.ITEMS) | "KeyItems" >> beam.Map(lambda i: (i[c.ITEM_ID], i))
-    events = (
-        _read(p, data_dir, c.INTERACTIONS)
-        | "KeyEvents" >> beam.Map(lambda e: (e[c.USER_ID], e))
-    )
-    side = {"items": beam.pvalue.AsDict(items)}
+    """Beam graph from the dataset's files (``validate_lib.plan_tables``) to serialized
+    tf.Examples per split, plus the validation's ``rejects`` records and ``stats`` counts.
+    ``shards``: user shards of the grouping (default ``validate_lib.shard_count``)."""
+    shards = shards or v.shard_count(plans[c.INTERACTIONS].rows)
+    checked = {}
+    for table in c.TABLES:
+        exponent = config.ranking.random_negative_popularity_exponent
+        fn = v.CheckBatch(plans[table], shards,
+                          cutoff if table == c.INTERACTIONS and exponent != 0 else None,
+                          config.ranking.min_watch_seconds)
+        checked[table] = v.read_units(p, plans[table]) | f"Check{table}" >> beam.ParDo(
+            fn).with_outputs(v.REJECTS, v.STATS, v.POSITIVES, main="clean")
+    items = (checked[c.ITEMS].clean | "GroupItemIds" >> beam.GroupByKey()
+             | "FirstItem" >> beam.ParDo(v.FirstItem(plans[c.ITEMS].files)).with_outputs(
+                 v.REJECTS, main="items"))
+    side = {"items": beam.pvalue.AsDict(items.items)}
     if config.ranking.random_negative_popularity_exponent != 0:
         # train-period ranking positives per item: the random negatives' sampling weights
         side["popularity"] = beam.pvalue.AsDict(
-            events
-            | "TrainPositives" >> beam.FlatMap(
-                lambda kv, r=config.ranking: [(kv[1][c.ITEM_ID], 1)]
-                if kv[1][c.TIMESTAMP] < cutoff and is_ranking_positive(kv[1], r) else [])
-            | "CountPositives" >> beam.CombinePerKey(sum))
+            checked[c.INTERACTIONS][v.POSITIVES] | "CountPositives" >> beam.CombinePerKey(sum))
     per_split = (
-        {"user": users, "event": events}
-        | "GroupByUser" >> beam.CoGroupByKey()
+        {"user": checked[c.USERS].clean, "event": checked[c.INTERACTIONS].clean}
+        | "GroupByUserShard" >> beam.CoGroupByKey()
         | "UserExamples" >> beam.ParDo(
-            UserExamples(cutoff, config.data, config.ranking), **side
-        ).with_outputs(*USER_SPLITS)
+            UserExamples(cutoff, config.data, config.ranking, plans[c.USERS].files,
+                         plans[c.INTERACTIONS].files), **side
+        ).with_outputs(v.REJECTS, *USER_SPLITS)
     )
-    catalogue = items | "CatalogueExamples" >> beam.Map(
+    catalogue = items.items | "CatalogueExamples" >> beam.Map(
         lambda kv: catalogue_example(kv[1]).SerializeToString())
     out = {split: per_split[split] for split in USER_SPLITS}  # serialized by ExampleEncoder
     out[CATALOGUE] = catalogue
+    rejects = ([checked[t][v.REJECTS] for t in c.TABLES]
+               + [items[v.REJECTS], per_split[v.REJECTS]]) | "FlattenRejects" >> beam.Flatten()
+    out[v.REJECTS] = rejects
+    out[v.STATS] = v.stats_lines([checked[t][v.STATS] for t in c.TABLES]
+                                 + [v.stats_of_rejects(rejects)])
     return out

@@ -1,4 +1,4 @@
-"""Executor: validates the dataset, then runs ``example_lib.build_examples`` on Beam.
+"""Executor: validates the dataset and builds its examples in one Beam pipeline.
 
 ``data_dir`` and the output artifact's URI may be local paths or URIs (``gs://...``): the data
 is read through tf.io.gfile (``marquee.data.contract``), the examples are written by Beam's
@@ -7,67 +7,64 @@ file sinks, and the files written here go through ``marquee.io``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import tempfile
 
 import apache_beam as beam
-import tensorflow as tf
 from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
 
-from components.contract_example_gen import example_lib
+from components.contract_example_gen import example_lib, validate_lib
 from marquee import io
 from marquee.config import Config
-from marquee.data.validate import TooManyRejects, ValidationReport, validate_dataset
+from marquee.data.validate import TooManyRejects, ValidationReport
 
 COUNTS_FILE = "counts.json"
-REJECTS_FILE = "rejects.csv"
-
-
-def validate(data_dir: str, config: Config, output_uri: str) -> ValidationReport:
-    """Validates ``data_dir`` and writes ``rejects.csv`` under ``output_uri``.
-
-    The validator writes a local file, so for a remote ``output_uri`` it writes into a
-    temporary directory that is then copied. Raises TooManyRejects (listing the worst reasons)
-    when a table's rejected share is over ``config.data.max_bad_share``.
-    """
-    rejects = os.path.join(output_uri, REJECTS_FILE)
-    if io.is_remote(output_uri):
-        with tempfile.TemporaryDirectory() as tmp:
-            report = validate_dataset(data_dir, config.data.max_bad_share,
-                                      os.path.join(tmp, REJECTS_FILE))
-            tf.io.gfile.makedirs(output_uri)
-            tf.io.gfile.copy(str(report.rejects_path), rejects, overwrite=True)
-    else:
-        report = validate_dataset(data_dir, config.data.max_bad_share, rejects)
-    # name the URIs as given (the validator holds them as Paths, which drop a slash of gs://)
-    report = dataclasses.replace(report, data_dir=data_dir, rejects_path=rejects)
-    if not report.ok:
-        raise TooManyRejects(report)
-    return report
+STATS_FILE = "_validation/stats.jsonl"
 
 
 def write_examples(
     pipeline: beam.Pipeline, data_dir: str, config: Config, output_uri: str
 ) -> dict:
-    """Validates ``data_dir`` and writes gzipped TFRecords per split under ``output_uri``.
+    """Adds the validation and the examples to ``pipeline``: gzipped TFRecords per split,
+    rejected rows as CSV shards under ``rejects/``, the counts in ``_validation/``.
 
-    Returns the cutoff and the rejects path. Raises TooManyRejects as ``validate`` does.
+    The file-level checks (tables, columns, rows) run now and raise ContractError; the row
+    checks run with the pipeline: call :func:`check_rejects` after it. Returns the cutoff, the
+    rejects folder and the tables' plans.
     """
-    report = validate(data_dir, config, output_uri)
+    plans = validate_lib.plan_tables(data_dir)
     cutoff = example_lib.time_cutoff(data_dir, config.data)
-    outputs = example_lib.build_examples(pipeline, data_dir, config, cutoff)
-    for split, pcoll in outputs.items():
+    outputs = example_lib.build_examples(pipeline, plans, config, cutoff)
+    for split in example_lib.SPLITS:
+        pcoll = outputs[split]
         _ = pcoll | f"Write{split}" >> beam.io.WriteToTFRecord(
             os.path.join(output_uri, f"Split-{split}", "data_tfrecord"),
             file_name_suffix=".gz")
         _ = (pcoll | f"Count{split}" >> beam.combiners.Count.Globally()
              | f"WriteCount{split}" >> beam.io.WriteToText(
                  os.path.join(output_uri, "_counts", split), shard_name_template=""))
-    return {"eval_cutoff": cutoff, "rejects": str(report.rejects_path),
-            "rejected": {t: r.rejected for t, r in report.tables.items()}}
+    rejects = os.path.join(output_uri, validate_lib.REJECTS_DIR)
+    _ = (validate_lib.rejects_lines(outputs[validate_lib.REJECTS])
+         | "WriteRejects" >> beam.io.WriteToText(
+             os.path.join(rejects, "rejects"), file_name_suffix=".csv",
+             header=validate_lib.REJECTS_HEADER))
+    _ = outputs[validate_lib.STATS] | "WriteStats" >> beam.io.WriteToText(
+        os.path.join(output_uri, STATS_FILE), shard_name_template="")
+    return {"eval_cutoff": cutoff, "rejects": rejects + "/", "plans": plans}
+
+
+def check_rejects(info: dict, data_dir: str, config: Config, output_uri: str
+                  ) -> ValidationReport:
+    """After the pipeline: the validation report from its counts. Raises TooManyRejects
+    (listing the worst reasons) when a table's rejected share is over
+    ``config.data.max_bad_share``."""
+    lines = io.read_text(os.path.join(output_uri, STATS_FILE)).splitlines()
+    report = validate_lib.report_from_stats(lines, info["plans"], data_dir, info["rejects"],
+                                            config.data.max_bad_share)
+    if not report.ok:
+        raise TooManyRejects(report)
+    return report
 
 
 def read_counts(output_uri: str) -> dict[str, int]:
@@ -80,10 +77,15 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         examples = artifact_utils.get_single_instance(output_dict["examples"])
         examples.split_names = artifact_utils.encode_split_names(list(example_lib.SPLITS))
         config = Config.from_json(exec_properties["config_json"])
+        data_dir = exec_properties["data_dir"]
         with self._make_beam_pipeline() as p:
-            info = write_examples(p, exec_properties["data_dir"], config, examples.uri)
+            plan = write_examples(p, data_dir, config, examples.uri)
+        report = check_rejects(plan, data_dir, config, examples.uri)
         counts = read_counts(examples.uri)
-        info["counts"] = counts
+        info = {"eval_cutoff": plan["eval_cutoff"], "rejects": plan["rejects"],
+                "rows": {t: r.rows for t, r in report.tables.items()},
+                "rejected": {t: r.rejected for t, r in report.tables.items()},
+                "counts": counts}
         io.write_text(os.path.join(examples.uri, COUNTS_FILE), json.dumps(info, indent=2))
         examples.set_int_custom_property("eval_cutoff", info["eval_cutoff"])
         for split, n in counts.items():

@@ -61,7 +61,8 @@ class ValidationReport:
                 f"  {t.table:<13} {t.rows:>12,} rows  {t.rejected:>10,} rejected "
                 f"({t.bad_share:.2%}){flag}"
             )
-            for reason, n in t.reasons.most_common(5):
+            # most common first, ties by name: the same lines however the rows were read
+            for reason, n in sorted(t.reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:5]:
                 lines.append(f"      {n:>10,} x {reason}")
             if t.ignored_columns:
                 lines.append(
@@ -322,7 +323,7 @@ def _scan(
                 bad = reasons != ""
                 for i in np.flatnonzero(bad):
                     rejects.writerow([table, str(path), offset + int(i), reasons[i]])
-                    rep.reasons[reasons[i].split(":")[0] + ": " + _generic(reasons[i])] += 1
+                    rep.reasons[reasons[i].split(":")[0] + ": " + reason_group(reasons[i])] += 1
                 rep.rows += len(frame)
                 rep.rejected += int(bad.sum())
                 if keep:
@@ -343,7 +344,7 @@ def _scan(
     return report, frames
 
 
-def _generic(reason: str) -> str:
+def reason_group(reason: str) -> str:
     """Groups reasons for the summary: 'item_id: 17 is not in items' -> 'not in items'."""
     detail = reason.split(": ", 1)[-1]
     for marker in ("is not in", "is a duplicate", "is outside", "is not one of", "expected",

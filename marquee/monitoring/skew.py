@@ -94,7 +94,7 @@ def _table(folders: list[str | Path], table: str, ids: set[int]) -> dict[int, di
 
 
 def _plain(v):
-    from components.contract_example_gen.example_lib import _plain as plain
+    from components.contract_example_gen.validate_lib import plain
 
     return plain(v)
 
