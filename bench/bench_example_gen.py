@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("data_dir")
     ap.add_argument("--out", default="build/bench/example_gen")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--mode", default="multi_processing",
+                    choices=["multi_processing", "multi_threading", "in_memory"])
     ap.add_argument("--limit-gb", type=float, default=12.0)
     args = ap.parse_args()
 
@@ -73,7 +75,7 @@ def main() -> None:
                for p in c.table_files(args.data_dir, c.INTERACTIONS))
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
-    options = PipelineOptions(["--runner=DirectRunner", "--direct_running_mode=multi_processing",
+    options = PipelineOptions(["--runner=DirectRunner", f"--direct_running_mode={args.mode}",
                                f"--direct_num_workers={args.workers}"])
     print(f"ContractExampleGen on {args.data_dir}: {rows:,} interactions, "
           f"{args.workers} Beam workers ...", flush=True)
@@ -84,7 +86,8 @@ def main() -> None:
     seconds = time.perf_counter() - start
     check = getattr(executor, "check_rejects", None)  # the Beam validation's limit check
     if check is not None:
-        check(info, args.data_dir, config, str(out))
+        report = check(info, args.data_dir, config, str(out))
+        info["rejected"] = {t: r.rejected for t, r in report.tables.items()}
     counts = read_counts(str(out))
     peak = mem.peak / 2**30
     print(json.dumps({"counts": counts, "rejected": info["rejected"]}))

@@ -358,12 +358,15 @@ class UserExamples(beam.DoFn):
         rows_of: dict[int, list] = {}
         for row in grouped["user"]:
             rows_of.setdefault(row[2][c.USER_ID], []).append(row)
+        yield beam.pvalue.TaggedOutput(v.STATS, ((c.USERS, v.ARRIVED, ""),
+                                                 sum(map(len, rows_of.values()))))
         users = {}
         for uid, rows in rows_of.items():
             users[uid], rejects = v.first_rows(rows, c.USERS, self.user_files, c.USER_ID)
             for r in rejects:
                 yield beam.pvalue.TaggedOutput(v.REJECTS, r)
         events = v.unpack_events(list(grouped["event"]))
+        yield beam.pvalue.TaggedOutput(v.STATS, ((c.INTERACTIONS, v.ARRIVED, ""), len(events)))
         known_item = np.isin(events["item"], self._item_ids)
         uids, starts = np.unique(events["user"], return_index=True)
         for uid, part, known in zip(uids.tolist(), np.split(events, starts[1:]),
@@ -402,7 +405,7 @@ def build_examples(
             fn).with_outputs(v.REJECTS, v.STATS, v.POSITIVES, main="clean")
     items = (checked[c.ITEMS].clean | "GroupItemIds" >> beam.GroupByKey()
              | "FirstItem" >> beam.ParDo(v.FirstItem(plans[c.ITEMS].files)).with_outputs(
-                 v.REJECTS, main="items"))
+                 v.REJECTS, v.STATS, main="items"))
     side = {"items": beam.pvalue.AsDict(items.items)}
     if config.ranking.random_negative_popularity_exponent != 0:
         # train-period ranking positives per item: the random negatives' sampling weights
@@ -414,7 +417,7 @@ def build_examples(
         | "UserExamples" >> beam.ParDo(
             UserExamples(cutoff, config.data, config.ranking, plans[c.USERS].files,
                          plans[c.INTERACTIONS].files), **side
-        ).with_outputs(v.REJECTS, *USER_SPLITS)
+        ).with_outputs(v.REJECTS, v.STATS, *USER_SPLITS)
     )
     catalogue = items.items | "CatalogueExamples" >> beam.Map(
         lambda kv: catalogue_example(kv[1]).SerializeToString())
@@ -424,5 +427,6 @@ def build_examples(
                + [items[v.REJECTS], per_split[v.REJECTS]]) | "FlattenRejects" >> beam.Flatten()
     out[v.REJECTS] = rejects
     out[v.STATS] = v.stats_lines([checked[t][v.STATS] for t in c.TABLES]
-                                 + [v.stats_of_rejects(rejects)])
+                                 + [items[v.STATS], per_split[v.STATS],
+                                    v.stats_of_rejects(rejects)])
     return out

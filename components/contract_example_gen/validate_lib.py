@@ -59,6 +59,10 @@ MAX_SHARDS = 4096
 
 ROWS = "rows"
 REASON = "reason"
+# Clean rows sent into a grouping step, and rows that step received: they must be equal
+# (checked after the run, so a runner that lost records cannot pass as a clean dataset).
+SENT = "sent"
+ARRIVED = "arrived"
 
 # A clean interaction as it crosses the shuffle; position -1 and device -1 stand for null.
 EVENT_DTYPE = np.dtype([
@@ -173,6 +177,7 @@ class CheckBatch(beam.DoFn):
             yield beam.pvalue.TaggedOutput(REJECTS, (table, path, offset + int(i), reasons[i]))
         good = typed[~bad]
         rows = offset + np.flatnonzero(~bad)
+        yield beam.pvalue.TaggedOutput(STATS, ((table, SENT, ""), len(good)))
         if table == c.INTERACTIONS:
             yield from self._events(good, rows, index)
             return
@@ -260,7 +265,9 @@ class FirstItem(beam.DoFn):
 
     def process(self, element):
         item_id, grouped = element
-        first, rejects = first_rows(list(grouped), c.ITEMS, self.files, c.ITEM_ID)
+        grouped = list(grouped)
+        yield beam.pvalue.TaggedOutput(STATS, ((c.ITEMS, ARRIVED, ""), len(grouped)))
+        first, rejects = first_rows(grouped, c.ITEMS, self.files, c.ITEM_ID)
         for r in rejects:
             yield beam.pvalue.TaggedOutput(REJECTS, r)
         yield item_id, first
@@ -291,17 +298,35 @@ def rejects_lines(rejects: beam.PCollection) -> beam.PCollection:
     return rejects | "RejectsCsv" >> beam.Map(line)
 
 
+class RecordsLost(RuntimeError):
+    def __init__(self, table: str, sent: int, arrived: int):
+        super().__init__(
+            f"{table}: {sent:,} clean rows were sent to the grouping step but {arrived:,} "
+            "arrived; the Beam runner lost or duplicated records, so the examples are "
+            "incomplete and this run fails rather than train on them. Rerun the component; if "
+            "it happens again, report it with the runner and its options (beam.runner, "
+            "beam.direct_running_mode, beam.direct_num_workers).")
+        self.table, self.sent, self.arrived = table, sent, arrived
+
+
 def report_from_stats(lines: list[str], plans: dict[str, TablePlan], data_dir: str,
                       rejects_path: str, max_bad_share: float) -> ValidationReport:
-    """The validation report from the pipeline's counts (the lines of :func:`stats_lines`)."""
+    """The validation report from the pipeline's counts (the lines of :func:`stats_lines`).
+    Raises :class:`RecordsLost` when a grouping step received other than what was sent."""
     tables = {t: TableReport(t, ignored_columns=plans[t].ignored_columns) for t in c.TABLES}
+    moved = {(t, k): 0 for t in c.TABLES for k in (SENT, ARRIVED)}
     for line in lines:
         if not line.strip():
             continue
         table, kind, reason, n = json.loads(line)
         if kind == ROWS:
             tables[table].rows += n
-        else:
+        elif kind == REASON:
             tables[table].rejected += n
             tables[table].reasons[reason] += n
+        else:
+            moved[table, kind] += n
+    for t in c.TABLES:
+        if moved[t, SENT] != moved[t, ARRIVED]:
+            raise RecordsLost(t, moved[t, SENT], moved[t, ARRIVED])
     return ValidationReport(data_dir, rejects_path, max_bad_share, tables)
