@@ -158,6 +158,8 @@ def _example(user: dict, event: dict, item: dict, history: list[int], watch_seco
 
 
 def _varint(n: int) -> bytes:
+    if 0 <= n < 0x80:
+        return _BYTE[n]
     n &= (1 << 64) - 1  # int64 as protobuf writes it: two's complement, 10 bytes if negative
     out = bytearray()
     while n > 0x7F:
@@ -167,8 +169,14 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+_BYTE = [bytes((i,)) for i in range(256)]
+
+
 def _field(tag: int, payload: bytes) -> bytes:
-    return bytes([tag]) + _varint(len(payload)) + payload
+    n = len(payload)
+    if n < 0x80:
+        return bytes((tag, n)) + payload
+    return _BYTE[tag] + _varint(n) + payload
 
 
 def _entry(key: str, feature: bytes) -> bytes:
@@ -194,9 +202,39 @@ class ExampleEncoder:
     from cached parts: each title's candidate features and each user's profile features are
     encoded once."""
 
+    # ids whose varints are kept (the titles of the histories); beyond it, encoded each time
+    MAX_CACHED_VARINTS = 1 << 20
+
     def __init__(self):
         self._items: dict[int, bytes] = {}
         self._users: dict[int, bytes] = {}
+        self._small: dict[tuple[str, object], bytes] = {}  # hour, day, device, position entries
+        self._varints: dict[int, bytes] = {}
+        self._history: list[int] | None = None  # the last history and its entry: a positive's
+        self._history_entry = b""  # examples (retrieval, ranking, random negatives) share it
+
+    def _entry_of(self, key: str, value, make) -> bytes:
+        part = self._small.get((key, value))
+        if part is None:
+            part = self._small[key, value] = make(key, [value])
+        return part
+
+    def _history_part(self, history: list[int]) -> bytes:
+        if history is self._history:
+            return self._history_entry
+        cache = self._varints
+        out = []
+        for v in history:
+            b = cache.get(v)
+            if b is None:
+                b = _varint(int(v))
+                if len(cache) < self.MAX_CACHED_VARINTS:
+                    cache[v] = b
+            out.append(b)
+        packed = b"".join(out)
+        entry = _entry(f.HISTORY, _field(0x1A, _field(0x0A, packed) if history else b""))
+        self._history, self._history_entry = history, entry
+        return entry
 
     def _item(self, item: dict) -> bytes:
         part = self._items.get(item[c.ITEM_ID])
@@ -220,12 +258,14 @@ class ExampleEncoder:
     def __call__(self, user: dict, event: dict, item: dict, history: list[int],
                  watch_seconds: float, position: int | None) -> bytes:
         ts = event[c.TIMESTAMP]
-        body = (self._user(user) + _bytes_entry(f.DEVICE, [_s(event[c.DEVICE])])
-                + _int_entry(f.HOUR, [f.hour_of_day(ts)])
-                + _int_entry(f.DAY_OF_WEEK, [f.day_of_week(ts)])
-                + _int_entry(f.HISTORY, history) + self._item(item)
-                + _int_entry(f.TIMESTAMP, [ts]) + _float_entry(f.WATCH_SECONDS, watch_seconds)
-                + _int_entry(f.POSITION, [_i(position)]))
+        small = self._entry_of
+        body = b"".join((
+            self._user(user), small(f.DEVICE, _s(event[c.DEVICE]), _bytes_entry),
+            small(f.HOUR, f.hour_of_day(ts), _int_entry),
+            small(f.DAY_OF_WEEK, f.day_of_week(ts), _int_entry),
+            self._history_part(history), self._item(item), _int_entry(f.TIMESTAMP, [ts]),
+            _float_entry(f.WATCH_SECONDS, watch_seconds),
+            small(f.POSITION, _i(position), _int_entry)))
         return _field(0x0A, body)
 
 
