@@ -239,3 +239,16 @@ def test_packed_events_round_trip():
          c.EVENT: "impression", c.DEVICE: "web"}]
     assert (back["file"].tolist(), back["row"].tolist()) == ([2, 2], [9, 7])
     assert validate_lib.ranking_positives(back, 120.0).tolist() == [True, False]
+
+
+def test_a_grouping_step_that_lost_records_fails_the_run(dataset):
+    plans = validate_lib.plan_tables(str(dataset))
+    lines = ['["interactions", "rows", "", 10]', '["interactions", "sent", "", 10]',
+             '["interactions", "arrived", "", 7]']
+    with pytest.raises(validate_lib.RecordsLost,
+                       match="interactions: 10 clean rows were sent to the grouping step but 7 "
+                             "arrived"):
+        validate_lib.report_from_stats(lines, plans, str(dataset), "rejects/", 0.01)
+    ok = validate_lib.report_from_stats(lines[:2] + ['["interactions", "arrived", "", 10]'],
+                                        plans, str(dataset), "rejects/", 0.01)
+    assert ok.tables[c.INTERACTIONS].rows == 10 and ok.ok

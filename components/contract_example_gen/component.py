@@ -24,8 +24,9 @@ class ContractExampleGenSpec(ComponentSpec):
 class ContractExampleGen(base_beam_component.BaseBeamComponent):
     """Splits ``train`` / ``eval`` by time and adds a ``catalogue`` split (one example per item).
 
-    Bad rows go to ``rejects.csv`` in the output artifact; over ``data.max_bad_share`` the
-    component fails with the validator's summary.
+    The contract's checks run in the same Beam pipeline (``validate_lib``). Bad rows go to CSV
+    shards under ``rejects/`` in the output artifact; over ``data.max_bad_share`` the component
+    fails with the validator's summary.
     """
 
     SPEC_CLASS = ContractExampleGenSpec

@@ -224,12 +224,12 @@ class ExampleEncoder:
             return self._history_entry
         cache = self._varints
         out = []
-        for v in history:
-            b = cache.get(v)
+        for item in history:
+            b = cache.get(item)
             if b is None:
-                b = _varint(int(v))
+                b = _varint(int(item))
                 if len(cache) < self.MAX_CACHED_VARINTS:
-                    cache[v] = b
+                    cache[item] = b
             out.append(b)
         packed = b"".join(out)
         entry = _entry(f.HISTORY, _field(0x1A, _field(0x0A, packed) if history else b""))
