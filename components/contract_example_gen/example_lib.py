@@ -396,8 +396,12 @@ class UserExamples(beam.DoFn):
             self._ids_for = id(items)
             self._encode = ExampleEncoder()
         rows_of: dict[int, list] = {}
-        for row in grouped["user"]:
-            rows_of.setdefault(row[2][c.USER_ID], []).append(row)
+        parts = []
+        for kind, payload in grouped:
+            if kind == v.EVENTS:
+                parts.append(payload)
+            else:
+                rows_of.setdefault(payload[2][c.USER_ID], []).append(payload)
         yield beam.pvalue.TaggedOutput(v.STATS, ((c.USERS, v.ARRIVED, ""),
                                                  sum(map(len, rows_of.values()))))
         users = {}
@@ -405,7 +409,7 @@ class UserExamples(beam.DoFn):
             users[uid], rejects = v.first_rows(rows, c.USERS, self.user_files, c.USER_ID)
             for r in rejects:
                 yield beam.pvalue.TaggedOutput(v.REJECTS, r)
-        events = v.unpack_events(list(grouped["event"]))
+        events = v.unpack_events(parts)
         yield beam.pvalue.TaggedOutput(v.STATS, ((c.INTERACTIONS, v.ARRIVED, ""), len(events)))
         known_item = np.isin(events["item"], self._item_ids)
         uids, starts = np.unique(events["user"], return_index=True)
@@ -435,25 +439,21 @@ def build_examples(
     tf.Examples per split, plus the validation's ``rejects`` records and ``stats`` counts.
     ``shards``: user shards of the grouping (default ``validate_lib.shard_count``)."""
     shards = shards or v.shard_count(plans[c.INTERACTIONS].rows)
-    checked = {}
-    for table in c.TABLES:
-        exponent = config.ranking.random_negative_popularity_exponent
-        fn = v.CheckBatch(plans[table], shards,
-                          cutoff if table == c.INTERACTIONS and exponent != 0 else None,
-                          config.ranking.min_watch_seconds)
-        checked[table] = v.read_units(p, plans[table]) | f"Check{table}" >> beam.ParDo(
-            fn).with_outputs(v.REJECTS, v.STATS, v.POSITIVES, main="clean")
-    items = (checked[c.ITEMS].clean | "GroupItemIds" >> beam.GroupByKey()
+    exponent = config.ranking.random_negative_popularity_exponent
+    checked = v.read_units(p, plans) | "CheckBatches" >> beam.ParDo(v.CheckBatch(
+        plans, shards, cutoff if exponent != 0 else None, config.ranking.min_watch_seconds)
+    ).with_outputs(v.ITEMS, v.REJECTS, v.STATS, v.POSITIVES, main="by_user")
+    items = (checked[v.ITEMS] | "GroupItemIds" >> beam.GroupByKey()
              | "FirstItem" >> beam.ParDo(v.FirstItem(plans[c.ITEMS].files)).with_outputs(
                  v.REJECTS, v.STATS, main="items"))
     side = {"items": beam.pvalue.AsDict(items.items)}
-    if config.ranking.random_negative_popularity_exponent != 0:
+    if exponent != 0:
         # train-period ranking positives per item: the random negatives' sampling weights
         side["popularity"] = beam.pvalue.AsDict(
-            checked[c.INTERACTIONS][v.POSITIVES] | "CountPositives" >> beam.CombinePerKey(sum))
+            checked[v.POSITIVES] | "CountPositives" >> beam.CombinePerKey(sum))
     per_split = (
-        {"user": checked[c.USERS].clean, "event": checked[c.INTERACTIONS].clean}
-        | "GroupByUserShard" >> beam.CoGroupByKey()
+        checked.by_user
+        | "GroupByUserShard" >> beam.GroupByKey()
         | "UserExamples" >> beam.ParDo(
             UserExamples(cutoff, config.data, config.ranking, plans[c.USERS].files,
                          plans[c.INTERACTIONS].files), **side
@@ -463,10 +463,9 @@ def build_examples(
         lambda kv: catalogue_example(kv[1]).SerializeToString())
     out = {split: per_split[split] for split in USER_SPLITS}  # serialized by ExampleEncoder
     out[CATALOGUE] = catalogue
-    rejects = ([checked[t][v.REJECTS] for t in c.TABLES]
-               + [items[v.REJECTS], per_split[v.REJECTS]]) | "FlattenRejects" >> beam.Flatten()
+    rejects = ([checked[v.REJECTS], items[v.REJECTS], per_split[v.REJECTS]]
+               | "FlattenRejects" >> beam.Flatten())
     out[v.REJECTS] = rejects
-    out[v.STATS] = v.stats_lines([checked[t][v.STATS] for t in c.TABLES]
-                                 + [items[v.STATS], per_split[v.STATS],
-                                    v.stats_of_rejects(rejects)])
+    out[v.STATS] = v.stats_lines([checked[v.STATS], items[v.STATS], per_split[v.STATS],
+                                  v.stats_of_rejects(rejects)])
     return out

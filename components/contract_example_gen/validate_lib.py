@@ -9,9 +9,10 @@ The same checks and messages as :mod:`marquee.data.validate` (the single-process
 - **Per id** (a duplicate ``item_id`` / ``user_id``; an interaction's unknown user or title):
   where the rows meeting there are grouped anyway. Titles are grouped by ``item_id`` (the first
   row, by file and row, is kept), and the clean catalogue is a side input. Users and their
-  interactions meet in one ``CoGroupByKey`` by user shard (:func:`shard_of`); there a user's
+  interactions meet in one ``GroupByKey`` by user shard (:func:`shard_of`); there a user's
   duplicates and the events of unknown users or titles are found
-  (``example_lib.UserExamples``).
+  (``example_lib.UserExamples``). Every table is read and checked by one step
+  (:class:`CheckBatch`), so that join needs no Flatten of two steps (see there).
 - **File level** (a missing table or column, a table with no rows) before the pipeline starts,
   from the Parquet footers only: :func:`plan_tables` raises the validator's ContractError.
 
@@ -118,20 +119,23 @@ def shard_of(user_id, shards: int):
     return user_id % shards
 
 
-def read_units(p: beam.Pipeline, plan: TablePlan) -> beam.PCollection:
-    """``(file index, first row, pyarrow.Table)`` batches of every row group, read in parallel."""
-    name = plan.table
-    return (p | f"Plan{name}" >> beam.Create(plan.units)
-            | f"Spread{name}" >> beam.Reshuffle()
-            | f"Read{name}" >> beam.FlatMap(_read_unit, plan.files))
+def read_units(p: beam.Pipeline, plans: dict[str, TablePlan]) -> beam.PCollection:
+    """``(table, file index, first row, pyarrow.Table)`` batches of every row group of every
+    table, read in parallel by one step."""
+    units = [(t, *unit) for t in c.TABLES for unit in plans[t].units]
+    files = {t: plans[t].files for t in c.TABLES}
+    return (p | "PlanUnits" >> beam.Create(units)
+            | "SpreadUnits" >> beam.Reshuffle()
+            | "ReadUnits" >> beam.FlatMap(_read_unit, files))
 
 
-def _read_unit(unit: tuple[int, int, int], files: tuple[str, ...]) -> Iterator[tuple]:
-    index, group, first = unit
-    pf = c.open_parquet(files[index])
+def _read_unit(unit: tuple[str, int, int, int], files: dict[str, tuple[str, ...]]
+               ) -> Iterator[tuple]:
+    table, index, group, first = unit
+    pf = c.open_parquet(files[table][index])
     offset = first
     for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[group]):
-        yield index, offset, pa.Table.from_batches([batch])
+        yield table, index, offset, pa.Table.from_batches([batch])
         offset += batch.num_rows
 
 
@@ -149,23 +153,32 @@ def plain(v):
 REJECTS = "rejects"
 STATS = "stats"
 POSITIVES = "positives"
+ITEMS = "items"
+# the two kinds of record grouped by user shard
+USER_ROW = "u"
+EVENTS = "e"
 
 
 class CheckBatch(beam.DoFn):
-    """One batch of ``table``: the per-row checks. Outputs the clean rows (main: users and
-    items as ``(key, (file, row, dict))``, interactions packed per shard as ``(shard, bytes)``),
-    ``rejects`` records, ``stats`` counts and, for interactions, ``positives`` (train-period
-    ranking positives per title, when ``positives_before`` is set)."""
+    """One batch of any table: the per-row checks. The clean rows leave keyed by user shard
+    (main): users as ``(shard, (USER_ROW, (file, row, dict)))``, interactions packed per shard
+    as ``(shard, (EVENTS, bytes))``; titles as ``items`` ``(item_id, (file, row, dict))``. Also
+    ``rejects`` records, ``stats`` counts and ``positives`` (train-period ranking positives per
+    title, when ``positives_before`` is set).
 
-    def __init__(self, plan: TablePlan, shards: int, positives_before: int | None = None,
-                 min_watch_seconds: float = 0.0):
+    One step for every table, so one GroupByKey joins users and events: the DirectRunner's
+    multi-processing mode hung on a CoGroupByKey (Flatten + GroupByKey) of two steps' outputs
+    at 50M events, while the same volume from one step grouped fine."""
+
+    def __init__(self, plans: dict[str, TablePlan], shards: int,
+                 positives_before: int | None = None, min_watch_seconds: float = 0.0):
         super().__init__()
-        self.plan, self.shards = plan, shards
+        self.plans, self.shards = plans, shards
         self.positives_before, self.min_watch_seconds = positives_before, min_watch_seconds
 
     def process(self, element):
-        index, offset, batch = element
-        table, path = self.plan.table, self.plan.files[index]
+        table, index, offset, batch = element
+        path = self.plans[table].files[index]
         frame = batch.to_pandas()
         try:
             typed, reasons = check_frame(table, frame, check_refs=False)
@@ -181,11 +194,12 @@ class CheckBatch(beam.DoFn):
         if table == c.INTERACTIONS:
             yield from self._events(good, rows, index)
             return
-        key = c.USER_ID if table == c.USERS else c.ITEM_ID
         for row, record in zip(rows.tolist(), good.to_dict("records"), strict=True):
             record = {k: plain(v) for k, v in record.items()}
-            k = record[key] if table == c.ITEMS else shard_of(record[key], self.shards)
-            yield k, (index, row, record)
+            if table == c.ITEMS:
+                yield beam.pvalue.TaggedOutput(ITEMS, (record[c.ITEM_ID], (index, row, record)))
+            else:
+                yield shard_of(record[c.USER_ID], self.shards), (USER_ROW, (index, row, record))
 
     def _events(self, good: pd.DataFrame, rows: np.ndarray, index: int):
         packed = pack_events(good, rows, index)
@@ -199,7 +213,7 @@ class CheckBatch(beam.DoFn):
         order = np.argsort(shard, kind="stable")
         keys, starts = np.unique(shard[order], return_index=True)
         for k, part in zip(keys.tolist(), np.split(packed[order], starts[1:]), strict=True):
-            yield k, part.tobytes()
+            yield k, (EVENTS, part.tobytes())
 
 
 def pack_events(typed: pd.DataFrame, rows: np.ndarray, file_index: int) -> np.ndarray:
