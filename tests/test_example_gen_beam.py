@@ -133,6 +133,7 @@ def test_rejects_and_counts_equal_the_single_process_validator(dataset, beam_run
             "user_id: 41 is not in users", "item_id: 160 is not in items",
             "user_id: 9 is not in users"} <= reasons
     beam_report = check_rejects(info, str(dataset), CONFIG, out)
+    assert not os.path.exists(os.path.join(out, "_spill"))  # the events' spill files are gone
     for t in c.TABLES:
         ref, new = report.tables[t], beam_report.tables[t]
         assert (new.rows, new.rejected, dict(new.reasons)) == (

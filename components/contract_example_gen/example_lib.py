@@ -400,6 +400,8 @@ class UserExamples(beam.DoFn):
         for kind, payload in grouped:
             if kind == v.EVENTS:
                 parts.append(payload)
+            elif kind == v.EVENTS_FILE:
+                parts.append(v.read_spill(payload))
             else:
                 rows_of.setdefault(payload[2][c.USER_ID], []).append(payload)
         yield beam.pvalue.TaggedOutput(v.STATS, ((c.USERS, v.ARRIVED, ""),
@@ -433,16 +435,18 @@ class UserExamples(beam.DoFn):
 
 def build_examples(
     p: beam.Pipeline, plans: dict[str, v.TablePlan], config: Config, cutoff: int,
-    shards: int | None = None,
+    shards: int | None = None, spill_dir: str | None = None,
 ) -> dict[str, beam.PCollection]:
     """Beam graph from the dataset's files (``validate_lib.plan_tables``) to serialized
     tf.Examples per split, plus the validation's ``rejects`` records and ``stats`` counts.
-    ``shards``: user shards of the grouping (default ``validate_lib.shard_count``)."""
+    ``shards``: user shards of the grouping (default ``validate_lib.shard_count``).
+    ``spill_dir``: where the packed events wait for their shard (files, deleted by the caller
+    after the run); only their paths cross the shuffle. None sends the events themselves."""
     shards = shards or v.shard_count(plans[c.INTERACTIONS].rows)
     exponent = config.ranking.random_negative_popularity_exponent
     checked = v.read_units(p, plans) | "CheckBatches" >> beam.ParDo(v.CheckBatch(
-        plans, shards, cutoff if exponent != 0 else None, config.ranking.min_watch_seconds)
-    ).with_outputs(v.ITEMS, v.REJECTS, v.STATS, v.POSITIVES, main="by_user")
+        plans, shards, cutoff if exponent != 0 else None, config.ranking.min_watch_seconds,
+        spill_dir)).with_outputs(v.ITEMS, v.REJECTS, v.STATS, v.POSITIVES, main="by_user")
     items = (checked[v.ITEMS] | "GroupItemIds" >> beam.GroupByKey()
              | "FirstItem" >> beam.ParDo(v.FirstItem(plans[c.ITEMS].files)).with_outputs(
                  v.REJECTS, v.STATS, main="items"))

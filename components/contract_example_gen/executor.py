@@ -11,6 +11,7 @@ import json
 import os
 
 import apache_beam as beam
+import tensorflow as tf
 from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
 
@@ -21,6 +22,8 @@ from marquee.data.validate import TooManyRejects, ValidationReport
 
 COUNTS_FILE = "counts.json"
 STATS_FILE = "_validation/stats.jsonl"
+# packed events waiting for their user shard during the run (deleted by check_rejects)
+SPILL_DIR = "_spill"
 
 
 def write_examples(
@@ -35,7 +38,9 @@ def write_examples(
     """
     plans = validate_lib.plan_tables(data_dir)
     cutoff = example_lib.time_cutoff(data_dir, config.data)
-    outputs = example_lib.build_examples(pipeline, plans, config, cutoff)
+    spill = os.path.join(output_uri, SPILL_DIR)
+    tf.io.gfile.makedirs(spill)
+    outputs = example_lib.build_examples(pipeline, plans, config, cutoff, spill_dir=spill)
     for split in example_lib.SPLITS:
         pcoll = outputs[split]
         _ = pcoll | f"Write{split}" >> beam.io.WriteToTFRecord(
@@ -58,7 +63,10 @@ def check_rejects(info: dict, data_dir: str, config: Config, output_uri: str
                   ) -> ValidationReport:
     """After the pipeline: the validation report from its counts. Raises TooManyRejects
     (listing the worst reasons) when a table's rejected share is over
-    ``config.data.max_bad_share``."""
+    ``config.data.max_bad_share``. Deletes the run's spill files first."""
+    spill = os.path.join(output_uri, SPILL_DIR)
+    if tf.io.gfile.exists(spill):
+        tf.io.gfile.rmtree(spill)
     lines = io.read_text(os.path.join(output_uri, STATS_FILE)).splitlines()
     report = validate_lib.report_from_stats(lines, info["plans"], data_dir, info["rejects"],
                                             config.data.max_bad_share)

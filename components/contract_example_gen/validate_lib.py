@@ -32,6 +32,7 @@ import csv
 import dataclasses
 import io
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +40,8 @@ import apache_beam as beam
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import tensorflow as tf
+from apache_beam.transforms.window import GlobalWindows
 
 from marquee.data import contract as c
 from marquee.data.validate import (
@@ -156,7 +159,11 @@ POSITIVES = "positives"
 ITEMS = "items"
 # the two kinds of record grouped by user shard
 USER_ROW = "u"
-EVENTS = "e"
+EVENTS = "e"  # packed events inline
+EVENTS_FILE = "f"  # packed events in a spill file (its path)
+# With a spill folder, a worker buffers packed events per shard up to this many bytes, then
+# writes one file per shard and sends only the paths through the shuffle.
+SPILL_BYTES = 64 << 20
 
 
 class CheckBatch(beam.DoFn):
@@ -171,10 +178,32 @@ class CheckBatch(beam.DoFn):
     at 50M events, while the same volume from one step grouped fine."""
 
     def __init__(self, plans: dict[str, TablePlan], shards: int,
-                 positives_before: int | None = None, min_watch_seconds: float = 0.0):
+                 positives_before: int | None = None, min_watch_seconds: float = 0.0,
+                 spill_dir: str | None = None, spill_bytes: int = SPILL_BYTES):
         super().__init__()
         self.plans, self.shards = plans, shards
         self.positives_before, self.min_watch_seconds = positives_before, min_watch_seconds
+        self.spill_dir, self.spill_bytes = spill_dir, spill_bytes
+        self._buffer: dict[int, list[bytes]] = {}
+        self._buffered = 0
+
+    def start_bundle(self):
+        self._buffer, self._buffered = {}, 0
+
+    def finish_bundle(self):
+        for k, path in self._spill():
+            yield GlobalWindows.windowed_value((k, (EVENTS_FILE, path)))
+
+    def _spill(self) -> list[tuple[int, str]]:
+        """Writes the buffered events, one file per shard; returns (shard, path) pairs."""
+        out = []
+        for k, parts in self._buffer.items():
+            path = f"{self.spill_dir}/{k:05d}-{uuid.uuid4().hex}.events"
+            with tf.io.gfile.GFile(path, "wb") as fh:
+                fh.write(b"".join(parts))
+            out.append((k, path))
+        self._buffer, self._buffered = {}, 0
+        return out
 
     def process(self, element):
         table, index, offset, batch = element
@@ -213,7 +242,14 @@ class CheckBatch(beam.DoFn):
         order = np.argsort(shard, kind="stable")
         keys, starts = np.unique(shard[order], return_index=True)
         for k, part in zip(keys.tolist(), np.split(packed[order], starts[1:]), strict=True):
-            yield k, (EVENTS, part.tobytes())
+            if self.spill_dir is None:
+                yield k, (EVENTS, part.tobytes())
+            else:
+                self._buffer.setdefault(k, []).append(part.tobytes())
+                self._buffered += part.nbytes
+        if self.spill_dir is not None and self._buffered >= self.spill_bytes:
+            for k, path in self._spill():
+                yield k, (EVENTS_FILE, path)
 
 
 def pack_events(typed: pd.DataFrame, rows: np.ndarray, file_index: int) -> np.ndarray:
@@ -237,6 +273,11 @@ def ranking_positives(events: np.ndarray, min_watch_seconds: float) -> np.ndarra
     ``min_watch_seconds`` and more than 0 seconds."""
     return ((events["event"] == c.EVENTS.index(c.EVENT_WATCH))
             & (events["watch"] >= min_watch_seconds) & (events["watch"] > 0))
+
+
+def read_spill(path: str) -> bytes:
+    with tf.io.gfile.GFile(path, "rb") as fh:
+        return fh.read()
 
 
 def unpack_events(parts) -> np.ndarray:
