@@ -23,10 +23,12 @@ import psutil
 
 
 class PeakMemory:
-    """Largest sum of resident sets of this process and its descendants, sampled."""
+    """Largest sum of resident sets of this process and its descendants, sampled; each sample
+    also counts towards ``peaks[current]`` (a label the caller moves, e.g. a component)."""
 
     def __init__(self, interval: float = 0.5):
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self.current, self.peaks = "run", {}
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -39,6 +41,7 @@ class PeakMemory:
                 except psutil.Error:
                     pass
             self.peak = max(self.peak, total)
+            self.peaks[self.current] = max(self.peaks.get(self.current, 0), total)
             self._stop.wait(self.interval)
 
     def __enter__(self):

@@ -18,11 +18,10 @@ import argparse
 import json
 import logging
 import shutil
-import threading
 import time
 from pathlib import Path
 
-import psutil
+from bench_example_gen import PeakMemory  # bench/ is the script's folder
 
 import marquee  # noqa: F401  (quiets TensorFlow before it loads)
 from marquee.config import Config, load_config
@@ -30,28 +29,14 @@ from marquee.data import contract as c
 from marquee.logs import quiet_libraries
 
 
-class Sampler:
+class Sampler(PeakMemory):
     """Resident memory of this process and its descendants, charged to the running component."""
 
     def __init__(self, interval: float = 1.0):
-        self.interval, self.current = interval, "setup"
-        self.peak: dict[str, int] = {}
+        super().__init__(interval)
+        self.current = "setup"
         self.started: dict[str, float] = {}
         self.seconds: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for p in [me, *me.children(recursive=True)]:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak[self.current] = max(self.peak.get(self.current, 0), total)
-            self._stop.wait(self.interval)
 
     def on_record(self, record: logging.LogRecord) -> bool:
         if record.msg in ("Component %s is running.", "Component %s is finished.") and record.args:
@@ -61,17 +46,9 @@ class Sampler:
             else:
                 self.seconds[node] = time.perf_counter() - self.started.get(node, 0.0)
                 print(f"  {node}: {self.seconds[node]:.0f} s, peak "
-                      f"{self.peak.get(node, 0) / 2**30:.2f} GB", flush=True)
+                      f"{self.peaks.get(node, 0) / 2**30:.2f} GB", flush=True)
                 self.current = "between"
         return record.levelno >= logging.WARNING
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 def main() -> None:
@@ -116,17 +93,17 @@ def main() -> None:
         absl.removeFilter(filt)
         absl.setLevel(level)
     wall = time.perf_counter() - start
-    peak = max(sampler.peak.values())
+    peak = sampler.peak
     print(f"\n{'component':<24}{'seconds':>10}{'peak GB':>10}")
     for node, secs in sampler.seconds.items():
-        print(f"{node:<24}{secs:>10.0f}{sampler.peak.get(node, 0) / 2**30:>10.2f}")
+        print(f"{node:<24}{secs:>10.0f}{sampler.peaks.get(node, 0) / 2**30:>10.2f}")
     met = peak / 2**30 < args.limit_gb and rows[c.INTERACTIONS] >= 50e6
     print(f"{'whole run':<24}{wall:>10.0f}{peak / 2**30:>10.2f}   target: under "
           f"{args.limit_gb:g} GB at >= 50M interactions ({'met' if met else 'NOT met'})")
     (args.root / "bench.json").write_text(json.dumps({
         "rows": rows, "wall_seconds": wall, "peak_gb": peak / 2**30,
         "seconds": sampler.seconds,
-        "peak_gb_by_component": {k: v / 2**30 for k, v in sampler.peak.items()}}, indent=2))
+        "peak_gb_by_component": {k: v / 2**30 for k, v in sampler.peaks.items()}}, indent=2))
 
 
 if __name__ == "__main__":
