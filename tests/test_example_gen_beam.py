@@ -16,6 +16,9 @@ import os
 
 import apache_beam as beam
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
@@ -212,8 +215,6 @@ def test_file_level_problems_stop_before_the_pipeline(tmp_path):
         validate_lib.plan_tables(str(tmp_path))
     x = _events(np.random.default_rng(0), 3, [1], [100])
     del x[c.DEVICE]
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     pq.write_table(pa.Table.from_pydict(x), tmp_path / "interactions.parquet")
     with pytest.raises(c.ContractError, match=r"interactions.parquet: interactions: missing "
                                               r"column\(s\) device"):
@@ -225,7 +226,6 @@ def test_file_level_problems_stop_before_the_pipeline(tmp_path):
 
 
 def test_packed_events_round_trip():
-    import pandas as pd
     typed = pd.DataFrame({c.USER_ID: [5, 3], c.ITEM_ID: [10, 11], c.TIMESTAMP: [T0, T0 + 1],
                           c.WATCH_SECONDS: [0.0, 250.5], c.POSITION: [np.nan, 4.0],
                           c.EVENT: ["impression", "watch"], c.DEVICE: ["web", "tv"]})

@@ -49,7 +49,7 @@ from marquee.data.validate import (
     TableReport,
     ValidationReport,
     check_frame,
-    reason_group,
+    reason_key,
 )
 
 REJECTS_DIR = "rejects"
@@ -330,11 +330,7 @@ class FirstItem(beam.DoFn):
 
 def stats_of_rejects(rejects: beam.PCollection) -> beam.PCollection:
     return rejects | "RejectReasons" >> beam.Map(
-        lambda r: ((r[0], REASON, _reason_key(r[3])), 1))
-
-
-def _reason_key(reason: str) -> str:
-    return reason.split(":")[0] + ": " + reason_group(reason)
+        lambda r: ((r[0], REASON, reason_key(r[3])), 1))
 
 
 def stats_lines(stats: list[beam.PCollection]) -> beam.PCollection:

@@ -323,7 +323,7 @@ def _scan(
                 bad = reasons != ""
                 for i in np.flatnonzero(bad):
                     rejects.writerow([table, str(path), offset + int(i), reasons[i]])
-                    rep.reasons[reasons[i].split(":")[0] + ": " + reason_group(reasons[i])] += 1
+                    rep.reasons[reason_key(reasons[i])] += 1
                 rep.rows += len(frame)
                 rep.rejected += int(bad.sum())
                 if keep:
@@ -342,6 +342,11 @@ def _scan(
         for t, parts in kept.items() if keep
     }
     return report, frames
+
+
+def reason_key(reason: str) -> str:
+    """The summary's line for a reason: its column and :func:`reason_group`."""
+    return reason.split(":")[0] + ": " + reason_group(reason)
 
 
 def reason_group(reason: str) -> str:
