@@ -9,7 +9,13 @@ memory (the driver plus its Beam workers, sampled every second) under 12 GB. Wit
 the simulator writes the dataset first (``--users`` x ``--items`` x ``--days``; 235,000 x 10,000 x
 30 is 52.9M interactions). The LocalDagRunner runs one component at a time, so each sample is
 charged to the component running then. Prints one row per component (seconds, peak GB) and the
-whole run's peak against the target; ``RUN/bench.json`` keeps the figures.
+whole run's peak against the target; ``RUN/bench.json`` keeps the figures, and the run ends with
+the time each component would take on a cluster, derived from them (``derive``).
+
+    .venv/bin/python bench/bench_pipeline_scale.py --derive RUN/bench.json [--workers 16]
+        [--cores 4] [--scale 1]
+
+prints that derivation again for another cluster or data volume, without running anything.
 """
 
 from __future__ import annotations
@@ -51,6 +57,55 @@ class Sampler(PeakMemory):
         return record.levelno >= logging.WARNING
 
 
+# How each component's measured seconds on this machine carry over to a cluster of ``workers``
+# machines of ``cores`` cores each (``derive``). The assumptions, each a figure to verify:
+HERE_CORES = 2
+# beam: a Beam step on Dataflow/Flink; its work spreads over every core of the cluster at this
+# efficiency (shuffle over the network, stragglers, uneven shards), plus a fixed start (workers
+# booting, the job graph staged).
+BEAM_EFFICIENCY, BEAM_START_S = 0.7, 180.0
+# train: data-parallel training (MultiWorkerMirroredStrategy, one replica a core's worth of the
+# measured rate, the per-replica batch kept at the measured 1,024) at this efficiency (the
+# gradient all-reduce over the network).
+TRAIN_EFFICIENCY = 0.7
+KINDS = {
+    "ContractExampleGen": "beam", "StatisticsGen": "beam", "Transform": "beam",
+    "Trainer": "train", "RankingTrainer": "train",
+    # one machine, every core: implicit's ALS and ScaNN's build are multi-threaded
+    "AlsTrainer": "machine", "ScannIndexer": "machine",
+}  # the rest run in one process, as here ("one"): their time does not change
+
+
+def derive(seconds: dict[str, float], workers: int, cores: int, scale: float = 1.0
+           ) -> dict[str, float]:
+    """Derived seconds of each component on ``workers`` x ``cores`` for ``scale`` times the data
+    (every component's work taken as linear in the data)."""
+    out = {}
+    for node, secs in seconds.items():
+        kind, work = KINDS.get(node, "one"), secs * scale
+        if kind == "beam":
+            out[node] = work * HERE_CORES / (workers * cores * BEAM_EFFICIENCY) + BEAM_START_S
+        elif kind == "train":
+            out[node] = work * HERE_CORES / (workers * cores * TRAIN_EFFICIENCY)
+        elif kind == "machine":
+            out[node] = work * HERE_CORES / cores
+        else:
+            out[node] = work
+    return out
+
+
+def print_derived(seconds: dict[str, float], workers: int, cores: int, scale: float) -> None:
+    derived = derive(seconds, workers, cores, scale)
+    print(f"\nderived, not measured: {workers} workers x {cores} cores, {scale:g}x the data "
+          f"(Beam at {BEAM_EFFICIENCY:.0%} efficiency + {BEAM_START_S:.0f} s start, training at "
+          f"{TRAIN_EFFICIENCY:.0%}, ALS and ScaNN on one {cores}-core machine, the rest as here)")
+    print(f"{'component':<24}{'kind':>8}{'here s':>10}{'cluster s':>11}")
+    for node, secs in seconds.items():
+        print(f"{node:<24}{KINDS.get(node, 'one'):>8}{secs * scale:>10.0f}{derived[node]:>11.0f}")
+    print(f"{'sum':<24}{'':>8}{sum(seconds.values()) * scale:>10.0f}"
+          f"{sum(derived.values()):>11.0f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path)
@@ -61,7 +116,17 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=Path("build/scale/run"))
     ap.add_argument("--config", type=Path)
     ap.add_argument("--limit-gb", type=float, default=12.0)
+    ap.add_argument("--derive", type=Path, metavar="BENCH_JSON",
+                    help="print the cluster derivation of a finished run's bench.json and stop")
+    ap.add_argument("--workers", type=int, default=16, help="cluster machines (derivation)")
+    ap.add_argument("--cores", type=int, default=4, help="cores a machine (derivation)")
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="times the measured data volume (derivation)")
     args = ap.parse_args()
+    if args.derive:
+        print_derived(json.loads(args.derive.read_text())["seconds"], args.workers, args.cores,
+                      args.scale)
+        return
     quiet_libraries()
     from pipeline.local_runner import run_local  # imports TensorFlow and TFX
 
@@ -104,6 +169,7 @@ def main() -> None:
         "rows": rows, "wall_seconds": wall, "peak_gb": peak / 2**30,
         "seconds": sampler.seconds,
         "peak_gb_by_component": {k: v / 2**30 for k, v in sampler.peaks.items()}}, indent=2))
+    print_derived(sampler.seconds, args.workers, args.cores, args.scale)
 
 
 if __name__ == "__main__":
