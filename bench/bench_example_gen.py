@@ -29,6 +29,7 @@ class PeakMemory:
     def __init__(self, interval: float = 0.5):
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
         self.current, self.peaks = "run", {}
+        self.series: list[tuple[float, int]] = []  # (UTC seconds, bytes) of every sample
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -42,6 +43,7 @@ class PeakMemory:
                     pass
             self.peak = max(self.peak, total)
             self.peaks[self.current] = max(self.peaks.get(self.current, 0), total)
+            self.series.append((time.time(), total))
             self._stop.wait(self.interval)
 
     def __enter__(self):

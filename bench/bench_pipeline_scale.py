@@ -7,10 +7,16 @@
 Issue 19's run: at least 50M simulated interactions on this 2-core, 24 GB machine with the peak
 memory (the driver plus its Beam workers, sampled every second) under 12 GB. Without ``--data``
 the simulator writes the dataset first (``--users`` x ``--items`` x ``--days``; 235,000 x 10,000 x
-30 is 52.9M interactions). The LocalDagRunner runs one component at a time, so each sample is
+30 is 52.9M interactions). Each component's seconds are its execution's start and end in the
+run's ML Metadata; the LocalDagRunner runs one component at a time, so each memory sample is
 charged to the component running then. Prints one row per component (seconds, peak GB) and the
 whole run's peak against the target; ``RUN/bench.json`` keeps the figures, and the run ends with
 the time each component would take on a cluster, derived from them (``derive``).
+
+    .venv/bin/python bench/bench_pipeline_scale.py --report RUN [--memlog FILE]
+
+prints the same table for a run made another way (``marquee pipeline run``), its memory from a
+file of ``UTC-seconds bytes`` lines sampled beside it.
 
     .venv/bin/python bench/bench_pipeline_scale.py --derive RUN/bench.json [--workers 16]
         [--cores 4] [--scale 1]
@@ -22,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shutil
 import time
 from pathlib import Path
@@ -35,26 +40,49 @@ from marquee.data import contract as c
 from marquee.logs import quiet_libraries
 
 
-class Sampler(PeakMemory):
-    """Resident memory of this process and its descendants, charged to the running component."""
+def executions(metadata: Path) -> list[tuple[str, float, float]]:
+    """(component, start, end) in UTC seconds of every finished execution in the ML Metadata
+    store at ``metadata``, by start."""
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
 
-    def __init__(self, interval: float = 1.0):
-        super().__init__(interval)
-        self.current = "setup"
-        self.started: dict[str, float] = {}
-        self.seconds: dict[str, float] = {}
+    cfg = metadata_store_pb2.ConnectionConfig()
+    cfg.sqlite.filename_uri = str(metadata)
+    cfg.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    store = metadata_store.MetadataStore(cfg)
+    node_type = store.get_context_type("node").id
+    out = []
+    for e in store.get_executions():
+        if e.last_known_state not in (metadata_store_pb2.Execution.COMPLETE,
+                                      metadata_store_pb2.Execution.CACHED):
+            continue
+        names = [c.name.split(".", 1)[-1] for c in store.get_contexts_by_execution(e.id)
+                 if c.type_id == node_type]
+        out.append((names[0] if names else f"execution {e.id}",
+                    e.create_time_since_epoch / 1000, e.last_update_time_since_epoch / 1000))
+    return sorted(out, key=lambda r: r[1])
 
-    def on_record(self, record: logging.LogRecord) -> bool:
-        if record.msg in ("Component %s is running.", "Component %s is finished.") and record.args:
-            node = record.args[0]
-            if record.msg.endswith("running."):
-                self.current, self.started[node] = node, time.perf_counter()
-            else:
-                self.seconds[node] = time.perf_counter() - self.started.get(node, 0.0)
-                print(f"  {node}: {self.seconds[node]:.0f} s, peak "
-                      f"{self.peaks.get(node, 0) / 2**30:.2f} GB", flush=True)
-                self.current = "between"
-        return record.levelno >= logging.WARNING
+
+def component_figures(runs: list[tuple[str, float, float]], series: list[tuple[float, int]]
+                      ) -> dict[str, dict]:
+    """Seconds and peak bytes (None: no sample in its span) of each component."""
+    out = {}
+    for node, start, end in runs:
+        inside = [b for t, b in series if start <= t <= end]
+        out[node] = {"seconds": end - start, "peak": max(inside) if inside else None}
+    return out
+
+
+def print_figures(figures: dict[str, dict]) -> None:
+    print(f"\n{'component':<24}{'seconds':>10}{'peak GB':>10}")
+    for node, v in figures.items():
+        peak = "n/a" if v["peak"] is None else f"{v['peak'] / 2**30:.2f}"
+        print(f"{node:<24}{v['seconds']:>10.0f}{peak:>10}")
+
+
+def read_memlog(path: Path) -> list[tuple[float, int]]:
+    rows = (line.split() for line in path.read_text().splitlines() if line.strip())
+    return [(float(t), int(b)) for t, b in rows]
 
 
 # How each component's measured seconds on this machine carry over to a cluster of ``workers``
@@ -122,7 +150,17 @@ def main() -> None:
     ap.add_argument("--cores", type=int, default=4, help="cores a machine (derivation)")
     ap.add_argument("--scale", type=float, default=1.0,
                     help="times the measured data volume (derivation)")
+    ap.add_argument("--report", type=Path, metavar="RUN",
+                    help="print the figures of a finished run's ML Metadata and stop")
+    ap.add_argument("--memlog", type=Path, help="memory samples for --report")
     args = ap.parse_args()
+    if args.report:
+        figures = component_figures(executions(args.report / "metadata.sqlite"),
+                                    read_memlog(args.memlog) if args.memlog else [])
+        print_figures(figures)
+        print_derived({k: v["seconds"] for k, v in figures.items()}, args.workers, args.cores,
+                      args.scale)
+        return
     if args.derive:
         print_derived(json.loads(args.derive.read_text())["seconds"], args.workers, args.cores,
                       args.scale)
@@ -143,33 +181,23 @@ def main() -> None:
     shutil.rmtree(args.root, ignore_errors=True)
     print(f"pipeline on {data}: {rows[c.INTERACTIONS]:,} interactions, {rows[c.USERS]:,} users, "
           f"{rows[c.ITEMS]:,} titles -> {args.root}", flush=True)
-    absl = logging.getLogger("absl")
-    level = absl.level
-    sampler = Sampler()
-    filt = logging.Filter()
-    filt.filter = sampler.on_record  # type: ignore[method-assign]
-    absl.addFilter(filt)
-    absl.setLevel(logging.INFO)
+    sampler = PeakMemory(interval=1.0)
     start = time.perf_counter()
-    try:
-        with sampler:
-            run_local(data, args.root, config)
-    finally:
-        absl.removeFilter(filt)
-        absl.setLevel(level)
+    with sampler:
+        run_local(data, args.root, config, progress=print)
     wall = time.perf_counter() - start
+    figures = component_figures(executions(args.root / "metadata.sqlite"), sampler.series)
+    print_figures(figures)
     peak = sampler.peak
-    print(f"\n{'component':<24}{'seconds':>10}{'peak GB':>10}")
-    for node, secs in sampler.seconds.items():
-        print(f"{node:<24}{secs:>10.0f}{sampler.peaks.get(node, 0) / 2**30:>10.2f}")
     met = peak / 2**30 < args.limit_gb and rows[c.INTERACTIONS] >= 50e6
     print(f"{'whole run':<24}{wall:>10.0f}{peak / 2**30:>10.2f}   target: under "
           f"{args.limit_gb:g} GB at >= 50M interactions ({'met' if met else 'NOT met'})")
+    seconds = {k: v["seconds"] for k, v in figures.items()}
     (args.root / "bench.json").write_text(json.dumps({
-        "rows": rows, "wall_seconds": wall, "peak_gb": peak / 2**30,
-        "seconds": sampler.seconds,
-        "peak_gb_by_component": {k: v / 2**30 for k, v in sampler.peaks.items()}}, indent=2))
-    print_derived(sampler.seconds, args.workers, args.cores, args.scale)
+        "rows": rows, "wall_seconds": wall, "peak_gb": peak / 2**30, "seconds": seconds,
+        "peak_gb_by_component": {k: v["peak"] and v["peak"] / 2**30
+                                 for k, v in figures.items()}}, indent=2))
+    print_derived(seconds, args.workers, args.cores, args.scale)
 
 
 if __name__ == "__main__":
