@@ -77,6 +77,7 @@ from trainer import als_feature, negatives, raw_inputs
 from trainer import features as f
 from trainer.als_feature import AlsScorer
 from trainer.model import SparseMeanEmbedding, VocabSizes
+from trainer.progress import Progress
 from trainer.retrieval import complete_raw_inputs, vocab_sizes, write_export_info
 
 xf = f.transformed_name
@@ -657,12 +658,12 @@ def train_ranker(train: RankingSource, transform_dir: str, cfg: RankingConfig,
     train_ds = _dataset(train, split, cfg, validation=False, shuffle=True)
     if steps is not None:
         train_ds = train_ds.take(steps)
-    val_ds, callbacks = None, []
+    val_ds, callbacks = None, [Progress("RankingTrainer", cfg.batch_size)]
     if split.validation_examples:
         val_ds = _dataset(train, split, cfg, validation=True, shuffle=False)
-        callbacks = [tf.keras.callbacks.EarlyStopping(
+        callbacks.append(tf.keras.callbacks.EarlyStopping(
             monitor=f"val_{WATCHED_LOGIT}_loss", patience=cfg.early_stopping_patience,
-            restore_best_weights=True)]
+            restore_best_weights=True))
     history = model.fit(train_ds, validation_data=val_ds,
                         epochs=epochs if epochs is not None else cfg.epochs, callbacks=callbacks,
                         verbose=2)

@@ -30,6 +30,7 @@ from marquee.config import Config, RetrievalConfig
 from trainer import features as f
 from trainer.model import TwoTowerModel, VocabSizes
 from trainer.preprocessing import ID_OOV_BUCKETS
+from trainer.progress import Progress
 
 xf = f.transformed_name
 METADATA_FILE = "metadata.json"
@@ -335,7 +336,7 @@ def train_and_export(
                   steps_per_execution=cfg.steps_per_execution)
     model.build_weights(inputs.sample)
     has_eval = eval_ds is not None
-    callbacks = []
+    callbacks = [Progress("Trainer", cfg.batch_size)]
     if has_eval:
         callbacks.append(tf.keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=cfg.early_stopping_patience, restore_best_weights=True))
