@@ -125,12 +125,21 @@ class component_progress:
         self.filter = _ComponentProgress(say, time.perf_counter)
 
     def __enter__(self):
-        self.level = self.logger.level
+        from absl import logging as absl_logging
+
+        self.level, self.verbosity = self.logger.level, absl_logging.get_verbosity()
         self.logger.addFilter(self.filter)
         if self.logger.getEffectiveLevel() > logging.INFO:
-            self.logger.setLevel(logging.INFO)
+            # Through absl's verbosity flag, not the logger's level alone: code that sets the
+            # verbosity and puts back what get_verbosity() said (TensorFlow's SavedModel export
+            # does, around every save) puts back the flag's value, and a raised logger level
+            # would be lost with the first save: no line for any later component.
+            absl_logging.set_verbosity(absl_logging.INFO)
         return self
 
     def __exit__(self, *exc) -> None:
+        from absl import logging as absl_logging
+
         self.logger.removeFilter(self.filter)
+        absl_logging.set_verbosity(self.verbosity)
         self.logger.setLevel(self.level)

@@ -79,3 +79,21 @@ def test_component_progress_says_each_component_and_hides_other_info():
     absl_logging.info("Component %s is finished.", "Trainer")  # after the block: not ours
     assert len(said) == 1 and said[0].startswith("  Transform: done in ")
     assert logging.getLogger("absl").level == before
+
+
+def test_component_progress_outlives_code_that_saves_and_restores_the_verbosity():
+    """TensorFlow's SavedModel export (trackable's function listing) sets absl's verbosity to
+    FATAL and back to what get_verbosity() returned, around every save: the Trainer's export
+    used to silence the progress of every component after it."""
+    from absl import logging as absl_logging
+
+    said: list[str] = []
+    before = (logging.getLogger("absl").level, absl_logging.get_verbosity())
+    with logs.component_progress(said.append):
+        saved = absl_logging.get_verbosity()  # as tensorflow/python/trackable/autotrackable.py
+        absl_logging.set_verbosity(absl_logging.FATAL)
+        absl_logging.set_verbosity(saved)
+        absl_logging.info("Component %s is running.", "RankingTrainer")
+        absl_logging.info("Component %s is finished.", "RankingTrainer")
+    assert len(said) == 1 and said[0].startswith("  RankingTrainer: done in ")
+    assert (logging.getLogger("absl").level, absl_logging.get_verbosity()) == before
