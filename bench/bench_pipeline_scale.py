@@ -132,6 +132,9 @@ def print_derived(seconds: dict[str, float], workers: int, cores: int, scale: fl
         print(f"{node:<24}{KINDS.get(node, 'one'):>8}{secs * scale:>10.0f}{derived[node]:>11.0f}")
     print(f"{'sum':<24}{'':>8}{sum(seconds.values()) * scale:>10.0f}"
           f"{sum(derived.values()):>11.0f}")
+    if "RankingTrainer" in seconds:
+        print("(the RankingTrainer's out-of-fold ALS fits, which its log prints as 'the ALS "
+              "feature ... in N s', run on one machine: count them as 'machine', not 'train')")
 
 
 def main() -> None:
