@@ -126,6 +126,9 @@ class RankingConfig:
     popularity_prior_count: float = 10.0
     embedding_dim: int = 32
     cross_layers: int = 2
+    # Rank of each cross layer's weight matrix (DCN-v2's low-rank cross: x0 * (V(U x) + b) + x,
+    # U and V of [features, rank]); 0 = full rank, a [features, features] matrix a layer.
+    cross_projection_dim: int = 0
     deep_layers: tuple[int, ...] = (256, 128)
     # One epoch: on the simulated default a second one already overfits (rank_eval AUC
     # 0.809 -> 0.787, calibration 1.02 -> 1.22) although the time-carved validation improves.
@@ -143,6 +146,10 @@ class RankingConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.cross_projection_dim, int) and self.cross_projection_dim >= 0):
+            raise ValueError("cross_projection_dim: expected an integer >= 0 (the rank of each "
+                             "cross layer's weights; 0 = full rank), got "
+                             f"{self.cross_projection_dim!r}")
         if not (isinstance(self.als_score_folds, int) and self.als_score_folds >= 2):
             raise ValueError("als_score_folds: expected an integer >= 2 (each fold's training "
                              "rows are scored by an ALS model fitted without them), got "
@@ -215,6 +222,16 @@ class IndexConfig:
     # 500K, 5,000 leaves, 20% searched, 2,000 re-scored: recall@1000 0.979 / 0.946 (Gaussians /
     # real tower) with 2, 0.997 / 0.957 with 1.
     dims_per_block: int = 1
+    # After the build, the ScannIndexer lowers the leaves a search visits to the fewest whose
+    # recall on ``tune_queries`` held-out queries (other than the eval ones) still reaches
+    # min_recall + tune_margin, both at num_neighbors and at tune_k (serving asks for its
+    # collaborative quota 600 plus the user's watched titles): leaves_to_search_share is then the
+    # most a search visits. A catalogue whose embeddings separate well needs far fewer leaves than
+    # a clustered one (bench/bench_ann.py). False: always leaves_to_search_share.
+    tune_leaves: bool = True
+    tune_k: int = 1000
+    tune_margin: float = 0.01
+    tune_queries: int = 250
     # Catalogues smaller than this are searched exactly (ScaNN brute force): exact search over a
     # few thousand items costs microseconds, while a tree over them scores too few items for
     # recall@100 >= 0.95 (measured 0.74-0.92 at 2,000-3,000 clustered items, >= 0.99 at 5,000).

@@ -456,3 +456,84 @@ def test_save_validates_metadata(tmp_path, tiny):
     wrong = IndexEvaluation(**{**evaluation.to_dict(), "num_items": 7})
     with pytest.raises(ValueError, match="evaluation is of 7 items"):
         save_index(searcher, ids, wrong, tmp_path / "c", {})
+
+
+# --- tuning the leaves searched ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tuned(catalogue):
+    """A tree over the 5,000 clustered items, tuned on 200 queries other than the eval ones."""
+    items, ids, queries = catalogue
+    tune = clustered(5000, 32, 200, seed=11)[1]
+    config = IndexConfig(tune_k=300, leaves_to_search_share=0.6)  # 30 of 50 leaves
+    searcher = build_searcher(items, config)
+    tuning = index_lib.tune_leaves_to_search(searcher, tune, items, config)
+    return items, ids, queries, tune, config, searcher, tuning
+
+
+def _recall_at(searcher, queries, items, k, leaves, reorder):
+    """recall@k of searches visiting ``leaves`` leaves, against the full-argsort reference."""
+    exact = reference_top_k(queries, items, k)
+    pre = index_lib.rescored(k, reorder, len(items))
+    found = [searcher.search(q, final_num_neighbors=k, pre_reorder_num_neighbors=pre,
+                             leaves_to_search=leaves)[0] for q in queries]
+    return np.mean([np.intersect1d(f, e).size / k for f, e in zip(found, exact, strict=True)])
+
+
+def test_tuning_finds_the_fewest_leaves_reaching_the_goal(tuned):
+    items, _, _, tune, config, searcher, tuning = tuned
+    plan = plan_index(len(items), config)
+    assert (tuning.planned, tuning.goal, tuning.num_queries) == (plan.leaves_to_search, 0.96, 200)
+    assert 1 <= tuning.leaves_to_search < tuning.planned  # clustered items need fewer leaves
+    for k in (100, 300):  # both ks reach the goal at the chosen number, by an independent count
+        at = _recall_at(searcher, tune, items, k, tuning.leaves_to_search, plan.reorder)
+        assert at == pytest.approx(tuning.recall[k]) and at >= 0.96
+    if tuning.leaves_to_search > 1:  # one leaf fewer misses it at some k
+        below = [_recall_at(searcher, tune, items, k, tuning.leaves_to_search - 1, plan.reorder)
+                 for k in (100, 300)]
+        assert min(below) < 0.96
+    assert f"tuned to {tuning.leaves_to_search} of the plan's {tuning.planned}" in tuning.sentence()
+
+
+def test_the_tuned_searcher_saves_loads_and_searches_its_leaves(tuned, tmp_path):
+    items, ids, queries, tune, config, searcher, tuning = tuned
+    copy = index_lib.with_leaves_to_search(searcher, tuning.leaves_to_search)
+    for q in queries[:20]:  # the copy's default is the tuned number, with the same tree
+        want = searcher.search(q, final_num_neighbors=100, pre_reorder_num_neighbors=400,
+                               leaves_to_search=tuning.leaves_to_search)[0]
+        np.testing.assert_array_equal(
+            copy.search(q, final_num_neighbors=100, pre_reorder_num_neighbors=400)[0], want)
+    _, evaluation = build_and_evaluate(items, ids, queries, config, out_dir=tmp_path / "idx",
+                                       tune_queries=tune)
+    assert evaluation.leaves_to_search == tuning.leaves_to_search
+    assert tuning.sentence() in evaluation.reason
+    index = load_index(tmp_path / "idx")
+    assert index.metadata["evaluation"]["leaves_to_search"] == tuning.leaves_to_search
+    found, _ = index.search(queries[0], 100)
+    np.testing.assert_array_equal(
+        found, ids[copy.search(queries[0], final_num_neighbors=100,
+                               pre_reorder_num_neighbors=400)[0].astype(np.int64)])
+
+
+def test_no_tuning_without_held_out_queries_or_a_tree(catalogue, tiny):
+    items, ids, queries = catalogue
+    plan = plan_index(len(items), DEFAULT)
+    _, evaluation = build_and_evaluate(items, ids, queries, DEFAULT)  # no tune_queries
+    assert evaluation.leaves_to_search == plan.leaves_to_search
+    assert "tuned" not in evaluation.reason
+    off = IndexConfig(tune_leaves=False)
+    _, evaluation = build_and_evaluate(items, ids, queries, off, tune_queries=queries[:50])
+    assert evaluation.leaves_to_search == plan.leaves_to_search
+    tiny_items, _, tiny_queries, searcher, _ = tiny  # brute force: nothing to tune
+    assert index_lib.tune_leaves_to_search(searcher, tiny_queries, tiny_items, DEFAULT) is None
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("tune_k", 0, "tune_k=0 must be >= 1"),
+    ("tune_margin", 1.5, "tune_margin=1.5 must be in [0, 1]"),
+    ("tune_queries", -1, "tune_queries=-1 must be >= 0"),
+])
+def test_tuning_settings_are_checked(field, value, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        plan_index(10_000, IndexConfig(**{field: value}))

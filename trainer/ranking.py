@@ -273,7 +273,8 @@ class RankingModel(tf.keras.Model):
         self.hour = tf.keras.layers.Embedding(24, 4, name="hour")
         self.dow = tf.keras.layers.Embedding(7, 4, name="day_of_week")
         self.norm = tf.keras.layers.LayerNormalization()
-        self.crosses = [tfrs.layers.dcn.Cross(projection_dim=None, name=f"cross_{i}")
+        self.crosses = [tfrs.layers.dcn.Cross(projection_dim=cfg.cross_projection_dim or None,
+                                              name=f"cross_{i}")
                         for i in range(cfg.cross_layers)]
         self.deep = tf.keras.Sequential(
             [tf.keras.layers.Dense(n, activation="relu") for n in cfg.deep_layers], name="deep")

@@ -22,8 +22,9 @@ BLESSED = "blessed"
 
 
 def index_model(serving_dir: str, examples_uri: str, config: Config, out_dir: str):
-    """Embeds the catalogue and up to ``eval_queries`` eval queries through the exported
-    SavedModels, builds and evaluates the index, and saves it to ``out_dir``.
+    """Embeds the catalogue, up to ``eval_queries`` eval queries and (``tune_leaves``) up to
+    ``tune_queries`` more through the exported SavedModels; builds the index, tunes its leaves
+    searched on the extra queries, evaluates it on the first ones and saves it to ``out_dir``.
 
     Returns the IndexEvaluation. The index records the training run of the towers it was built
     with, so serving can refuse a query tower from another run.
@@ -39,17 +40,21 @@ def index_model(serving_dir: str, examples_uri: str, config: Config, out_dir: st
     item_ids = cat_inputs[f.ITEM_ID].numpy().astype(np.int64)
 
     cfg = config.index
+    wanted = cfg.eval_queries + (cfg.tune_queries if cfg.tune_leaves else 0)
     held_out = raw_inputs.read_examples(
-        [os.path.join(examples_uri, f"Split-{EVAL}", "*")], limit=cfg.eval_queries)
+        [os.path.join(examples_uri, f"Split-{EVAL}", "*")], limit=wanted)
     if held_out:
         queries = raw_inputs.embed(query.signatures["serving_default"],
                                    raw_inputs.parse_examples(held_out, f.QUERY_FEATURES))
     else:  # no eval split (tiny data): query with the items themselves
         rng = np.random.default_rng(cfg.seed)
-        queries = item_emb[rng.choice(len(item_emb), min(cfg.eval_queries, len(item_emb)),
-                                      replace=False)]
+        queries = item_emb[rng.choice(len(item_emb), min(wanted, len(item_emb)), replace=False)]
+    # The first eval_queries evaluate the index; the rest, if any, tune its leaves searched.
+    queries = queries.astype(np.float32)
+    tune = queries[cfg.eval_queries:] if len(queries) > cfg.eval_queries else None
     searcher, evaluation = index_lib.build_and_evaluate(
-        item_emb.astype(np.float32), item_ids, queries.astype(np.float32), cfg)
+        item_emb.astype(np.float32), item_ids, queries[:cfg.eval_queries], cfg,
+        tune_queries=tune)
     index_lib.save_index(searcher, item_ids, evaluation, out_dir,
                          {"training_run": meta["training_run"],
                           "embedding_dim": int(item_emb.shape[1]),

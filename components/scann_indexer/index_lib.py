@@ -45,6 +45,7 @@ from marquee.retrieval_index import (  # noqa: F401  (re-exported: load with wha
     FORMAT_VERSION,
     INDEX_FILE,
     ITEM_IDS_FILE,
+    SCANN_CONFIG_FILE,
     SCANN_DIR,
     RetrievalIndex,
     _check_item_ids,
@@ -79,6 +80,7 @@ class IndexEvaluation:
     num_leaves: int  # 0 when brute force was used (tiny catalogue)
     blessed: bool
     reason: str  # why blessed or not, naming the thresholds and the figures
+    leaves_to_search: int = 0  # leaves a search visits (tuned, or the plan's); 0 brute force
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -270,7 +272,88 @@ def evaluate_searcher(
         num_leaves=params["num_leaves"],
         blessed=blessed,
         reason=reason,
+        leaves_to_search=params["leaves_to_search"],
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafTuning:
+    """What ``tune_leaves_to_search`` chose and the recall it measured there."""
+
+    leaves_to_search: int
+    planned: int  # the plan's leaves_to_search: the most a search may visit
+    recall: dict[int, float]  # k -> recall@k on the tuning queries at ``leaves_to_search``
+    goal: float  # min_recall + tune_margin
+    num_queries: int
+
+    def sentence(self) -> str:
+        figures = (", ".join(f"recall@{k} {r:.4f}" for k, r in sorted(self.recall.items()))
+                   + f" on {self.num_queries} held-out tuning queries")
+        if all(r >= self.goal for r in self.recall.values()):
+            return (f"Leaves searched tuned to {self.leaves_to_search} of the plan's "
+                    f"{self.planned} ({figures}; goal {self.goal:g}).")
+        return (f"Leaves searched: the plan's {self.planned}; the tuning goal {self.goal:g} "
+                f"is not reached even there ({figures}).")
+
+
+def tune_leaves_to_search(searcher, queries: np.ndarray, item_embeddings: np.ndarray,
+                          config: IndexConfig) -> LeafTuning | None:
+    """The fewest leaves a search may visit, at most the plan's ``leaves_to_search``, whose
+    recall on ``queries`` [n, dim] reaches ``min_recall + tune_margin`` at ``num_neighbors`` and
+    at ``tune_k`` (each clipped to the catalogue), with the re-scoring serving does. Recall grows
+    with the leaves visited, so this is a binary search: about log2(planned) recall passes.
+    None for a brute-force index or without queries (nothing to tune).
+    """
+    items = _check_matrix("item_embeddings", item_embeddings)
+    plan = plan_index(len(items), config)
+    if plan.brute_force or len(queries) == 0:
+        return None
+    q = _check_matrix("queries", queries)
+    _check_same_dim(q, items)
+    ks = sorted({plan.k, min(config.tune_k, len(items))})
+    exact = brute_force_top_k(q, items, ks[-1])  # best first: top-k is its first k columns
+
+    def recall(leaves: int) -> dict[int, float]:
+        out = {}
+        for k in ks:
+            pre = rescored(k, plan.reorder, len(items))
+            hits = 0
+            for i, row in enumerate(q):
+                found, _ = searcher.search(row, final_num_neighbors=k,
+                                           pre_reorder_num_neighbors=pre, leaves_to_search=leaves)
+                hits += np.intersect1d(np.asarray(found, np.int64), exact[i, :k]).size
+            out[k] = hits / (len(q) * k)
+        return out
+
+    goal = min(1.0, config.min_recall + config.tune_margin)
+    passes = lambda r: all(v >= goal for v in r.values())  # noqa: E731
+    best, best_recall = plan.leaves_to_search, recall(plan.leaves_to_search)
+    lo, hi = 1, plan.leaves_to_search
+    if passes(best_recall):
+        while lo < hi:
+            mid = (lo + hi) // 2
+            r = recall(mid)
+            if passes(r):
+                hi, best, best_recall = mid, mid, r
+            else:
+                lo = mid + 1
+    return LeafTuning(best, plan.leaves_to_search, best_recall, goal, len(q))
+
+
+def with_leaves_to_search(searcher, leaves: int):
+    """A copy of a tree ``searcher`` that visits ``leaves`` leaves by default (ScaNN's
+    ``max_spill_centers``): serialized, its config changed, loaded again. The copy saves and
+    loads like any searcher, so serving searches the tuned number without knowing of it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        searcher.serialize(tmp)
+        path = Path(tmp, SCANN_CONFIG_FILE)
+        config = scann_pb2.ScannConfig()
+        config.ParseFromString(path.read_bytes())
+        if not config.HasField("partitioning"):
+            raise ValueError("with_leaves_to_search needs a tree searcher; this one is brute force")
+        config.partitioning.query_spilling.max_spill_centers = int(leaves)
+        path.write_bytes(config.SerializeToString())
+        return scann.scann_ops_pybind.load_searcher(tmp, assets_backcompat_shim=False)
 
 
 def build_and_evaluate(
@@ -279,17 +362,29 @@ def build_and_evaluate(
     queries: np.ndarray,
     config: IndexConfig,
     out_dir: str | os.PathLike | None = None,
+    tune_queries: np.ndarray | None = None,
 ):
     """Builds the searcher, evaluates it and, given ``out_dir``, saves it there.
 
     ``item_embeddings`` [num_items, dim], ``item_ids`` [num_items] (row -> item id),
-    ``queries`` [num_queries, dim]. Returns (searcher, IndexEvaluation).
+    ``queries`` [num_queries, dim]. With ``tune_queries`` [n, dim] (held out, not ``queries``)
+    and ``config.tune_leaves``, the searcher visits the fewest leaves
+    ``tune_leaves_to_search`` finds, and the evaluation's reason says so. Returns (searcher,
+    IndexEvaluation).
     """
     items = _check_matrix("item_embeddings", item_embeddings)
     ids = _check_item_ids(item_ids, len(items))
     _check_same_dim(_check_matrix("queries", queries), items)
     searcher = build_searcher(items, config)
+    tuning = None
+    if config.tune_leaves and tune_queries is not None:
+        tuning = tune_leaves_to_search(searcher, tune_queries, items, config)
+        if tuning is not None and tuning.leaves_to_search != tuning.planned:
+            searcher = with_leaves_to_search(searcher, tuning.leaves_to_search)
     evaluation = evaluate_searcher(searcher, queries, items, config)
+    if tuning is not None:
+        evaluation = dataclasses.replace(evaluation,
+                                         reason=f"{evaluation.reason} {tuning.sentence()}")
     if out_dir is not None:
         save_index(searcher, ids, evaluation, out_dir, {})
     return searcher, evaluation
@@ -383,6 +478,12 @@ def _check_config(config: IndexConfig) -> None:
         problems.append(f"dims_per_block={config.dims_per_block} must be >= 1")
     if config.eval_queries < 1:
         problems.append(f"eval_queries={config.eval_queries} must be >= 1")
+    if config.tune_k < 1:
+        problems.append(f"tune_k={config.tune_k} must be >= 1")
+    if not 0.0 <= config.tune_margin <= 1.0:
+        problems.append(f"tune_margin={config.tune_margin} must be in [0, 1]")
+    if config.tune_queries < 0:
+        problems.append(f"tune_queries={config.tune_queries} must be >= 0 (0: no tuning)")
     if not 0.0 <= config.min_recall <= 1.0:
         problems.append(f"min_recall={config.min_recall} must be in [0, 1]")
     if not config.max_latency_ms > 0.0:
