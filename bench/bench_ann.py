@@ -9,8 +9,10 @@ against exact search, at least 20x faster than exact search over the same embedd
 What is measured, per data set:
 
 - the index as the pipeline pushes it: ``build_searcher`` with the default ``IndexConfig`` (build
-  time printed), the indexer's own evaluation, ``save_index`` and ``load_index`` from disk, then
-  ``RetrievalIndex.search(query [dim], k)``: one query per call, the call serving makes
+  time printed), the leaves searched tuned on 250 queries of the same kind that are not measured
+  (``tune_leaves_to_search``, as the ScannIndexer does), the indexer's own evaluation,
+  ``save_index`` and ``load_index`` from disk, then ``RetrievalIndex.search(query [dim], k)``:
+  one query per call, the call serving makes
   (``serving/sources/collaborative.py`` asks for its quota 600 plus the user's watched titles; the
   target is stated at 1000);
 - exact search, the fastest honest way on one query: float32 ``items @ q`` (a BLAS gemv, which
@@ -66,6 +68,8 @@ from components.scann_indexer.index_lib import (  # noqa: E402
     load_index,
     plan_index,
     save_index,
+    tune_leaves_to_search,
+    with_leaves_to_search,
 )
 from marquee.artifacts import QUERY_TOWER, RETRIEVAL_INDEX, versions  # noqa: E402
 from marquee.config import IndexConfig  # noqa: E402
@@ -163,15 +167,23 @@ def side_by_side(name: str, search, items: np.ndarray, queries: np.ndarray, k: i
 
 
 def pushed_index(items: np.ndarray, queries: np.ndarray, config: IndexConfig, tmp: Path,
-                 label: str) -> tuple[RetrievalIndex, str]:
-    """Builds, evaluates, saves and loads the index the way the pipeline and serving do.
+                 label: str, tune: np.ndarray | None = None) -> tuple[RetrievalIndex, str]:
+    """Builds, tunes (on ``tune``, queries other than the measured ones), evaluates, saves and
+    loads the index the way the ScannIndexer and serving do.
 
     Item ids are the rows, so the loaded index's ids compare directly with exact rows."""
     t = time.perf_counter()
     searcher = build_searcher(items, config)
     build_s = time.perf_counter() - t
     t = time.perf_counter()
-    evaluation = evaluate_searcher(searcher, queries, items, config)
+    tuning = None
+    if config.tune_leaves and tune is not None:
+        tuning = tune_leaves_to_search(searcher, tune, items, config)
+        if tuning is not None and tuning.leaves_to_search != tuning.planned:
+            searcher = with_leaves_to_search(searcher, tuning.leaves_to_search)
+    tune_s = time.perf_counter() - t
+    t = time.perf_counter()
+    evaluation = evaluate_searcher(searcher, queries[:config.eval_queries], items, config)
     eval_s = time.perf_counter() - t
     out = tmp / label
     save_index(searcher, np.arange(len(items), dtype=np.int64), evaluation, out,
@@ -179,11 +191,13 @@ def pushed_index(items: np.ndarray, queries: np.ndarray, config: IndexConfig, tm
     index = load_index(out)
     plan = plan_index(len(items), config)
     shape = ("brute force" if plan.brute_force else
-             f"{plan.num_leaves} leaves, {plan.leaves_to_search} searched, "
-             f"re-scored max({plan.reorder}, 2k), {config.dims_per_block} dim(s)/block, "
-             f"trained on all {len(items):,} rows")
-    info = (f"{label}: {len(items):,} x {items.shape[1]}, {shape}; build {build_s:.1f} s "
-            f"(indexer's own evaluation {eval_s:.1f} s: recall@{evaluation.k} "
+             f"{plan.num_leaves} leaves, {evaluation.leaves_to_search} searched (plan "
+             f"{plan.leaves_to_search}), re-scored max({plan.reorder}, 2k), "
+             f"{config.dims_per_block} dim(s)/block, trained on all {len(items):,} rows")
+    info = (f"{label}: {len(items):,} x {items.shape[1]}, {shape}; build {build_s:.1f} s"
+            + (f", tuning {tune_s:.1f} s: {tuning.sentence()}" if tuning else
+               ", not tuned") +
+            f" (indexer's own evaluation {eval_s:.1f} s: recall@{evaluation.k} "
             f"{evaluation.recall:.4f}, p50 {evaluation.latency_ms_p50:.3f} ms, "
             f"{'blessed' if evaluation.blessed else 'NOT blessed'})")
     return index, info
@@ -314,11 +328,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         t = time.perf_counter()
-        both = synthetic_embeddings(args.items + args.queries, args.dim)
-        items, queries = both[:args.items], both[args.items:]
+        n_tune = IndexConfig().tune_queries
+        both = synthetic_embeddings(args.items + args.queries + n_tune, args.dim)
+        items, queries = both[:args.items], both[args.items:args.items + args.queries]
+        tune = both[args.items + args.queries:]
         print(f"synthetic: {args.items:,} x {args.dim} generated in "
               f"{time.perf_counter() - t:.1f} s", flush=True)
-        index, info = pushed_index(items, queries, IndexConfig(), tmp, "synthetic")
+        index, info = pushed_index(items, queries, IndexConfig(), tmp, "synthetic", tune)
         print(info, flush=True)
         rows.append(side_by_side("synthetic, pushed index", index_search(index), items,
                                  queries, args.k))
@@ -328,7 +344,11 @@ def main() -> None:
             rows += sweep("synthetic", items, queries, args.k, tmp, index)
         del index, items, queries, both
         if args.real_run:
-            version, real_q = real_queries(args.real_run, args.queries)
+            # The pushed index was tuned on the eval split's rows after the indexer's first
+            # eval_queries (500): the first --queries rows measured here are not among them.
+            # The index rebuilt on the real towers tunes on the rows after the measured ones.
+            version, held_out = real_queries(args.real_run, args.queries + n_tune)
+            real_q, real_tune = held_out[:args.queries], held_out[args.queries:]
             if args.real_items:
                 t = time.perf_counter()
                 items = real_tower_items(args.real_run, version, args.real_items)
@@ -336,7 +356,8 @@ def main() -> None:
                       f"{args.real_run}'s candidate tower v{version} in "
                       f"{time.perf_counter() - t:.1f} s; {len(real_q)} eval queries",
                       flush=True)
-                index, info = pushed_index(items, real_q, IndexConfig(), tmp, "real towers")
+                index, info = pushed_index(items, real_q, IndexConfig(), tmp, "real towers",
+                                           real_tune)
                 print(info, flush=True)
                 rows.append(side_by_side("real towers, new titles, pushed", index_search(index),
                                          items, real_q, args.k, "ids out of vocabulary"))

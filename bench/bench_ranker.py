@@ -44,8 +44,10 @@ from marquee.config import Config, load_config  # noqa: E402
 
 TARGET_MS = 3.0
 CANDIDATES = 1000
-DEFAULT_VARIANTS = ("full=0:256,128", "r32=32:256,128", "r32-narrow=32:128,64",
-                    "r16-narrow=16:128,64")
+# The shape before issue 18 (full rank, 256/128), the default since (rank 16, 64/32) and two
+# between them.
+DEFAULT_VARIANTS = ("full=0:256,128", "r32=32:256,128", "r16-narrow=16:128,64",
+                    "r16-64=16:64,32")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +146,8 @@ def time_variants(dirs: dict[str, Path], run: Path, calls: int) -> dict[str, lis
 
     def inputs(fn, i: int) -> dict:
         keys = fn.structured_input_signature[1]
-        out = {k: rows[k][i % len(rows[f.ITEM_ID])][None] for k in f.QUERY_FEATURES}
+        row = i % len(rows[f.ITEM_ID])
+        out = {k: rows[k][row:row + 1] for k in f.QUERY_FEATURES}
         out[f.ITEM_ID] = ids
         out[RETRIEVAL_SCORE] = scores
         if ALS_SCORE in keys:
@@ -164,14 +167,20 @@ def time_variants(dirs: dict[str, Path], run: Path, calls: int) -> dict[str, lis
 
 
 def feature_width(directory: Path) -> int:
+    """The head's input width: the length of the ranker's LayerNorm scale (``model.norm``),
+    found through the SavedModel checkpoint's object graph."""
     import tensorflow as tf
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
 
     from components.ranking_evaluator.executor import RANKER
 
-    loaded = tf.saved_model.load(str(directory / RANKER))
-    (gamma,) = [v for v in loaded.variables
-                if "layer_normalization" in v.name and "gamma" in v.name]
-    return int(gamma.shape[0])  # the head's input: LayerNorm over every block
+    reader = tf.train.load_checkpoint(str(directory / RANKER / "variables" / "variables"))
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    node = graph.nodes[0]
+    for name in ("model", "norm", "gamma"):
+        node = graph.nodes[next(c.node_id for c in node.children if c.local_name == name)]
+    return int(reader.get_variable_to_shape_map()[node.attributes[0].checkpoint_key][0])
 
 
 def main() -> None:
@@ -182,6 +191,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--workdir", default="build/bench/ranker")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep the variants already trained in --workdir (their bench.json)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     run, work = Path(args.run), Path(args.workdir)
@@ -198,13 +209,22 @@ def main() -> None:
     results: dict[str, list[dict]] = {v.name: [] for v in variants}
     for seed in seeds:  # the variants' order alternates from seed to seed
         for variant in (variants if seed % 2 == 0 else variants[::-1]):
-            print(f"training {variant.name} (seed {seed})", flush=True)
-            cmd = [sys.executable, __file__, "--run", str(run), "--workdir", str(work),
-                   "--variants", *args.variants, "--child", f"{variant.name}:{seed}"]
-            if args.config:
-                cmd += ["--config", args.config]
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-            result = json.loads((work / variant.name / str(seed) / "bench.json").read_text())
+            done = work / variant.name / str(seed) / "bench.json"
+            if not (args.reuse and done.is_file()):
+                print(f"training {variant.name} (seed {seed})", flush=True)
+                cmd = [sys.executable, __file__, "--run", str(run), "--workdir", str(work),
+                       "--variants", *args.variants, "--child", f"{variant.name}:{seed}"]
+                if args.config:
+                    cmd += ["--config", args.config]
+                log = work / f"{variant.name}-{seed}.log"
+                log.parent.mkdir(parents=True, exist_ok=True)
+                with log.open("w") as out:  # the child's library chatter
+                    code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
+                if code:
+                    raise SystemExit(f"training {variant.name} (seed {seed}) failed with exit "
+                                     f"code {code}; its output is in {log}")
+            result = json.loads(done.read_text())
+            print(f"{variant.name} (seed {seed}):", end="", flush=True)
             results[variant.name].append(result)
             c = result["candidate"]
             print(f"  AUC {c['auc']:.4f}  log loss {c['log_loss']:.4f}  "

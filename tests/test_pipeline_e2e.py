@@ -390,13 +390,20 @@ def test_streamed_ranking_batches_equal_the_in_memory_ones(run):
     assert sorted(orders[1][f.USER_ID]) == sorted(train[f.USER_ID][~validation])
 
 
-def test_rank_by_id_matches_serving_default(run, tmp_path):
+@pytest.mark.parametrize("rank", [0, 8])  # full-rank and low-rank cross layers
+def test_rank_by_id_matches_serving_default(run, tmp_path, rank):
     # The by-id signature (the page's query once, item ids, features looked up in the model)
     # must score exactly as serving_default does with every raw feature sent.
     tmp, _ = run
     examples, _, transform, train = _ranking_inputs(tmp, _als_scorer(tmp))
-    cfg = dataclasses.replace(CONFIG.ranking, item_popularity_features=True)
+    cfg = dataclasses.replace(CONFIG.ranking, item_popularity_features=True,
+                              cross_projection_dim=rank)
     model, _ = train_ranker(train, str(transform), cfg, epochs=1, steps=3)
+    width = int(model.norm.gamma.shape[0])  # the head's input
+    kernels = sorted(tuple(w.shape) for c in model.crosses for w in c.trainable_weights
+                     if "kernel" in w.name)
+    assert kernels == (sorted([(width, rank), (rank, width)] * cfg.cross_layers) if rank
+                       else [(width, width)] * cfg.cross_layers)
     catalogue = load_catalogue([str(examples / "Split-catalogue" / "*")])
     export_ranker(model, str(tmp_path / "ranker"), {}, catalogue)
     loaded = tf.saved_model.load(str(tmp_path / "ranker"))

@@ -93,3 +93,13 @@ def test_streamed_rows_fall_on_their_side_of_the_cutoff(tmp_path, monkeypatch):
 
     assert timestamps(False) == list(range(100, 110))
     assert timestamps(True) == [110, 111]
+
+
+def test_cross_rank_config_says_what_it_expects():
+    from marquee.config import ConfigError, from_dict
+
+    assert from_dict({"ranking": {"cross_projection_dim": 16}}).ranking.cross_projection_dim == 16
+    for bad, says in ((-1, "cross_projection_dim: expected an integer >= 0"),
+                      (2.5, "ranking.cross_projection_dim: expected int, got 2.5")):
+        with pytest.raises(ConfigError, match=says):
+            from_dict({"ranking": {"cross_projection_dim": bad}})
