@@ -23,6 +23,7 @@ user unseen in training gets a vector from their first watch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import tempfile
@@ -84,16 +85,38 @@ class AlsModel:
         known = (self.item_ids[at] == ids) if len(self.item_ids) else np.zeros(len(ids), bool)
         return np.where(known, at, -1)
 
-    def fold_in(self, positives: Iterable[int]) -> np.ndarray | None:
+    def fold_in(self, positives: Iterable[int], projected: np.ndarray | None = None
+                ) -> np.ndarray | None:
         """The user's vector ``[f]`` from their positive titles (repeats count once, unknown ids
-        are left out), or None when none is known (nothing to go on)."""
+        are left out), or None when none is known (nothing to go on). ``projected``: this
+        model's :meth:`projected`, to fold many users in faster."""
         rows = np.unique(self.rows(positives))
         rows = rows[rows >= 0]
         if len(rows) == 0:
             return None
         y = self.item_factors[rows].astype(np.float64)
-        a = self._gram + (self.alpha - 1.0) * (y.T @ y)
-        return np.linalg.solve(a, self.alpha * y.sum(axis=0))
+        c, b = self.alpha - 1.0, self.alpha * y.sum(axis=0)
+        n, f = len(rows), self.factors
+        if c > 0 and (n <= f // 2 or (projected is not None and n < f)):
+            # Fewer positives than factors: the same solve by the Woodbury identity,
+            # (G + c·YᵀY)⁻¹ = G⁻¹ - G⁻¹Yᵀ(I/c + Y G⁻¹ Yᵀ)⁻¹ Y G⁻¹, G⁻¹ once a model: an [n, n]
+            # system instead of [f, f]. At 512 factors and 50 positives, 8x fewer multiply-adds
+            # (and 50x with the rows of Y G⁻¹ precomputed, ``projected``).
+            z = projected[rows] if projected is not None else y @ self._gram_inverse  # Y G⁻¹
+            inner = np.eye(n) / c + z @ y.T
+            return z.T @ (self.alpha - np.linalg.solve(inner, z @ b))
+        return np.linalg.solve(self._gram + c * (y.T @ y), b)
+
+    def projected(self) -> np.ndarray:
+        """``[I, f]`` float64: every title's row of Y G⁻¹, for :meth:`fold_in` of many users at
+        once (the RankingTrainer's ALS feature). Memory: 8 bytes x titles x factors."""
+        return self.item_factors.astype(np.float64) @ self._gram_inverse
+
+    @functools.cached_property
+    def _gram_inverse(self) -> np.ndarray:
+        """G⁻¹ = (YᵀY + regularization·I)⁻¹, [f, f] (symmetric; well conditioned: the
+        regularization bounds its eigenvalues from below)."""
+        return np.linalg.inv(self._gram)
 
     def scores(self, user: np.ndarray) -> np.ndarray:
         """``[I]`` the user's score of every title (row order)."""

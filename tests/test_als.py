@@ -53,6 +53,24 @@ def test_fold_in_equals_implicits_own_solve():
         assert model.fold_in(x[u].indices * 10 + 1) == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.parametrize("alpha,positives", [(3.0, 5), (3.0, 8), (3.0, 9), (3.0, 15),
+                                              (3.0, 30), (1.0, 5), (0.5, 5)])
+def test_fold_in_equals_the_direct_solve(alpha, positives):
+    # 16 factors: up to 8 positives go through the Woodbury identity (alpha > 1), more (or
+    # alpha <= 1) through the [f, f] system; both must be the numpy reference's solve.
+    rng = np.random.default_rng(positives)
+    factors = rng.normal(size=(40, 16))
+    model = AlsModel(np.arange(40) * 3, factors, 0.5, alpha)
+    rows = rng.choice(40, positives, replace=False)
+    y = model.item_factors[rows].astype(np.float64)
+    gram = model.item_factors.astype(np.float64).T @ model.item_factors + 0.5 * np.eye(16)
+    want = np.linalg.solve(gram + (alpha - 1) * y.T @ y, alpha * y.sum(axis=0))
+    np.testing.assert_allclose(model.fold_in(rows * 3), want, rtol=1e-9, atol=1e-12)
+    # with every title's row of Y G^-1 precomputed (up to 15 positives by the identity)
+    np.testing.assert_allclose(model.fold_in(rows * 3, model.projected()), want, rtol=1e-9,
+                               atol=1e-12)
+
+
 def test_model_rejects_bad_factors_with_the_fix():
     with pytest.raises(ValueError, match="raise als.regularization"):
         AlsModel(np.array([1, 2]), np.array([[1.0], [np.nan]]), 1.0, 2.0)

@@ -54,12 +54,13 @@ def _vectors(model: AlsModel, users: np.ndarray, items: np.ndarray, user_ids: np
     """[U, f] each of ``user_ids``' (sorted) vector folded in from their ``(users, items)``
     positives; zeros for a user with none the model knows."""
     out = np.zeros((len(user_ids), model.factors), np.float32)
+    projected = model.projected()
     order = np.argsort(users, kind="stable")
     users, items = users[order], items[order]
     cuts = np.flatnonzero(np.diff(users)) + 1
     for user, own in zip(np.split(users, cuts), np.split(items, cuts), strict=True):
         if len(own):
-            x = model.fold_in(own)
+            x = model.fold_in(own, projected)
             if x is not None:
                 out[np.searchsorted(user_ids, user[0])] = x
     return out
