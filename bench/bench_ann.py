@@ -134,8 +134,10 @@ class Row:
 
 
 def side_by_side(name: str, search, items: np.ndarray, queries: np.ndarray, k: int,
-                 note: str = "") -> Row:
-    """``search(query [dim], k) -> rows [k]`` vs exact search on the same queries.
+                 note: str = "", ids: np.ndarray | None = None) -> Row:
+    """``search(query [dim], k) -> rows [k]`` vs exact search on the same queries. With ``ids``
+    (row -> item id), ``search`` returns item ids, as serving's does, and the exact search maps
+    its rows to ids inside its timing too.
 
     In blocks of ``BLOCK`` queries, each method in turn over the block (which goes first
     alternates), so both run within ~50 ms of each other and a neighbour's load hits both alike;
@@ -144,9 +146,13 @@ def side_by_side(name: str, search, items: np.ndarray, queries: np.ndarray, k: i
     as the cold-cache figure. Rows returned by ``search`` must be rows of ``items``."""
     k = min(k, len(items))
     reference = brute_force_top_k(queries, items, k)
+    exact = (lambda q, k: exact_top_k(items, q, k)) if ids is None else (  # noqa: E731
+        lambda q, k: ids[exact_top_k(items, q, k)])
+    if ids is not None:
+        reference = ids[reference]
     for q in queries[:WARMUP]:
         search(q, k)
-        exact_top_k(items, q, k)
+        exact(q, k)
     scann_ms, exact_ms = np.empty(len(queries)), np.empty(len(queries))
     hits, exact_hits = np.empty(len(queries)), np.empty(len(queries))
     cold = []
@@ -155,7 +161,7 @@ def side_by_side(name: str, search, items: np.ndarray, queries: np.ndarray, k: i
         for scann_turn in ((True, False) if b % 2 == 0 else (False, True)):
             for i in block:
                 t = time.perf_counter()
-                found = search(queries[i], k) if scann_turn else exact_top_k(items, queries[i], k)
+                found = search(queries[i], k) if scann_turn else exact(queries[i], k)
                 ms = (time.perf_counter() - t) * 1000
                 if scann_turn:
                     scann_ms[i], hits[i] = ms, recall(found, reference[i])
@@ -371,13 +377,11 @@ def main() -> None:
             print(f"real run's pushed index: {pushed}, "
                   f"{index.num_items:,} titles, built {index.metadata['evaluation']['reason']}",
                   flush=True)
-            rows_of = index.rows  # item id -> row of index.embeddings
-
-            def search(q, k, index=index):
-                return rows_of(index.search(q, k)[0])
-
-            rows.append(side_by_side("real run, pushed index", search, index.embeddings,
-                                     real_q, args.k, "its own size"))
+            # Both return item ids: ScaNN's search as serving calls it, the exact search its
+            # rows' ids (index.item_ids[rows], a gather of k).
+            rows.append(side_by_side("real run, pushed index", index_search(index),
+                                     index.embeddings, real_q, args.k, "its own size",
+                                     ids=index.item_ids))
     print_rows(rows, TARGET_ITEMS)
 
 

@@ -204,3 +204,84 @@ def test_ranker_feature_scores_each_row_out_of_its_fold():
 def test_feature_folds_config_says_what_it_expects():
     with pytest.raises(ConfigError, match="als_score_folds: expected an integer >= 2"):
         from_dict({"ranking": {"als_score_folds": 1}})
+
+
+def _clustered_fit(items=6000, factors=16, users=300, seed=0):
+    """An ALS model over ``items`` clustered factor rows and ``users`` users' positives (each
+    user's 12 titles drawn from one cluster, as tastes are)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(30, factors))
+    cluster = rng.integers(30, size=items)
+    factors_ = centres[cluster] + 0.3 * rng.normal(size=(items, factors))
+    ids = np.arange(items, dtype=np.int64) * 2 + 1
+    rows = [rng.choice(np.flatnonzero(cluster == rng.integers(30)), 12) for _ in range(users)]
+    positives = pd.DataFrame({c.USER_ID: np.repeat(np.arange(users), 12),
+                              c.ITEM_ID: ids[np.concatenate(rows)]})
+    return AlsModel(ids, factors_, 1.0, 2.0, {"training_run": "run-1"}), positives
+
+
+def test_index_over_the_factors_is_saved_loaded_and_searched(tmp_path):
+    from marquee.config import IndexConfig
+
+    model, positives = _clustered_fit()
+    config = IndexConfig(eval_queries=150, tune_queries=100)
+    evaluation = als_lib.build_index(model, positives, config, str(tmp_path / "m" / "index"))
+    assert evaluation.blessed and evaluation.num_queries == 150 and evaluation.num_items == 6000
+    save_als(model, tmp_path / "m")
+    back = load_als(tmp_path / "m")
+    assert back.index is not None and back.index.metadata["training_run"] == "run-1"
+    # Its searches against scoring every title (the path without an index), for 50 users:
+    # the same titles (recall@100) with their exact scores.
+    hits = 0
+    for u in range(50):
+        user = back.fold_in(positives[c.ITEM_ID][positives[c.USER_ID] == u])
+        ids, scores = back.top(user, 100)
+        exact = back.item_ids[np.argsort(-back.scores(user), kind="stable")[:100]]
+        hits += np.intersect1d(ids, exact).size
+        np.testing.assert_allclose(scores, back.score(user, ids), rtol=1e-5, atol=1e-5)
+    assert hits / (50 * 100) >= 0.95
+    # A catalogue below a tree's size gets no index: every title is scored.
+    small, small_positives = _clustered_fit(items=500)
+    assert als_lib.build_index(small, small_positives, config, str(tmp_path / "s")) is None
+    save_als(small, tmp_path / "s")
+    assert load_als(tmp_path / "s").index is None and small.top(np.ones(16), 5) is None
+
+
+def test_source_searches_the_index_and_keeps_to_the_catalogue(tmp_path):
+    from marquee.config import IndexConfig
+
+    model, positives = _clustered_fit()
+    als_lib.build_index(model, positives, IndexConfig(eval_queries=150, tune_queries=100),
+                        str(tmp_path / "m" / "index"))
+    save_als(model, tmp_path / "m")
+    indexed, plain = load_als(tmp_path / "m"), model  # the search, and every title scored
+    ids = model.item_ids[::2]  # the catalogue holds every other title
+    catalogue = Catalogue.from_frame(pd.DataFrame({
+        c.ITEM_ID: ids, c.TITLE: ["t"] * len(ids), c.GENRES: [["x"]] * len(ids),
+        c.CAST: [[]] * len(ids), c.KEYWORDS: [[]] * len(ids), c.DIRECTOR: [None] * len(ids),
+        c.RELEASE_YEAR: [2000] * len(ids), c.DURATION_SECONDS: [6000] * len(ids),
+        c.ADDED_AT: [0] * len(ids), c.MATURITY_RATING: ["G"] * len(ids)}))
+    overlap = []
+    for u in range(20):
+        history = tuple(int(i) for i in positives[c.ITEM_ID][positives[c.USER_ID] == u])
+        req = SourceRequest.from_profile(UserProfile(100 + u, history=history,
+                                                     watched=frozenset(history)), 0)
+        got = [AlsSource(catalogue, lambda v, m=m: m, lambda: 1).candidates(req, 30)
+               for m in (indexed, plain)]
+        # Half the fit's titles are not in the catalogue: the source asks the index for more.
+        assert all(x.item_id in catalogue.row and x.item_id not in history for x in got[0])
+        assert len(got[0]) == 30
+        overlap.append(len({x.item_id for x in got[0]} & {x.item_id for x in got[1]}) / 30)
+    assert np.mean(overlap) >= 0.9
+
+
+def test_a_folder_mixing_two_fits_is_refused(tmp_path):
+    from marquee.config import IndexConfig
+
+    model, positives = _clustered_fit()
+    als_lib.build_index(model, positives, IndexConfig(eval_queries=150, tune_queries=100),
+                        str(tmp_path / "m" / "index"))
+    other = AlsModel(model.item_ids, model.item_factors[::-1], 1.0, 2.0)
+    save_als(other, tmp_path / "m")
+    with pytest.raises(ValueError, match="mixes two fits: retrain the ALS model"):
+        load_als(tmp_path / "m")

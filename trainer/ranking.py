@@ -13,7 +13,8 @@ SavedModel takes raw features like the towers.
 
 Architecture: user / item / categorical embeddings, pooled genres, cast, title tokens and
 history, the scaled numerics and the pair scores -> a DCN-v2 cross network
-(``tfrs.layers.dcn.Cross``) -> a deep MLP -> two heads:
+(``tfrs.layers.dcn.Cross``, low-rank: ``RankingConfig.cross_projection_dim``) -> a deep MLP
+(``deep_layers``) -> two heads:
 - ``watched``: logit of P(watch past 2 minutes), binary cross-entropy;
 - ``watch_time``: log1p(watch seconds), mean squared error;
 combined with ``RankingConfig.watched_weight`` / ``watch_time_weight``.

@@ -11,7 +11,7 @@ import pandas as pd
 
 from components.contract_example_gen.example_lib import CATALOGUE, TRAIN
 from marquee.als import AlsModel
-from marquee.config import AlsConfig
+from marquee.config import AlsConfig, IndexConfig
 from marquee.data import contract as c
 from marquee.evaluation.peers import ImplicitALS
 from trainer import features as f
@@ -56,3 +56,43 @@ def fit(positives: pd.DataFrame, catalogue: np.ndarray, config: AlsConfig,
             "fit_seconds": round(time.perf_counter() - start, 3),
             "iterations": config.iterations, "seed": config.seed, **(metadata or {})}
     return AlsModel(catalogue, model.item_factors, config.regularization, config.alpha, info)
+
+
+def user_queries(model: AlsModel, positives: pd.DataFrame, n: int, seed: int) -> np.ndarray:
+    """``[<= n, factors]`` float32: the vectors serving folds in (``AlsModel.fold_in``) for up to
+    ``n`` users drawn from ``positives`` (their train positives): the index's query set."""
+    users = np.unique(positives[c.USER_ID].to_numpy(np.int64))
+    picked = np.random.default_rng(seed).choice(users, min(n, len(users)), replace=False)
+    by_user = positives.groupby(c.USER_ID)[c.ITEM_ID]
+    projected = model.projected()
+    vectors = [model.fold_in(by_user.get_group(u).to_numpy(np.int64), projected) for u in picked]
+    return np.asarray([v for v in vectors if v is not None], np.float32).reshape(
+        -1, model.factors)
+
+
+def build_index(model: AlsModel, positives: pd.DataFrame, config: IndexConfig, out_dir: str):
+    """A ScaNN index over the item factors in ``out_dir`` (``marquee.als.INDEX_DIR``), built,
+    tuned and evaluated as the ScannIndexer does, on users' folded-in vectors (``eval_queries``
+    to evaluate, ``tune_queries`` more to tune). It holds the titles with factors: one without a
+    positive in the fit has zero factors and scores 0 for every user (at 500K simulated titles,
+    84% of them), so it is no ALS candidate. Returns the IndexEvaluation, or None when those
+    titles are fewer than ``config.brute_force_below`` (scoring every title is as fast there) or
+    there are no users. An index that is not blessed (recall or latency) is not written:
+    serving then scores every title."""
+    from components.scann_indexer import index_lib
+
+    rows = np.flatnonzero(model.item_factors.any(axis=1))
+    if index_lib.plan_index(max(1, len(rows)), config).brute_force:
+        return None
+    queries = user_queries(model, positives, config.eval_queries + config.tune_queries,
+                           config.seed)
+    if not len(queries):
+        return None
+    tune = queries[config.eval_queries:] if len(queries) > config.eval_queries else None
+    searcher, evaluation = index_lib.build_and_evaluate(
+        model.item_factors[rows], model.item_ids[rows], queries[:config.eval_queries], config,
+        tune_queries=tune)
+    if evaluation.blessed:
+        index_lib.save_index(searcher, model.item_ids[rows], evaluation, out_dir,
+                             {"training_run": model.training_run, "model": "als"})
+    return evaluation

@@ -1,5 +1,6 @@
 """The ALS source: the user's vector folded in from their positive watches at request time
-(``marquee.als``), dot every title's factors."""
+(``marquee.als``), searched in the model's ScaNN index over the item factors (a catalogue large
+enough for a tree) or dot every title's factors."""
 
 from __future__ import annotations
 
@@ -85,6 +86,17 @@ class AlsSource:
         user = self.user_vector(model, request.profile)
         if user is None:
             return []
+        if model.index is not None:  # the best titles without scoring every one
+            n, row = k + len(request.profile.watched), self.catalogue.row
+            while True:
+                ids, scores = model.top(user, n)
+                ids, scores = np.asarray(ids, np.int64), np.asarray(scores, np.float64)
+                known = np.fromiter((int(i) in row for i in ids), bool, len(ids))
+                best = _best(self.name, ids[known], scores[known], request.profile.watched, k)
+                # Titles of the fit that left the catalogue took places: ask for more.
+                if len(best) == k or n >= model.index.num_items:
+                    return best
+                n *= 4
         keep = self._in_catalogue(model)
         return _best(self.name, model.item_ids[keep], model.scores(user)[keep],
                      request.profile.watched, k)
