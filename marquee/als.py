@@ -148,7 +148,8 @@ class AlsModel:
 
 
 def save_als(model: AlsModel, out_dir: str | os.PathLike) -> None:
-    """Writes the folder (local or a URI); ``als.json`` last."""
+    """Writes the folder (local or a URI); ``als.json`` last. Not the index: the AlsTrainer
+    writes ``INDEX_DIR`` first (``components/als_trainer/als_lib.build_index``)."""
     out = os.fspath(out_dir)
     if io.is_remote(out):
         with tempfile.TemporaryDirectory() as tmp:
