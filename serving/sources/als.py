@@ -87,11 +87,11 @@ class AlsSource:
         if user is None:
             return []
         if model.index is not None:  # the best titles without scoring every one
-            n, row = k + len(request.profile.watched), self.catalogue.row
+            n = k + len(request.profile.watched)
             while True:
                 ids, scores = model.top(user, n)
                 ids, scores = np.asarray(ids, np.int64), np.asarray(scores, np.float64)
-                known = np.fromiter((int(i) in row for i in ids), bool, len(ids))
+                known = self.catalogue.holds(ids)
                 best = _best(self.name, ids[known], scores[known], request.profile.watched, k)
                 # Titles of the fit that left the catalogue took places: ask for more.
                 if len(best) == k or n >= model.index.num_items:

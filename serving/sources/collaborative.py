@@ -43,8 +43,7 @@ class CollaborativeSource:
         n = min(k + len(request.profile.watched), len(self.catalogue.item_ids))
         ids, scores = search(np.asarray(request.query_embedding), n)
         ids, scores = np.asarray(ids, np.int64), np.asarray(scores, np.float64)
-        row = self.catalogue.row
-        known = np.fromiter((int(i) in row for i in ids), bool, len(ids))
+        known = self.catalogue.holds(ids)
         return _best(self.name, ids[known], scores[known], request.profile.watched, k)
 
 

@@ -104,6 +104,12 @@ class Catalogue:
             self.row.update(zip(new.item_ids.tolist(), rows, strict=True))
         return rows
 
+    def holds(self, item_ids: np.ndarray) -> np.ndarray:
+        """``[N]`` bool: which of ``item_ids`` the catalogue holds (a source's candidates from an
+        index built before titles left it)."""
+        row = self.row
+        return np.fromiter((int(i) in row for i in item_ids), bool, len(item_ids))
+
     def rows(self, item_ids: Sequence[int]) -> np.ndarray:
         """Row of each known id; unknown ids raise KeyError naming them."""
         row = self.row
