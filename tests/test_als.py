@@ -285,3 +285,19 @@ def test_a_folder_mixing_two_fits_is_refused(tmp_path):
     save_als(other, tmp_path / "m")
     with pytest.raises(ValueError, match="mixes two fits: retrain the ALS model"):
         load_als(tmp_path / "m")
+
+
+def test_titles_without_factors_are_left_out_of_the_index(tmp_path):
+    from marquee.config import IndexConfig
+
+    model, positives = _clustered_fit()
+    factors = model.item_factors.copy()
+    factors[:1000] = 0.0  # never watched in the fit: zero factors, score 0 for every user
+    model = AlsModel(model.item_ids, factors, 1.0, 2.0, {"training_run": "run-1"})
+    evaluation = als_lib.build_index(model, positives, IndexConfig(eval_queries=150,
+                                                                    tune_queries=100),
+                                     str(tmp_path / "m" / "index"))
+    assert evaluation.num_items == 5000
+    save_als(model, tmp_path / "m")
+    index = load_als(tmp_path / "m").index
+    assert index.num_items == 5000 and not np.isin(model.item_ids[:1000], index.item_ids).any()
