@@ -68,8 +68,7 @@ from components.scann_indexer.index_lib import (  # noqa: E402
     load_index,
     plan_index,
     save_index,
-    tune_leaves_to_search,
-    with_leaves_to_search,
+    tuned,
 )
 from marquee.artifacts import QUERY_TOWER, RETRIEVAL_INDEX, versions  # noqa: E402
 from marquee.config import IndexConfig  # noqa: E402
@@ -182,11 +181,7 @@ def pushed_index(items: np.ndarray, queries: np.ndarray, config: IndexConfig, tm
     searcher = build_searcher(items, config)
     build_s = time.perf_counter() - t
     t = time.perf_counter()
-    tuning = None
-    if config.tune_leaves and tune is not None:
-        tuning = tune_leaves_to_search(searcher, tune, items, config)
-        if tuning is not None and tuning.leaves_to_search != tuning.planned:
-            searcher = with_leaves_to_search(searcher, tuning.leaves_to_search)
+    searcher, tuning = tuned(searcher, tune, items, config)
     tune_s = time.perf_counter() - t
     t = time.perf_counter()
     evaluation = evaluate_searcher(searcher, queries[:config.eval_queries], items, config)

@@ -340,6 +340,19 @@ def tune_leaves_to_search(searcher, queries: np.ndarray, item_embeddings: np.nda
     return LeafTuning(best, plan.leaves_to_search, best_recall, goal, len(q))
 
 
+def tuned(searcher, tune_queries: np.ndarray | None, item_embeddings: np.ndarray,
+          config: IndexConfig):
+    """(searcher, LeafTuning or None): with ``config.tune_leaves`` and ``tune_queries``, the
+    searcher visiting the leaves ``tune_leaves_to_search`` finds (a copy when that differs from
+    the plan); otherwise ``searcher`` as it is."""
+    if not config.tune_leaves or tune_queries is None:
+        return searcher, None
+    tuning = tune_leaves_to_search(searcher, tune_queries, item_embeddings, config)
+    if tuning is not None and tuning.leaves_to_search != tuning.planned:
+        searcher = with_leaves_to_search(searcher, tuning.leaves_to_search)
+    return searcher, tuning
+
+
 def with_leaves_to_search(searcher, leaves: int):
     """A copy of a tree ``searcher`` that visits ``leaves`` leaves by default (ScaNN's
     ``max_spill_centers``): serialized, its config changed, loaded again. The copy saves and
@@ -375,12 +388,7 @@ def build_and_evaluate(
     items = _check_matrix("item_embeddings", item_embeddings)
     ids = _check_item_ids(item_ids, len(items))
     _check_same_dim(_check_matrix("queries", queries), items)
-    searcher = build_searcher(items, config)
-    tuning = None
-    if config.tune_leaves and tune_queries is not None:
-        tuning = tune_leaves_to_search(searcher, tune_queries, items, config)
-        if tuning is not None and tuning.leaves_to_search != tuning.planned:
-            searcher = with_leaves_to_search(searcher, tuning.leaves_to_search)
+    searcher, tuning = tuned(build_searcher(items, config), tune_queries, items, config)
     evaluation = evaluate_searcher(searcher, queries, items, config)
     if tuning is not None:
         evaluation = dataclasses.replace(evaluation,
