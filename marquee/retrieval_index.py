@@ -16,6 +16,7 @@ from __future__ import annotations
 import marquee  # noqa: F401  (TF_USE_LEGACY_KERAS before scann imports TensorFlow)
 
 # isort: split
+import itertools
 import json
 import os
 import shutil
@@ -111,8 +112,6 @@ class RetrievalIndex:
                 )
         self.embeddings = embeddings
         self._row = {int(i): r for r, i in enumerate(self.item_ids.tolist())}
-        self._by_id = np.argsort(self.item_ids, kind="stable")  # rows in item id order
-        self._sorted_ids = self.item_ids[self._by_id]
         params = _searcher_params(searcher)
         self._num_leaves = params["num_leaves"]
         self._reorder = params["reorder"]
@@ -121,25 +120,24 @@ class RetrievalIndex:
     def num_items(self) -> int:
         return len(self.item_ids)
 
+    def find(self, item_ids) -> np.ndarray:
+        """``item_ids [N]`` -> their rows [N], -1 for an id the index does not hold."""
+        ids = np.asarray(item_ids, np.int64).reshape(-1).tolist()
+        return np.fromiter(map(self._row.get, ids, itertools.repeat(-1)), np.int64, len(ids))
+
     def contains(self, item_ids) -> np.ndarray:
-        """``item_ids [N]`` -> [N] bool: which the index holds (a binary search each)."""
-        ids = np.asarray(item_ids, np.int64).reshape(-1)
-        if not len(self._sorted_ids):
-            return np.zeros(len(ids), bool)
-        at = np.minimum(np.searchsorted(self._sorted_ids, ids), len(self._sorted_ids) - 1)
-        return self._sorted_ids[at] == ids
+        """``item_ids [N]`` -> [N] bool: which the index holds."""
+        return self.find(item_ids) >= 0
 
     def rows(self, item_ids) -> np.ndarray:
         """``item_ids [N]`` -> their rows [N]; ids not in the index raise KeyError naming them."""
-        ids = np.asarray(item_ids, np.int64).reshape(-1)
-        if not len(self._sorted_ids):
-            raise KeyError(f"item id(s) not in the retrieval index (it is empty): "
-                           f"{ids[:5].tolist()}")
-        at = np.minimum(np.searchsorted(self._sorted_ids, ids), len(self._sorted_ids) - 1)
-        found = self._sorted_ids[at] == ids
-        if not found.all():
-            raise KeyError(f"item id(s) not in the retrieval index: {ids[~found][:5].tolist()}")
-        return self._by_id[at].astype(np.int64)
+        rows = self.find(item_ids)
+        if (rows < 0).any():
+            ids = np.asarray(item_ids, np.int64).reshape(-1)
+            raise KeyError(f"item id(s) not in the retrieval index"
+                           f"{' (it is empty)' if not self.num_items else ''}: "
+                           f"{ids[rows < 0][:5].tolist()}")
+        return rows
 
     def score(self, query: np.ndarray, item_ids) -> np.ndarray:
         """Exact dot product of one query ``[dim]`` with each of ``item_ids [N]`` -> ``[N]``

@@ -212,7 +212,7 @@ def test_sources_without_the_embedding_run_while_the_query_tower_does(model_base
             return super().query_embeddings(inputs, timeout_s)
 
     backend = WaitingTower()
-    svc = make(model_base, backend)
+    svc = make(model_base, backend, parallel_sources=True)
     content = svc.sources["content"]
 
     class Recorded:
@@ -227,6 +227,35 @@ def test_sources_without_the_embedding_run_while_the_query_tower_does(model_base
     page = svc.homepage(FULL)
     assert backend.calls["overlapped"] == 1 and not page.fallback and page.degraded is None
     assert "collaborative" in {s for p in page.items for s in p.sources}
+
+
+def test_by_default_sources_run_in_turn_on_the_request_thread(model_base):
+    order = []
+
+    class Tower(FixedModelBackend):
+        def query_embeddings(self, inputs, timeout_s):
+            order.append(("tower", threading.get_ident()))
+            return super().query_embeddings(inputs, timeout_s)
+
+    svc = make(model_base, Tower())
+    assert svc.config.parallel_sources is False
+    for name, source in list(svc.sources.items()):
+        class Recorded:
+            def __init__(self, inner):
+                self.inner, self.name = inner, inner.name
+                self.needs_query_embedding = inner.needs_query_embedding
+
+            def candidates(self, request, k):
+                order.append((self.name, threading.get_ident()))
+                return self.inner.candidates(request, k)
+
+        svc.sources[name] = Recorded(source)
+    page = svc.homepage(FULL)
+    assert not page.fallback and page.degraded is None
+    # The sources without the embedding first, in config order, then the tower, then the rest.
+    assert [n for n, _ in order] == ["als", "item_to_item", "content", "trending", "tower",
+                                     "collaborative"]
+    assert {t for _, t in order} == {threading.get_ident()}
 
 
 def test_a_source_that_does_not_say_gets_the_query_embedding(model_base):

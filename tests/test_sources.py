@@ -191,6 +191,28 @@ def test_content_scores_split_into_row_blocks_equal_one_block(blocks):
         ContentSource(CATALOGUE, blocks=0)
 
 
+def test_column_scores_is_the_product_over_the_selected_columns():
+    import scipy.sparse as sp
+
+    from serving.sources.content import column_scores
+
+    # [[1, 0, 2], [0, 3, 0], [4, 0, 0]] @ x with x = 0.5 at column 0 and 2 at column 2:
+    # row 0: 0.5 + 4, row 1: 0 (column 1 not selected), row 2: 2.
+    block = sp.csc_matrix(np.array([[1, 0, 2], [0, 3, 0], [4, 0, 0]], np.float32))
+    out = column_scores(block, np.array([0, 2]), np.array([0.5, 2.0], np.float32))
+    assert out.dtype == np.float32 and out.tolist() == [4.5, 0.0, 2.0]
+    # Random sparse blocks, empty columns included: the same floats as selecting the columns.
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        m = sp.random(50, 40, density=0.1, random_state=rng, dtype=np.float32).tocsc()
+        tokens = np.sort(rng.choice(40, 7, replace=False))
+        weights = rng.random(7).astype(np.float32)
+        np.testing.assert_array_equal(column_scores(m, tokens, weights),
+                                      np.asarray(m[:, tokens] @ weights).ravel())
+    assert column_scores(block, np.array([], np.int64), np.array([], np.float32)).tolist() == [
+        0.0, 0.0, 0.0]
+
+
 def test_content_splits_only_large_catalogues():
     from serving.sources.content import SPLIT_FROM_ROWS, default_blocks
 
@@ -307,6 +329,33 @@ def test_query_sources_skips_slow_and_failing_sources_with_the_reason():
                            "broken": "RuntimeError: index not loaded"}
     assert sorted(out.answers) == ["also", "fast"] and sorted(out.timings_ms) == ["also", "fast"]
     assert [(m.item_id, m.source) for m in out.merged] == [(1, "fast"), (2, "also"), (5, "also")]
+
+
+class Sleeps(Fixed):
+    def candidates(self, request, k):
+        time.sleep(0.06)
+        return super().candidates(request, k)
+
+
+def test_inline_sources_answer_in_turn_and_keep_a_late_answer(caplog):
+    sources = [Fixed("fast", [1, 2]), Sleeps("late", [3]),
+               Fixed("broken", [4], error=RuntimeError("index not loaded")), Fixed("also", [2, 5])]
+    quotas = {"fast": 2, "late": 1, "broken": 1, "also": 2}
+    deadlines = {"fast": 100.0, "late": 50.0, "broken": 100.0, "also": 100.0}
+    caught = []
+    sources.append(type("Records", (), {  # the thread a source runs on: the caller's
+        "name": "where", "candidates": lambda self, r, k: caught.append(
+            threading.get_ident()) or []})())
+    quotas["where"], deadlines["where"] = 1, 100.0
+    with caplog.at_level("WARNING"):
+        out = query_sources(sources, REQUESTS[0], quotas, deadlines, base.InlineExecutor())
+    assert caught == [threading.get_ident()]
+    # The late source ran to the end on this thread: its answer is kept, and the lateness said.
+    assert out.skipped == {"broken": "RuntimeError: index not loaded"}
+    assert out.timings_ms["late"] >= 60
+    assert "late answered in" in caplog.text and "past its 50 ms deadline; kept" in caplog.text
+    assert [(m.item_id, m.source) for m in out.merged] == [
+        (1, "fast"), (3, "late"), (2, "also"), (5, "also")]
 
 
 def test_query_sources_checks_names_quotas_and_deadlines():

@@ -6,7 +6,8 @@
 - **stage**: the cold-start stage (:mod:`serving.homepage.cold_start`) picks the sources that
   answer (``SourceConfig.stages``).
 - **sources**: the query tower embeds the user when a ``collaborative`` source answers this
-  stage; every source answers in parallel with its own deadline, merged with per-source quotas
+  stage; every source answers (in turn on the request's thread, or in parallel each with its
+  own deadline: ``serving.parallel_sources``), merged with per-source quotas
   (:mod:`serving.sources`, built once from ``serving.sources`` through ``SOURCES``).
 - **rank**: the ranker scores all merged candidates in one call and the blend makes the final
   score (:class:`serving.homepage.ranking.RankStep`); every model of a page is of one pushed
@@ -56,6 +57,7 @@ from serving.sources import SOURCES
 from serving.sources.als import build as als_source
 from serving.sources.base import (
     BuildContext,
+    InlineExecutor,
     MergedCandidate,
     SourceRequest,
     check_sources,
@@ -172,9 +174,12 @@ class HomepageService:
             catalogue, lambda *a: self.backend.candidate_embeddings(*a), on_add=self.items_added)
         self._refresher: threading.Thread | None = None
         self._stop = threading.Event()
-        # Sources of concurrent requests share it; a source past its deadline keeps its thread.
-        self._executor = futures.ThreadPoolExecutor(max(4, 4 * len(config.sources)),
-                                                    thread_name_prefix="candidate-source")
+        # serving.parallel_sources: the sources of concurrent requests share a pool (a source
+        # past its deadline keeps its thread), or each request runs its own, in turn.
+        self._executor: futures.Executor = (
+            futures.ThreadPoolExecutor(max(4, 4 * len(config.sources)),
+                                       thread_name_prefix="candidate-source")
+            if config.parallel_sources else InlineExecutor())
 
     @property
     def rank_breaker(self) -> CircuitBreaker:
@@ -267,8 +272,8 @@ class HomepageService:
 
     def _candidates(self, req: _Request) -> list[MergedCandidate]:
         """The sources of the page's stage. Those that do not read the query embedding start
-        first, on the executor; the query tower runs meanwhile on this thread, then the sources
-        that need its embedding start."""
+        first (with ``serving.parallel_sources``, on the pool while the query tower runs on this
+        thread), then the sources that need its embedding."""
         page, cfg = req.page, self.config
         configs = [s for s in cfg.sources if page.stage in s.stages]
         sources = [self.sources[s.name] for s in configs]

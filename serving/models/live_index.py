@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,39 +35,49 @@ class LiveIndex:
     def metadata(self) -> dict:
         return self.main.metadata
 
+    def _find(self, item_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """ids [N] -> (ids, row in the pushed index [N], row in the side index [N]); -1 where
+        that index lacks the id. The side index holds only titles the pushed one lacks."""
+        ids = np.asarray(item_ids, np.int64).reshape(-1)
+        main = self.main.find(ids)
+        side = np.full(len(ids), -1, np.int64)
+        if self._side_row:
+            lacking = np.flatnonzero(main < 0)
+            side[lacking] = np.fromiter(map(self._side_row.get, ids[lacking].tolist(),
+                                            itertools.repeat(-1)), np.int64, len(lacking))
+        return ids, main, side
+
     def contains(self, item_ids) -> np.ndarray:
         """[N] bool: which ids either index holds."""
-        ids = np.asarray(item_ids, np.int64)
-        return self.main.contains(ids) | np.isin(ids, self.side_ids)
-
-    def _split(self, item_ids) -> tuple[np.ndarray, np.ndarray]:
-        ids = np.asarray(item_ids, np.int64)
-        side = np.isin(ids, self.side_ids)
-        return ids, side
+        _, main, side = self._find(item_ids)
+        return (main >= 0) | (side >= 0)
 
     def score(self, query: np.ndarray, item_ids) -> np.ndarray:
         """Exact dot product of one query [dim] with each id [N] -> [N] float32 (KeyError for
         an id neither index holds)."""
-        ids, side = self._split(item_ids)
+        ids, main, side = self._find(item_ids)
+        if ((main < 0) & (side < 0)).any():
+            self.main.rows(ids[side < 0])  # raises, naming the ids
         out = np.zeros(len(ids), np.float32)
-        if (~side).any():
-            out[~side] = self.main.score(query, ids[~side])
-        if side.any():
-            rows = [self._side_row[int(i)] for i in ids[side]]
-            out[side] = self.side_embeddings[rows] @ np.asarray(query, np.float32)
+        if (main >= 0).any():
+            out[main >= 0] = self.main.score(query, ids[main >= 0])
+        if (side >= 0).any():
+            out[side >= 0] = self.side_embeddings[side[side >= 0]] @ np.asarray(query, np.float32)
         return out
 
     def embeddings_of(self, item_ids) -> np.ndarray | None:
         """[N, dim] embeddings of the ids, or None if the pushed index has none or an id is
         in neither index."""
-        ids, side = self._split(item_ids)
-        if self.main.embeddings is None or not self.contains(ids).all():
+        if self.main.embeddings is None:
             return None
+        ids, main, side = self._find(item_ids)
+        if ((main < 0) & (side < 0)).any():
+            return None
+        if (side < 0).all():
+            return self.main.embeddings[main]
         out = np.zeros((len(ids), self.main.dim), np.float32)
-        if (~side).any():
-            out[~side] = self.main.embeddings[self.main.rows(ids[~side])]
-        if side.any():
-            out[side] = self.side_embeddings[[self._side_row[int(i)] for i in ids[side]]]
+        out[main >= 0] = self.main.embeddings[main[main >= 0]]
+        out[side >= 0] = self.side_embeddings[side[side >= 0]]
         return out
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

