@@ -16,7 +16,6 @@ from __future__ import annotations
 import marquee  # noqa: F401  (TF_USE_LEGACY_KERAS before scann imports TensorFlow)
 
 # isort: split
-import itertools
 import json
 import os
 import shutil
@@ -38,6 +37,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     ) from e
 
 from marquee import io
+from marquee.sorted_ids import positions
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
@@ -111,7 +111,8 @@ class RetrievalIndex:
                     f"{len(self.item_ids)} items of dim {self.dim}; pass the rows it was built on"
                 )
         self.embeddings = embeddings
-        self._row = {int(i): r for r, i in enumerate(self.item_ids.tolist())}
+        self._by_id = np.argsort(self.item_ids, kind="stable")  # rows in item id order
+        self._sorted_ids = self.item_ids[self._by_id]
         params = _searcher_params(searcher)
         self._num_leaves = params["num_leaves"]
         self._reorder = params["reorder"]
@@ -122,8 +123,8 @@ class RetrievalIndex:
 
     def find(self, item_ids) -> np.ndarray:
         """``item_ids [N]`` -> their rows [N], -1 for an id the index does not hold."""
-        ids = np.asarray(item_ids, np.int64).reshape(-1).tolist()
-        return np.fromiter(map(self._row.get, ids, itertools.repeat(-1)), np.int64, len(ids))
+        at = positions(self._sorted_ids, item_ids)
+        return np.where(at >= 0, self._by_id[at], -1)
 
     def contains(self, item_ids) -> np.ndarray:
         """``item_ids [N]`` -> [N] bool: which the index holds."""
@@ -145,10 +146,17 @@ class RetrievalIndex:
         if self.embeddings is None:
             raise ValueError("this index was built without its item embeddings; load it with "
                              "load_index (which reads scann/dataset.npy) to score given items")
+        return self.score_rows(query, self.rows(item_ids))
+
+    def score_rows(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """:meth:`score` of the items at ``rows [N]`` (from :meth:`find`)."""
+        if self.embeddings is None:
+            raise ValueError("this index was built without its item embeddings; load it with "
+                             "load_index (which reads scann/dataset.npy) to score given items")
         q = np.asarray(query, np.float32)
         if q.shape != (self.dim,):
             raise ValueError(f"score takes one query of shape ({self.dim},), got {q.shape}")
-        return (self.embeddings[self.rows(item_ids)] @ q).astype(np.float32)
+        return (self.embeddings[rows] @ q).astype(np.float32)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items by dot product, best first.

@@ -211,6 +211,12 @@ def test_column_scores_is_the_product_over_the_selected_columns():
                                       np.asarray(m[:, tokens] @ weights).ravel())
     assert column_scores(block, np.array([], np.int64), np.array([], np.float32)).tolist() == [
         0.0, 0.0, 0.0]
+    # Into a given array (a request thread's scratch): overwritten, not added to.
+    out = np.full(3, 7.0, np.float32)
+    assert column_scores(block, np.array([0]), np.array([1.0], np.float32), out) is out
+    assert out.tolist() == [1.0, 0.0, 4.0]
+    with pytest.raises(ValueError, match=r"out must be a contiguous \[3\] float32 array"):
+        column_scores(block, np.array([0]), np.array([1.0], np.float32), np.zeros(3))
 
 
 def test_content_splits_only_large_catalogues():

@@ -168,9 +168,7 @@ class RankStep:
                  index: LiveIndex | None, version: int | None, budget: Budget) -> Ranked:
         if emb is None:
             return Ranked(_standardise(-np.arange(len(ids), dtype=np.float64)), {})
-        known = index.contains(ids)
-        retrieval = np.zeros(len(ids), np.float32)
-        retrieval[known] = index.score(emb, np.asarray(ids)[known])
+        retrieval, known = index.held_scores(emb, ids)
         retrieval[~known] = retrieval[known].min() if known.any() else 0.0
         outputs = {RETRIEVAL_SCORE: retrieval, **self.signals(profile, ids, version)}
         if not self.backend.has_ranker(version):

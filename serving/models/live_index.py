@@ -52,17 +52,25 @@ class LiveIndex:
         _, main, side = self._find(item_ids)
         return (main >= 0) | (side >= 0)
 
+    def held_scores(self, query: np.ndarray, item_ids) -> tuple[np.ndarray, np.ndarray]:
+        """Exact dot product of one query [dim] with each id [N] -> (scores [N] float32, 0 for
+        an id neither index holds; held [N] bool)."""
+        ids, main, side = self._find(item_ids)
+        out = np.zeros(len(ids), np.float32)
+        in_main, in_side = main >= 0, side >= 0
+        if in_main.any():
+            out[in_main] = self.main.score_rows(query, main[in_main])
+        if in_side.any():
+            out[in_side] = self.side_embeddings[side[in_side]] @ np.asarray(query, np.float32)
+        return out, in_main | in_side
+
     def score(self, query: np.ndarray, item_ids) -> np.ndarray:
         """Exact dot product of one query [dim] with each id [N] -> [N] float32 (KeyError for
         an id neither index holds)."""
-        ids, main, side = self._find(item_ids)
-        if ((main < 0) & (side < 0)).any():
-            self.main.rows(ids[side < 0])  # raises, naming the ids
-        out = np.zeros(len(ids), np.float32)
-        if (main >= 0).any():
-            out[main >= 0] = self.main.score(query, ids[main >= 0])
-        if (side >= 0).any():
-            out[side >= 0] = self.side_embeddings[side[side >= 0]] @ np.asarray(query, np.float32)
+        out, held = self.held_scores(query, item_ids)
+        if not held.all():
+            raise KeyError(f"item id(s) in neither the retrieval index nor the titles added "
+                           f"since: {np.asarray(item_ids, np.int64)[~held][:5].tolist()}")
         return out
 
     def embeddings_of(self, item_ids) -> np.ndarray | None:
