@@ -36,3 +36,12 @@ def test_steps_per_execution_reports_the_executions_last_batch():
     assert len(said) == 4 and all(s.startswith("RankingTrainer: epoch 1,") for s in said[:2])
     assert [s.split(",")[1] for s in said[:2]] == [" batch 5 of 10 (50%)", " batch 10 of 10 (100%)"]
     assert ", 20 examples/s" in said[0]
+
+
+def test_each_epochs_seconds_are_kept():
+    ticks = iter(range(1000))
+    progress = Progress("Trainer", batch_size=4, every=100.0, say=lambda line: None,
+                        clock=lambda: float(next(ticks)))
+    _fit(progress)
+    # begin, 10 batches, end: the end's read is 11 reads after the begin's, in both epochs
+    assert progress.epoch_seconds == [11.0, 11.0]

@@ -21,10 +21,14 @@ class Progress(tf.keras.callbacks.Callback):
         self.name, self.batch_size, self.every, self.say, self.clock = (
             name, batch_size, every, say, clock)
         self.epoch, self.start, self.last = 0, 0.0, 0.0
+        self.epoch_seconds: list[float] = []  # each finished epoch's, its validation included
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self.epoch, self.start = epoch, self.clock()
         self.last = self.start
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        self.epoch_seconds.append(self.clock() - self.start)
 
     def on_train_batch_end(self, batch: int, logs=None) -> None:
         now = self.clock()
