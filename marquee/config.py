@@ -376,8 +376,9 @@ class ServingConfig:
     # a source's deadline is then not a cut-off, only reported (a late source is logged and
     # kept). true: at once on a shared thread pool, each cut off at its deadline (its thread runs
     # on; the answer is dropped). Most of a source's time holds Python's GIL, so on 2 cores the
-    # threads cost more than they save: at 500K titles (bench/bench_homepage_scale.py) a page
-    # took p50 / p99 17.2 / 21.6 ms on the request's thread against 19.1 / 22.6 ms on threads.
+    # threads cost more than they save: at 500K titles, 300 requests each way, alternating, a
+    # page took p50 / p99 15.1 / 18.1 ms on the request's thread against 15.7 / 19.4 ms on the
+    # pool, and 2 clients got 76.7 against 67.2 pages/s (docs/performance.md).
     parallel_sources: bool = False
     # Half-life of a watch in the trending score (serving.sources.trending).
     trending_half_life_days: float = 3.0
