@@ -435,14 +435,39 @@ class _Export(tf.Module):
         tf.debugging.assert_equal(
             tf.logical_or(tf.equal(rows_q, 1), tf.equal(rows_q, n)), True,
             message="rank_by_id: send the query once (batch 1) or once per item id")
-        parts = {k: (v if k in PAIR_SCORES else tf.tile(v, [n // rows_q, 1]))
-                 for k, v in parts.items()}
         rows = self.item_rows.lookup(tf.reshape(inputs[f.ITEM_ID], [-1]))
         known = rows >= 0
         gathered = tf.gather(self.item_table, tf.where(known, rows, tf.shape(
             self.item_table, out_type=tf.int64)[0] - 1))
-        parts.update(zip(self.names, tf.split(gathered, self.widths, axis=1), strict=True))
-        return {**self._outputs(self.model.head(self.model.concat(parts))), KNOWN: known}
+        x0 = self._inputs(parts, gathered, n // rows_q)
+        return {**self._outputs(self.model.head(x0)), KNOWN: known}
+
+    def _inputs(self, parts: dict, gathered: tf.Tensor, repeat: tf.Tensor) -> tf.Tensor:
+        """The head's input [N, features], the columns of ``RankingModel.concat``: the query's
+        blocks (batch 1, or one row per id: tiled ``repeat`` times), the gathered candidate
+        blocks and the pair scores. Blocks of one side that are neighbours in ``PARTS`` go as
+        one: each run of query blocks is joined on its row and tiled once, and each run of
+        candidate blocks is one column slice of the table's rows (its columns are the blocks in
+        ``PARTS`` order), so ~7 pieces are joined instead of ~16 tiled and split apart."""
+        width = dict(zip(self.names, self.widths, strict=True))
+        present = [k for k in PARTS if k in parts or k in width]
+        runs: list[tuple[str, list[str]]] = []
+        for k in present:
+            side = "candidate" if k in width else "pair" if k in PAIR_SCORES else "query"
+            if runs and runs[-1][0] == side:
+                runs[-1][1].append(k)
+            else:
+                runs.append((side, [k]))
+        slices = iter(tf.split(gathered, [sum(width[k] for k in run)
+                                          for side, run in runs if side == "candidate"], axis=1))
+        blocks = []
+        for side, run in runs:
+            if side == "candidate":
+                blocks.append(next(slices))
+                continue
+            block = parts[run[0]] if len(run) == 1 else tf.concat([parts[k] for k in run], 1)
+            blocks.append(block if side == "pair" else tf.tile(block, [repeat, 1]))
+        return tf.concat(blocks, axis=1)
 
 
 def export_ranker(model: RankingModel, path: str, info: dict,
