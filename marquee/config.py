@@ -275,7 +275,9 @@ class SourceConfig:
     name: str
     # Most candidates it adds to the merged list (round robin, after dedupe).
     quota: int
-    # It is skipped (named in the page's `skipped`) when it answers later than this.
+    # With serving.parallel_sources it is skipped (named in the page's `skipped`) when it
+    # answers later than this; on the request's thread (the default) a later answer is kept and
+    # logged, and the sources after it are skipped once the request's budget is spent.
     deadline_ms: float = 40.0
     # Cold-start stages (serving.homepage.cold_start: new, light, full) of the users it answers.
     stages: tuple[str, ...] = ("new", "light", "full")

@@ -149,7 +149,8 @@ class RetrievalIndex:
         return self.score_rows(query, self.rows(item_ids))
 
     def score_rows(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """:meth:`score` of the items at ``rows [N]`` (from :meth:`find`)."""
+        """:meth:`score` of the items at ``rows [N]``: rows the index holds (>= 0; :meth:`find`
+        gives -1 for an id it lacks, which would index the last row)."""
         if self.embeddings is None:
             raise ValueError("this index was built without its item embeddings; load it with "
                              "load_index (which reads scann/dataset.npy) to score given items")

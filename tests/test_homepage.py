@@ -252,10 +252,36 @@ def test_by_default_sources_run_in_turn_on_the_request_thread(model_base):
         svc.sources[name] = Recorded(source)
     page = svc.homepage(FULL)
     assert not page.fallback and page.degraded is None
-    # The sources without the embedding first, in config order, then the tower, then the rest.
-    assert [n for n, _ in order] == ["als", "item_to_item", "content", "trending", "tower",
-                                     "collaborative"]
+    # The tower first (a slow source cannot spend its budget), then the sources in config order.
+    assert [n for n, _ in order] == ["tower", "collaborative", "als", "item_to_item", "content",
+                                     "trending"]
     assert {t for _, t in order} == {threading.get_ident()}
+
+
+def test_on_the_request_thread_a_slow_source_spends_only_what_comes_after_it(model_base):
+    import time
+
+    svc = make(model_base)
+    svc.config = dataclasses.replace(svc.config, deadline_ms=150.0)  # the request's budget
+    als = svc.sources["als"]
+
+    class Slow:
+        name, needs_query_embedding = als.name, als.needs_query_embedding
+
+        def candidates(self, request, k):
+            time.sleep(0.2)  # past the whole request's budget
+            return als.candidates(request, k)
+
+    svc.sources["als"] = Slow()
+    page = svc.homepage(FULL)
+    # The tower ran first, in time: collaborative answered and the tower is not blamed. The
+    # slow source's answer is kept; the sources after it were not started, and say why.
+    assert page.degraded is None or "query tower" not in page.degraded
+    assert "collaborative" not in page.skipped and page.timings_ms["source_als"] >= 200
+    assert {n: page.skipped[n] for n in ("item_to_item", "content", "trending")} == dict.fromkeys(
+        ("item_to_item", "content", "trending"),
+        "the request's 150 ms budget was spent before it started")
+    assert not page.fallback and {s for p in page.items for s in p.sources} >= {"collaborative"}
 
 
 def test_a_source_that_does_not_say_gets_the_query_embedding(model_base):

@@ -271,9 +271,14 @@ class HomepageService:
         req.embedding, req.page.model_version = np.asarray(emb)[0], version
 
     def _candidates(self, req: _Request) -> list[MergedCandidate]:
-        """The sources of the page's stage. Those that do not read the query embedding start
-        first (with ``serving.parallel_sources``, on the pool while the query tower runs on this
-        thread), then the sources that need its embedding."""
+        """The sources of the page's stage.
+
+        With ``serving.parallel_sources``: those that do not read the query embedding start
+        first, on the pool, while the query tower runs on this thread; then the ones that need
+        its embedding; each is cut off at its deadline. Without (the default): the query tower
+        first, then every source in config order on this thread, so a slow source cannot spend
+        the tower's budget; a source is skipped, with the reason, once the request's budget is
+        spent, and one that answers past its deadline is kept (and logged)."""
         page, cfg = req.page, self.config
         configs = [s for s in cfg.sources if page.stage in s.stages]
         sources = [self.sources[s.name] for s in configs]
@@ -285,7 +290,8 @@ class HomepageService:
         early = [s for s in sources if not needs_query_embedding(s)]
         t = self._clock()
         request = SourceRequest.from_profile(req.profile, req.timestamp, req.seed)
-        pending = submit_sources(early, request, quotas, self._executor)
+        pending = (submit_sources(early, request, quotas, self._executor)
+                   if cfg.parallel_sources else {})
         tower_error = None
         if late:
             try:
@@ -295,9 +301,20 @@ class HomepageService:
                 tower_error = e
                 if COLLABORATIVE in quotas:
                     page.skipped[COLLABORATIVE] = f"query tower: {describe(e)}"
-            pending.update(submit_sources(late, dataclasses.replace(
-                request, query_embedding=req.embedding, index=req.index), quotas,
-                self._executor))
+        with_embedding = dataclasses.replace(request, query_embedding=req.embedding,
+                                             index=req.index)
+        if cfg.parallel_sources:
+            pending.update(submit_sources(late, with_embedding, quotas, self._executor))
+        else:
+            for source in sources:
+                if req.budget.left_ms() <= 0:
+                    page.skipped[source.name] = (f"the request's {cfg.deadline_ms:.0f} ms budget "
+                                                 "was spent before it started")
+                    continue
+                pending.update(submit_sources(
+                    [source], with_embedding if source in late else request, quotas,
+                    self._executor))
+        sources = [s for s in sources if s.name in pending]
         found = collect_sources({s.name: pending[s.name] for s in sources}, quotas, deadlines)
         page.timings_ms["sources"] = self._ms(t)
         page.timings_ms.update({f"source_{n}": ms for n, ms in found.timings_ms.items()})

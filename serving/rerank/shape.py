@@ -35,7 +35,7 @@ class MaxPerGenre:
                     break
             else:
                 out.append(x)
-                for g in set(genres) if len(genres) > 1 else genres:
+                for g in set(genres):  # a genre listed twice counts once
                     left[g] = left.get(g, n) - 1
         return out
 

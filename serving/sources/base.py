@@ -9,8 +9,10 @@ answers an empty list; an empty list is an answer, not an error. Each source mod
 (``serving.sources.SOURCES`` maps the config's names to them): adding a source is one module
 and one line there.
 
-:func:`query_sources` asks sources in parallel, each with its own deadline, and merges their
-answers with :func:`merge_candidates` (dedupe, per-source quotas, every source's score kept).
+:func:`query_sources` asks sources on an executor, each with its own deadline, and merges their
+answers with :func:`merge_candidates` (dedupe, per-source quotas, every source's score kept): on
+a thread pool they answer in parallel and a late one is cut off; on :class:`InlineExecutor` they
+answer in turn on the caller's thread and a late answer is kept (``serving.parallel_sources``).
 """
 from __future__ import annotations
 
@@ -204,6 +206,10 @@ class MergedCandidate(NamedTuple):
         item = self.item_id
         return {name: table[item] for name, table in self.by_source.items() if item in table}
 
+    def __repr__(self) -> str:  # not the shared table (every candidate's scores)
+        return (f"MergedCandidate(item_id={self.item_id!r}, source={self.source!r}, "
+                f"scores={self.scores!r})")
+
 
 def merge_candidates(results: Mapping[str, Sequence[Candidate]],
                      quotas: Mapping[str, int]) -> list[MergedCandidate]:
@@ -295,6 +301,23 @@ def submit_sources(sources: Sequence[CandidateSource], request: SourceRequest,
             for s in sources}
 
 
+_LATE_LOGGED: dict[str, list] = {}  # source -> [last line's time, late answers since]
+LATE_LOG_EVERY_S = 60.0
+
+
+def _late(name: str, ms: float, deadline_ms: float) -> None:
+    """Logs a late but kept answer: at most a line a minute per source, with the count since
+    (under overload every request could be late)."""
+    now = time.monotonic()
+    last = _LATE_LOGGED.setdefault(name, [-LATE_LOG_EVERY_S, 0])
+    last[1] += 1
+    if now - last[0] >= LATE_LOG_EVERY_S:
+        log.warning("candidate source %s answered in %.0f ms, past its %.0f ms deadline; kept "
+                    "(%d late answer(s) since the last such line)", name, ms, deadline_ms,
+                    last[1])
+        last[0], last[1] = now, 0
+
+
 def collect_sources(pending: Pending, quotas: Mapping[str, int],
                     deadlines_ms: Mapping[str, float]) -> SourceResults:
     """Waits for each started source until its deadline (counted from its start); merges."""
@@ -303,9 +326,8 @@ def collect_sources(pending: Pending, quotas: Mapping[str, int],
         left = deadlines_ms[name] / 1000 - (time.perf_counter() - start)
         try:
             answers[name], timings[name] = future.result(timeout=max(0.0, left))
-            if timings[name] > deadlines_ms[name]:  # ran to the end (on the request's thread)
-                log.warning("candidate source %s answered in %.0f ms, past its %.0f ms "
-                            "deadline; kept", name, timings[name], deadlines_ms[name])
+            if timings[name] > deadlines_ms[name]:  # done when collected, but late: kept
+                _late(name, timings[name], deadlines_ms[name])
         except futures.TimeoutError:
             future.cancel()
             skipped[name] = f"missed its {deadlines_ms[name]:.0f} ms deadline"
@@ -324,6 +346,8 @@ def query_sources(sources: Sequence[CandidateSource], request: SourceRequest,
     Each source's deadline counts from the moment it is submitted. A source that raises or
     misses its deadline contributes nothing and is named in ``skipped`` with the reason; its
     thread runs to the end in the background (Python cannot stop it) and the answer is dropped.
+    On an :class:`InlineExecutor` every source has answered when it is collected: one that took
+    longer than its deadline is kept, and logged.
     """
     check_sources(sources, quotas, deadlines_ms)
     return collect_sources(submit_sources(sources, request, quotas, executor), quotas,

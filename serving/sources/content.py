@@ -161,7 +161,10 @@ class ContentSource:
         parts = [out[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
         others = [self._pool.submit(column_scores, b, tokens, weights, part)
                   for b, part in zip(columns[1:], parts[1:], strict=True)]
-        column_scores(columns[0], tokens, weights, parts[0])
+        try:
+            column_scores(columns[0], tokens, weights, parts[0])
+        finally:  # none still writes into the scratch when this returns or raises
+            futures.wait(others)
         for other in others:
             other.result()
         return out[:bounds[-1]]
