@@ -121,6 +121,11 @@ class RetrievalIndex:
     def num_items(self) -> int:
         return len(self.item_ids)
 
+    def _need_embeddings(self) -> None:
+        if self.embeddings is None:
+            raise ValueError("this index was built without its item embeddings; load it with "
+                             "load_index (which reads scann/dataset.npy) to score given items")
+
     def find(self, item_ids) -> np.ndarray:
         """``item_ids [N]`` -> their rows [N], -1 for an id the index does not hold."""
         at = positions(self._sorted_ids, item_ids)
@@ -143,17 +148,13 @@ class RetrievalIndex:
     def score(self, query: np.ndarray, item_ids) -> np.ndarray:
         """Exact dot product of one query ``[dim]`` with each of ``item_ids [N]`` -> ``[N]``
         float32: the score ``search`` gives those items (exactly, up to float rounding)."""
-        if self.embeddings is None:
-            raise ValueError("this index was built without its item embeddings; load it with "
-                             "load_index (which reads scann/dataset.npy) to score given items")
+        self._need_embeddings()  # before the ids: the missing embeddings are the first fix
         return self.score_rows(query, self.rows(item_ids))
 
     def score_rows(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """:meth:`score` of the items at ``rows [N]``: rows the index holds (>= 0; :meth:`find`
         gives -1 for an id it lacks, which would index the last row)."""
-        if self.embeddings is None:
-            raise ValueError("this index was built without its item embeddings; load it with "
-                             "load_index (which reads scann/dataset.npy) to score given items")
+        self._need_embeddings()
         q = np.asarray(query, np.float32)
         if q.shape != (self.dim,):
             raise ValueError(f"score takes one query of shape ({self.dim},), got {q.shape}")
