@@ -255,16 +255,41 @@ class IndexConfig:
     seed: int = 0
 
 
+DIRECT_RUNNING_MODES = ("auto", "in_memory", "multi_threading", "multi_processing")
+
+
 @dataclasses.dataclass(frozen=True)
 class BeamConfig:
     # DirectRunner, DataflowRunner, FlinkRunner, SparkRunner or PortableRunner.
     runner: str = "DirectRunner"
-    # DirectRunner workers; 0 means one per core.
+    # DirectRunner workers for multi_processing and multi_threading; 0 means one per core.
     direct_num_workers: int = 0
-    # in_memory, multi_threading or multi_processing.
-    direct_running_mode: str = "multi_processing"
+    # auto, in_memory, multi_threading or multi_processing. auto: in_memory (one process, no
+    # workers to start) when the dataset's interactions table has fewer than in_memory_below
+    # rows, else multi_processing. On 2 cores the MovieLens 100K pipeline ran in 155 s
+    # in_memory against 169 s multi_processing: each Beam step's worker processes start and
+    # import TensorFlow, and a split of one gzipped file is read by one worker anyway
+    # (docs/performance.md). Kubeflow, whose data_dir is a runtime parameter, resolves auto to
+    # multi_processing.
+    direct_running_mode: str = "auto"
+    in_memory_below: int = 1_000_000
     # Extra pipeline options passed through to Beam, e.g. ["--project=p", "--region=r"].
     extra_args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.direct_running_mode not in DIRECT_RUNNING_MODES:
+            raise ValueError(f"direct_running_mode: expected one of "
+                             f"{', '.join(DIRECT_RUNNING_MODES)}, got {self.direct_running_mode!r}")
+        if not (isinstance(self.in_memory_below, int) and self.in_memory_below >= 0):
+            raise ValueError("in_memory_below: expected a number of interactions >= 0 (0: auto "
+                             f"never picks in_memory), got {self.in_memory_below!r}")
+
+    def running_mode(self, interactions: int | None) -> str:
+        """The DirectRunner mode for a dataset of ``interactions`` rows (None: not known)."""
+        if self.direct_running_mode != "auto":
+            return self.direct_running_mode
+        small = interactions is not None and interactions < self.in_memory_below
+        return "in_memory" if small else "multi_processing"
 
 
 @dataclasses.dataclass(frozen=True)

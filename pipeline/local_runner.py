@@ -42,15 +42,17 @@ def run_local(data_dir: Path, root: Path, config: Config,
     root = root.resolve()
     dirs = run_dirs(root)
     root.mkdir(parents=True, exist_ok=True)
+    interactions = _interactions(data_dir)
+    args = beam_args(config.beam, os.cpu_count() or 1, interactions)
     p = create_pipeline(
         PIPELINE_NAME, str(dirs["pipeline_root"]), str(Path(data_dir).resolve()),
         str(dirs["serving"]), config,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             str(dirs["metadata"])),
-        beam_pipeline_args=beam_args(config.beam, os.cpu_count() or 1),
+        beam_pipeline_args=args,
     )
     say(f"running the pipeline on {data_dir} into {root} (LocalDagRunner, Beam "
-        f"{config.beam.runner})")
+        f"{config.beam.runner}{_mode_note(config, interactions)})")
     started = time.time()
     try:
         with component_progress(say):
@@ -67,6 +69,30 @@ def run_local(data_dir: Path, root: Path, config: Config,
     summary = summarize(root, data_dir, time.time() - started, started=started)
     dirs["summary"].write_text(summary)
     return summary
+
+
+def _interactions(data_dir: Path) -> int | None:
+    """The dataset's interactions (beam.direct_running_mode auto); None when the folder cannot
+    be read, which ContractExampleGen then reports in full."""
+    from marquee.data import contract
+
+    try:
+        return contract.table_rows(data_dir, contract.INTERACTIONS)
+    except (contract.ContractError, OSError):
+        return None
+
+
+def _mode_note(config: Config, interactions: int | None) -> str:
+    if config.beam.runner != "DirectRunner":
+        return ""
+    mode = config.beam.running_mode(interactions)
+    if config.beam.direct_running_mode != "auto":
+        return f", {mode}"
+    if interactions is None:
+        return f", {mode}: beam.direct_running_mode auto, interactions not counted"
+    side = "<" if mode == "in_memory" else ">="
+    return (f", {mode}: {interactions:,} interactions {side} beam.in_memory_below "
+            f"{config.beam.in_memory_below:,}")
 
 
 def latest_output(pipeline_root: Path, component: str, output: str, since: float = 0.0

@@ -47,13 +47,15 @@ RANKING_RUN_FN = "trainer.ranking.run_fn"
 GATE = "AnomalyGate"
 
 
-def beam_args(beam: BeamConfig, cores: int) -> list[str]:
-    """Beam pipeline options from config; the DirectRunner gets one worker per core by default."""
+def beam_args(beam: BeamConfig, cores: int, interactions: int | None = None) -> list[str]:
+    """Beam pipeline options from config. The DirectRunner's mode is ``beam.running_mode`` for
+    a dataset of ``interactions`` rows (None: not known); its workers, one per core by
+    default (in_memory runs one)."""
     args = [f"--runner={beam.runner}"]
     if beam.runner == "DirectRunner":
-        workers = beam.direct_num_workers or cores
-        args += [f"--direct_running_mode={beam.direct_running_mode}",
-                 f"--direct_num_workers={workers}"]
+        mode = beam.running_mode(interactions)
+        workers = 1 if mode == "in_memory" else beam.direct_num_workers or cores
+        args += [f"--direct_running_mode={mode}", f"--direct_num_workers={workers}"]
     return args + list(beam.extra_args)
 
 

@@ -26,7 +26,9 @@ E2E_CONFIG = from_dict({
     "ranking": {"epochs": 2, "batch_size": 256},
     "evaluator": {"min_auc_gain": -1.0, "max_logloss_increase": 100.0},
     "index": {"eval_queries": 50},
-    "beam": {"direct_num_workers": 2},
+    # Worker processes, as on data past beam.in_memory_below: every DoFn is pickled to them.
+    # (test_drift_pipeline runs the default, in_memory on data this small.)
+    "beam": {"direct_num_workers": 2, "direct_running_mode": "multi_processing"},
 })
 
 

@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from marquee.cli import main
+from marquee.config import BeamConfig
 from marquee.data import contract as c
 from marquee.monitoring.cli import monitor
 from marquee.monitoring.config import MonitorConfig
@@ -29,6 +30,9 @@ from marquee.monitoring.embedding_drift import read_reports
 from pipeline.local_runner import run_dirs, run_local
 
 from .conftest import E2E_CONFIG
+
+# The default Beam mode (auto: in_memory on data this small); the e2e fixture runs workers.
+CONFIG = dataclasses.replace(E2E_CONFIG, beam=BeamConfig())
 
 pytestmark = pytest.mark.slow
 
@@ -61,14 +65,14 @@ def runs(tmp_path_factory) -> Runs:
     inter[c.DEVICE] = "tv"
     inter.to_parquet(shifted / "interactions.parquet")
     root = tmp / "run"
-    first = run_local(tmp / "data", root, E2E_CONFIG)
+    first = run_local(tmp / "data", root, CONFIG)
     config = tmp / "stop.yaml"  # JSON is YAML
     config.write_text(dataclasses.replace(
-        E2E_CONFIG, monitor=MonitorConfig(drift_policy="stop")).to_json())
+        CONFIG, monitor=MonitorConfig(drift_policy="stop")).to_json())
     stopped = CliRunner().invoke(main, ["pipeline", "run", "--data", str(shifted), "--root",
                                         str(root), "--config", str(config)])
     stopped_summary = run_dirs(root)["summary"].read_text()
-    third = run_local(shifted, root, E2E_CONFIG)  # policy warn, the default
+    third = run_local(shifted, root, CONFIG)  # policy warn, the default
     return Runs(root, first, stopped, stopped_summary, third)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
+import tensorflow_transform as tft
 
 from components.model_pusher import push_lib
 from components.model_pusher.push_lib import CANDIDATE_TOWER, QUERY_TOWER, RETRIEVAL_INDEX
@@ -45,6 +46,7 @@ from trainer.ranking import (
 from trainer.retrieval import HISTORY_PAD, LIST_PAD
 
 from .conftest import E2E_CONFIG as CONFIG
+from .test_export import user_objects
 
 pytestmark = pytest.mark.slow
 
@@ -96,6 +98,9 @@ def test_pushed_towers_answer_raw_features(run):
         cast=tf.constant([[LIST_PAD], [LIST_PAD]]), keywords=tf.constant([[LIST_PAD]] * 2),
     )["embedding"].numpy()
     assert out.shape == (2, CONFIG.retrieval.embedding_dim) and np.isfinite(out).all()
+    # trainer/export: the graphs hold the variables and the Transform resources, no Keras object
+    for model in (QUERY_TOWER, CANDIDATE_TOWER, "ranker"):
+        assert not any(i.startswith("_tf_keras") for i in user_objects(_version(base, model)))
 
 
 def test_pushed_tower_and_index_retrieve_and_mismatch_refused(run):
@@ -271,6 +276,40 @@ def test_ranker_item_counts_leave_the_row_out_in_training_only(run):
                                             (p_loo + m * g) / (n_loo + m)], rtol=1e-5)
     unknown = model.item_popularity({f.ITEM_ID: np.array([10**12], np.int64)}).numpy()
     np.testing.assert_allclose(unknown[0], [0.0, 0.0, g], rtol=1e-5)
+
+
+def test_ranker_steps_without_autograph_train_the_same_weights(run, monkeypatch):
+    """RankingModel's train and test steps skip AutoGraph (seconds of tracing): the graph is
+    the one AutoGraph would build, so the same seed and rows give the same weights and
+    validation loss as steps AutoGraph converts."""
+    from trainer import ranking
+
+    class Converted(ranking.RankingModel):  # Keras' own steps, converted by AutoGraph
+        train_step = tf.keras.Model.train_step
+        test_step = tf.keras.Model.test_step
+
+    tmp, _ = run
+    _, _, transform, train = _ranking_inputs(tmp)
+    cfg = dataclasses.replace(CONFIG.ranking, validation_share=0.2)
+    fitted = {}
+    for name, cls in (("plain", ranking.RankingModel), ("converted", Converted)):
+        monkeypatch.setattr(ranking, "RankingModel", cls)
+        model, metrics = train_ranker(train, str(transform), cfg, epochs=1, steps=4)
+        assert type(model) is cls
+        fitted[name] = (model.get_weights(), metrics["final_loss"],
+                        model.history.history[f"val_{WATCHED_LOGIT}_loss"])
+    (w_plain, loss_plain, val_plain), (w_conv, loss_conv, val_conv) = fitted.values()
+    assert len(w_plain) == len(w_conv) > 10
+    for a, b in zip(w_plain, w_conv, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert loss_plain == pytest.approx(loss_conv, rel=1e-5)
+    assert val_plain == pytest.approx(val_conv, rel=1e-5)
+    # The 4 steps moved the weights away from the seed's initial ones.
+    fresh = ranking.build_model(tft.TFTransformOutput(str(transform)), cfg,
+                                scan_split(train, cfg).counts)
+    fresh({k: train[k][:8] for k in RAW_KEYS + (RETRIEVAL_SCORE,)})
+    assert max(float(np.abs(a - b).max()) for a, b in zip(
+        w_plain, fresh.get_weights(), strict=True)) > 1e-4
 
 
 def test_one_step_ranker_is_neither_blessed_nor_pushed(run, tmp_path):

@@ -28,6 +28,7 @@ from marquee import io as mio
 from marquee.artifacts import EMBEDDING, EXPORT_INFO, HISTORY_PAD, LIST_PAD
 from marquee.config import Config, RetrievalConfig
 from trainer import features as f
+from trainer.export import Export
 from trainer.model import TwoTowerModel, VocabSizes
 from trainer.preprocessing import ID_OOV_BUCKETS
 from trainer.progress import Progress
@@ -176,11 +177,9 @@ def candidate_signature() -> dict[str, tf.TensorSpec]:
     return spec
 
 
-class _TowerExport(tf.Module):
+class _TowerExport(Export):
     def __init__(self, tower, tft_layer, raw_spec):
-        super().__init__()
-        self.tower = tower
-        self.tft_layer = tft_layer
+        super().__init__({"tower": tower, "tft_layer": tft_layer}, tft_layer, tower.variables)
         self._raw_spec = raw_spec
 
     def embed(self, inputs: dict) -> dict:
@@ -192,7 +191,8 @@ class _TowerExport(tf.Module):
 
 def export_tower(tower, tft_out, signature: dict, path: str, info: dict) -> None:
     module = _TowerExport(tower, tft_out.transform_features_layer(), tft_out.raw_feature_spec())
-    fn = tf.function(lambda **kw: module.embed(kw), input_signature=None)
+    # No tensor-dependent Python control flow: AutoGraph would only add tracing time.
+    fn = tf.function(lambda **kw: module.embed(kw), autograph=False)
     concrete = fn.get_concrete_function(**signature)
     tf.saved_model.save(module, path, signatures={"serving_default": concrete})
     write_export_info(path, info)

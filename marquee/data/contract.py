@@ -248,6 +248,12 @@ def open_parquet(path: str | Path) -> pq.ParquetFile:
         ) from e
 
 
+def table_rows(data_dir: str | Path, table: str) -> int:
+    """Rows of ``table`` from its Parquet footers (no row is read); ContractError when a file
+    is missing or unreadable."""
+    return sum(open_parquet(path).metadata.num_rows for path in table_files(data_dir, table))
+
+
 def iter_batches(
     data_dir: str | Path, table: str, batch_size: int = 65_536
 ) -> Iterator[tuple[Path | str, int, pa.RecordBatch]]:

@@ -1,0 +1,59 @@
+"""beam.direct_running_mode auto: in_memory below beam.in_memory_below interactions, worker
+processes from there on, and what the local runner counts and says."""
+
+import pandas as pd
+import pytest
+
+from marquee.config import BeamConfig, ConfigError, from_dict
+from marquee.data import contract as c
+from marquee.data.simulate import SimConfig, simulate
+from pipeline.local_runner import _interactions, _mode_note
+from pipeline.pipeline import beam_args
+
+
+def test_auto_runs_in_memory_below_the_threshold_and_workers_from_it():
+    beam = BeamConfig(in_memory_below=1000)
+    assert beam_args(beam, 2, 999) == ["--runner=DirectRunner", "--direct_running_mode=in_memory",
+                                       "--direct_num_workers=1"]
+    assert beam_args(beam, 2, 1000) == ["--runner=DirectRunner",
+                                        "--direct_running_mode=multi_processing",
+                                        "--direct_num_workers=2"]
+    # Not counted (Kubeflow: data_dir is a runtime parameter): worker processes.
+    assert beam_args(beam, 0, None)[1:] == ["--direct_running_mode=multi_processing",
+                                            "--direct_num_workers=0"]
+    # A mode given is kept whatever the size; in_memory always runs one worker.
+    assert beam_args(BeamConfig(direct_running_mode="multi_processing", direct_num_workers=3),
+                     2, 10)[1:] == ["--direct_running_mode=multi_processing",
+                                    "--direct_num_workers=3"]
+    assert beam_args(BeamConfig(direct_running_mode="in_memory", direct_num_workers=3),
+                     2, 10**9)[1:] == ["--direct_running_mode=in_memory",
+                                       "--direct_num_workers=1"]
+    # Other runners get no DirectRunner options.
+    assert beam_args(BeamConfig(runner="DataflowRunner", extra_args=("--project=p",)), 2, 5) == [
+        "--runner=DataflowRunner", "--project=p"]
+    assert BeamConfig(in_memory_below=0).running_mode(0) == "multi_processing"
+
+
+def test_a_bad_mode_or_threshold_says_what_is_accepted():
+    with pytest.raises(ConfigError, match="direct_running_mode: expected one of auto, "
+                                          "in_memory, multi_threading, multi_processing, got "
+                                          "'in-memory'"):
+        from_dict({"beam": {"direct_running_mode": "in-memory"}})
+    with pytest.raises(ConfigError, match="in_memory_below: expected a number of interactions"):
+        from_dict({"beam": {"in_memory_below": -1}})
+
+
+def test_the_runner_counts_the_interactions_from_the_parquet_footers(tmp_path):
+    simulate(tmp_path / "data", SimConfig(users=30, items=20, days=3, seed=2))
+    rows = len(pd.read_parquet(tmp_path / "data" / f"{c.INTERACTIONS}.parquet"))
+    assert rows > 0 and _interactions(tmp_path / "data") == rows
+    assert _interactions(tmp_path / "nowhere") is None  # ContractExampleGen reports it
+
+    config = from_dict({"beam": {"in_memory_below": rows + 1}})
+    assert _mode_note(config, rows) == (f", in_memory: {rows:,} interactions < "
+                                        f"beam.in_memory_below {rows + 1:,}")
+    config = from_dict({"beam": {"in_memory_below": rows}})
+    assert _mode_note(config, rows) == (f", multi_processing: {rows:,} interactions >= "
+                                        f"beam.in_memory_below {rows:,}")
+    assert _mode_note(from_dict({}), None) == (", multi_processing: beam.direct_running_mode "
+                                               "auto, interactions not counted")
