@@ -15,6 +15,9 @@ variants from seed to seed: the machine is shared and its speed drifts.
   (``in_memory=False, steps_per_execution=1, jit_compile_loss=False``): what those three
   settings are worth on their own.
 - new: today's code with the defaults of ``RetrievalConfig``.
+- new+KEY=VALUE[+KEY=VALUE...]: today's code with those ``RetrievalConfig`` fields changed
+  (``--variants new,new+jit_compile_loss=true``): a setting measured side by side with the
+  defaults.
 
 Everything else (batch size, learning rate, epochs, early stopping) is the run's config. ex/s
 is the Trainer's ``train_examples_per_second``: epochs x train examples / Keras fit seconds,
@@ -88,6 +91,30 @@ def before_trainer(where: Path):
     return before
 
 
+def overrides(variant: str) -> dict:
+    """The RetrievalConfig fields a ``new+KEY=VALUE...`` variant sets (``{}`` for the others),
+    each value parsed as the field's type."""
+    from marquee.config import RetrievalConfig
+
+    if not variant.startswith("new+"):
+        return {}
+    fields = {f.name: f.type for f in dataclasses.fields(RetrievalConfig)}
+    out = {}
+    for item in variant.split("+")[1:]:
+        key, _, value = item.partition("=")
+        kind = fields.get(key)
+        if kind is None or not value:
+            raise SystemExit(f"--variants {variant}: expected new+KEY=VALUE with KEY a "
+                             f"RetrievalConfig field ({', '.join(fields)}), got {item!r}")
+        if kind in ("bool", bool):
+            if value.lower() not in ("true", "false"):
+                raise SystemExit(f"--variants {variant}: {key} takes true or false, got {value!r}")
+            out[key] = value.lower() == "true"
+        else:
+            out[key] = {"int": int, "float": float}.get(kind, str)(value)
+    return out
+
+
 def worker(run: Path, variant: str, seed: int) -> dict:
     """One training in this process; returns its metrics."""
     import marquee  # noqa: F401  (Keras 2 for TFRS, before TensorFlow loads)
@@ -97,7 +124,7 @@ def worker(run: Path, variant: str, seed: int) -> dict:
     graph, examples = transform_output(run)
     config = load_config(REPO / "configs" / "movielens.yaml")
     cfg = dataclasses.replace(config.retrieval, seed=seed,
-                              **(OLD_SETTINGS if variant == "settings" else {}))
+                              **(OLD_SETTINGS if variant == "settings" else overrides(variant)))
     config = dataclasses.replace(config, retrieval=cfg)
     with tempfile.TemporaryDirectory() as serving, tempfile.TemporaryDirectory() as code:
         train_and_export = (before_trainer(Path(code)) if variant == "before"
@@ -132,20 +159,24 @@ def main() -> None:
     args = ap.parse_args()
     run = Path(args.run).resolve()
     if args.worker:
-        variant, seed = args.worker.split(":")
+        variant, seed = args.worker.rsplit(":", 1)
         print(json.dumps(worker(run, variant, int(seed))))
         return
     transform_output(run)  # fail early, with the fix
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = tuple(args.variants.split(","))
-    if not variants or set(variants) - set(VARIANTS):
-        raise SystemExit(f"--variants: choose from {', '.join(VARIANTS)}")
+    if not variants or {v for v in variants if not v.startswith("new+")} - set(VARIANTS):
+        raise SystemExit(f"--variants: choose from {', '.join(VARIANTS)} and new+KEY=VALUE, "
+                         f"got {args.variants}")
+    for v in variants:
+        overrides(v)  # fail early, with the fix
+    width = max(8, *map(len, variants))
     rows: dict[str, list[dict]] = {v: [] for v in variants}
     for i, seed in enumerate(seeds):
         for variant in (variants if i % 2 == 0 else variants[::-1]):
             m = run_one(run, variant, seed)
             rows[variant].append(m)
-            print(f"seed {seed} {variant:>8}: {m['train_examples_per_second']:>9,.0f} ex/s  "
+            print(f"seed {seed} {variant:>{width}}: {m['train_examples_per_second']:>9,.0f} ex/s  "
                   f"steady {_rate(m.get('steady_examples_per_second')):>7}  "
                   f"epochs {m['epochs_run']}  fit {m['train_seconds']:5.1f} s  trainer "
                   f"{m['trainer_seconds']:5.1f} s  R@20 {m['recall@20']:.4f}  "
@@ -160,11 +191,11 @@ def main() -> None:
     first = rows[variants[0]][0]
     print(f"\nMovieLens 100K eval split, {first['train_examples']:,} train examples, "
           f"{first['eval_queries']:,} eval queries; medians over seeds {args.seeds}")
-    print(f"{'':>8}{'ex/s':>10}{'steady':>9}{'target':>9}{'fit s':>8}{'trainer s':>11}"
+    print(f"{'':>{width}}{'ex/s':>10}{'steady':>9}{'target':>9}{'fit s':>8}{'trainer s':>11}"
           f"{'epochs':>8}{'R@20':>8}{'R@100':>8}   R@20 per seed")
     for v in variants:
         m = med[v]
-        print(f"{v:>8}{m['train_examples_per_second']:>10,.0f}{_rate(m['steady']):>9}"
+        print(f"{v:>{width}}{m['train_examples_per_second']:>10,.0f}{_rate(m['steady']):>9}"
               f"{TARGET:>9,}"
               f"{m['train_seconds']:>8.1f}{m['trainer_seconds']:>11.1f}{m['epochs_run']:>8.0f}"
               f"{m['recall@20']:>8.4f}{m['recall@100']:>8.4f}   "

@@ -79,10 +79,11 @@ class RetrievalConfig:
     # Training steps per tf.function call (Keras steps_per_execution): fewer Python round trips.
     steps_per_execution: int = 16
     # Compile the in-batch softmax (the [batch, batch] score matrix: temperature, log-Q,
-    # accidental-hit mask, cross-entropy) and its gradient with XLA, which fuses those
-    # elementwise passes: 13.1 instead of 17.2 ms of CPU a step at batch 1024 on 2 cores, for
-    # about 0.2 s of compiling per batch shape.
-    jit_compile_loss: bool = True
+    # accidental-hit mask, cross-entropy) and its gradient with XLA, once per batch shape. Off:
+    # on 2 CPU cores with today's plain-ops loss it no longer pays for its compiles
+    # (bench/bench_training.py, seeds 0-4 side by side: 53.1K ex/s over a whole fit with it,
+    # 56.5K without; steady 78.5K and 79.5K; the same Recall@20).
+    jit_compile_loss: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,9 +13,9 @@ L2-normalised embedding of ``embedding_dim``, so the score is a cosine similarit
 - Loss: in-batch softmax (``in_batch_softmax_loss``, the loss of ``tfrs.tasks.Retrieval``)
   with the log-Q correction (each logit minus the log of its candidate's sampling probability,
   i.e. its share of the training positives) and ``remove_accidental_hits`` (the same item
-  elsewhere in the batch is not a negative). With ``jit_compile_loss`` that loss (not the
-  towers: their sparse lookups and embedding gradients are slower under XLA on CPU) is compiled
-  with XLA, once per batch shape.
+  elsewhere in the batch is not a negative). With ``jit_compile_loss`` (off by default: on 2 CPU
+  cores it no longer pays for its compiles) that loss, not the towers, is compiled with XLA,
+  once per batch shape.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import tensorflow_recommenders as tfrs
 
 from marquee.config import RetrievalConfig
 from trainer import features as f
+from trainer.steps import GraphSteps
 
 xf = f.transformed_name
 
@@ -163,7 +164,7 @@ class CandidateTower(tf.keras.Model):
         return tf.math.l2_normalize(self.mlp(tf.concat(parts, axis=1)), axis=1)
 
 
-class TwoTowerModel(tfrs.Model):
+class TwoTowerModel(GraphSteps, tfrs.Model):
     """In-batch softmax retrieval with log-Q correction.
 
     ``item_probs`` [item_rows]: each item's share of the training positives, the probability

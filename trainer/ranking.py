@@ -81,6 +81,7 @@ from trainer.export import Export
 from trainer.model import SparseMeanEmbedding, VocabSizes
 from trainer.progress import Progress
 from trainer.retrieval import complete_raw_inputs, vocab_sizes, write_export_info
+from trainer.steps import GraphSteps
 
 xf = f.transformed_name
 WATCHED_LOGIT = "watched_logit"
@@ -246,7 +247,7 @@ def popularity_features(positives: np.ndarray | tf.Tensor, examples: np.ndarray 
     return tf.stack([tf.math.log1p(pos), tf.math.log1p(n), rate], axis=1)
 
 
-class RankingModel(tf.keras.Model):
+class RankingModel(GraphSteps, tf.keras.Model):
     def __init__(self, tft_layer, raw_spec: dict, sizes: VocabSizes, cfg: RankingConfig,
                  counts: ItemCounts | None = None, als_score: bool = False):
         super().__init__(name="ranker")
