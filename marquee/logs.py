@@ -17,6 +17,12 @@ What is dropped (each checked against TFX 1.16, TensorFlow 2.16, Beam 2.x):
   optional input downstream expects; the run summary says so);
 * TensorFlow: ``Model's `__init__()` arguments contain non-serializable objects`` (TFRS models
   are saved as SavedModels, not from their config);
+* the Transform graph in graph mode (``data.transform_tf_compat_v1``): absl's ``Tensorflow
+  Transform is running in tf.compat.v1 mode`` (the preprocessing_fn has no tf.function), and
+  TensorFlow's v1 SavedModel notices: ``Issue encountered when serializing tft_...`` (TFT's own
+  graph collections, which it does not need saved), ``Expected binary or unicode string, got
+  type_url ... AssetFileDef`` (each vocabulary asset, at every load) and ``build_tensor_info
+  ... is deprecated``;
 * Beam's job service relaying its workers' ``WARN`` lines (``No semi_persistent_directory``,
   ``Discarding unparseable args``);
 * ``Exception ignored in: AtomicFunction.__del__`` ``TypeError`` at interpreter shut-down (a
@@ -37,8 +43,13 @@ BENIGN: dict[str, tuple[str, ...]] = {
              "does not have payload_format custom property",
              "Tables initialized inside a tf.function",
              "No baseline statistics found. Rubber stamping",
-             "[BaselineStatistics] Input resolution error"),
-    "tensorflow": ("arguments contain non-serializable objects",),
+             "[BaselineStatistics] Input resolution error",
+             "Tensorflow Transform is running in tf.compat.v1 mode"),
+    "tensorflow": ("arguments contain non-serializable objects",
+                   "Expected binary or unicode string, got type_url",
+                   "Issue encountered when serializing tft_",
+                   "build_tensor_info (from tensorflow.python.saved_model.utils_impl) is "
+                   "deprecated"),
     "apache_beam.runners.portability.local_job_service": (
         "No semi_persistent_directory found", "Discarding unparseable args"),
 }

@@ -94,6 +94,7 @@ def create_pipeline(
     transform = tfx.components.Transform(
         examples=examples, schema=schema.outputs["schema"], preprocessing_fn=PREPROCESSING_FN,
         disable_statistics=True,  # StatisticsGen already profiles the examples
+        force_tf_compat_v1=config.data.transform_tf_compat_v1,
         custom_config={"config": config.to_json()},  # data.user_id_hash_buckets
         splits_config=transform_pb2.SplitsConfig(analyze=[TRAIN],
                                                  transform=[TRAIN, EVAL, CATALOGUE]))

@@ -41,13 +41,15 @@ def _schema() -> schema_pb2.Schema:
     return io_utils.SchemaReader().read(SCHEMA_FILE)
 
 
-@pytest.fixture(scope="module")
-def transformed():
+# Both of Transform's modes (data.transform_tf_compat_v1): every expectation holds in each.
+@pytest.fixture(scope="module", params=[True, False], ids=["compat_v1", "tf2"])
+def transformed(request):
     train = [example(7, 100, 2000), example(7, 100, 2010, history=[100]),
              example(7, 100, None, history=[100, 100]), example(9, 200, 2020)]
     test = [example(5, 999, 2000, history=[200, 12345], title="Heat: The Return!")]
     meta = dataset_metadata.DatasetMetadata(_schema())
-    with tempfile.TemporaryDirectory() as tmp, tft_beam.Context(temp_dir=tmp):
+    with tempfile.TemporaryDirectory() as tmp, tft_beam.Context(
+            temp_dir=tmp, force_tf_compat_v1=request.param):
         (train_out, _), transform_fn = (
             train, meta) | tft_beam.AnalyzeAndTransformDataset(
                 preprocessing_fn)
@@ -95,7 +97,8 @@ def test_context_buckets_pass_through(transformed):
     assert int(train[0][xf(f.HOUR)]) == 21 and int(train[0][xf(f.DAY_OF_WEEK)]) == 4
 
 
-def test_hashed_user_ids_need_no_vocabulary():
+@pytest.mark.parametrize("compat_v1", [True, False], ids=["compat_v1", "tf2"])
+def test_hashed_user_ids_need_no_vocabulary(compat_v1):
     # data.user_id_hash_buckets = 8: each user's index is the FarmHash bucket of its decimal
     # string (TensorFlow's own op, the reference), the same for a user unseen in train, and the
     # items keep their vocabulary.
@@ -110,7 +113,8 @@ def test_hashed_user_ids_need_no_vocabulary():
     test = [example(5, 200, 2000)]
     meta = dataset_metadata.DatasetMetadata(_schema())
     fn = functools.partial(preprocessing_fn, custom_config=config)
-    with tempfile.TemporaryDirectory() as tmp, tft_beam.Context(temp_dir=tmp):
+    with tempfile.TemporaryDirectory() as tmp, tft_beam.Context(
+            temp_dir=tmp, force_tf_compat_v1=compat_v1):
         (train_out, _), transform_fn = (train, meta) | tft_beam.AnalyzeAndTransformDataset(fn)
         test_out, _ = ((test, meta), transform_fn) | tft_beam.TransformDataset()
     expected = tf.strings.to_hash_bucket_fast(["7", "9", "7", "5"], 8).numpy().tolist()
