@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--mode", default="multi_processing",
                     choices=["multi_processing", "multi_threading", "in_memory"])
     ap.add_argument("--limit-gb", type=float, default=12.0)
+    ap.add_argument("--config", help="a run config (e.g. configs/movielens.yaml); default: the "
+                                     "defaults")
     args = ap.parse_args()
 
     import marquee  # noqa: F401,I001  (quiets TensorFlow and Google's warnings before they load)
@@ -70,12 +72,12 @@ def main() -> None:
     from apache_beam.options.pipeline_options import PipelineOptions
     from components.contract_example_gen import executor
     from components.contract_example_gen.executor import read_counts, write_examples
-    from marquee.config import Config
+    from marquee.config import Config, load_config
     from marquee.data import contract as c
     from marquee.logs import quiet_libraries
 
     quiet_libraries()
-    config = Config()
+    config = load_config(args.config) if args.config else Config()
     rows = sum(c.open_parquet(p).metadata.num_rows
                for p in c.table_files(args.data_dir, c.INTERACTIONS))
     out = Path(args.out)

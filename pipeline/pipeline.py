@@ -39,6 +39,7 @@ from components.ranking_trainer.component import RankingTrainer
 from components.scann_indexer.component import ScannIndexer
 from marquee.config import BeamConfig, Config
 from marquee.monitoring.drift import DRIFT_SPLITS, validator_config
+from pipeline import beam_runner
 
 SCHEMA_FILE = str(Path(__file__).resolve().parent / "schema" / "schema.pbtxt")
 PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
@@ -48,15 +49,16 @@ GATE = "AnomalyGate"
 
 
 def beam_args(beam: BeamConfig, cores: int, interactions: int | None = None) -> list[str]:
-    """Beam pipeline options from config. The DirectRunner's mode is ``beam.running_mode`` for
-    a dataset of ``interactions`` rows (None: not known); its workers, one per core by
-    default (in_memory runs one)."""
-    args = [f"--runner={beam.runner}"]
-    if beam.runner == "DirectRunner":
-        mode = beam.running_mode(interactions)
-        workers = 1 if mode == "in_memory" else beam.direct_num_workers or cores
-        args += [f"--direct_running_mode={mode}", f"--direct_num_workers={workers}"]
-    return args + list(beam.extra_args)
+    """Beam pipeline options from config. ``DirectRunner`` is :mod:`pipeline.beam_runner`'s
+    (Beam's, without its first try of Prism); its mode is ``beam.running_mode`` for a dataset
+    of ``interactions`` rows (None: not known), with one worker per core by default (in_memory
+    runs one)."""
+    if beam.runner != "DirectRunner":
+        return [f"--runner={beam.runner}", *beam.extra_args]
+    mode = beam.running_mode(interactions)
+    workers = 1 if mode == "in_memory" else beam.direct_num_workers or cores
+    return [f"--runner={beam_runner.QUALIFIED_NAME}", f"--direct_running_mode={mode}",
+            f"--direct_num_workers={workers}", *beam.extra_args]
 
 
 def create_pipeline(

@@ -13,9 +13,10 @@ from pipeline.pipeline import beam_args
 
 def test_auto_runs_in_memory_below_the_threshold_and_workers_from_it():
     beam = BeamConfig(in_memory_below=1000)
-    assert beam_args(beam, 2, 999) == ["--runner=DirectRunner", "--direct_running_mode=in_memory",
+    local = "--runner=pipeline.beam_runner.DirectRunner"  # Beam's, without trying Prism
+    assert beam_args(beam, 2, 999) == [local, "--direct_running_mode=in_memory",
                                        "--direct_num_workers=1"]
-    assert beam_args(beam, 2, 1000) == ["--runner=DirectRunner",
+    assert beam_args(beam, 2, 1000) == [local,
                                         "--direct_running_mode=multi_processing",
                                         "--direct_num_workers=2"]
     # Not counted (Kubeflow: data_dir is a runtime parameter): worker processes.
@@ -57,3 +58,30 @@ def test_the_runner_counts_the_interactions_from_the_parquet_footers(tmp_path):
                                         f"beam.in_memory_below {rows:,}")
     assert _mode_note(from_dict({}), None) == (", multi_processing: beam.direct_running_mode "
                                                "auto, interactions not counted")
+
+
+def _prism_asked(runner: str, monkeypatch) -> list[str]:
+    """A small pipeline on ``runner``, with Beam's Prism runner replaced by one that records
+    being asked and fails (what the real one does where it cannot download its binary)."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.portability import prism_runner
+    from apache_beam.testing.util import assert_that, equal_to
+
+    asked: list[str] = []
+
+    def refuse(self, pipeline, options):
+        asked.append("prism")
+        raise RuntimeError("no prism binary here")
+
+    monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", refuse)
+    with beam.Pipeline(options=PipelineOptions([f"--runner={runner}",
+                                                "--direct_running_mode=in_memory"])) as p:
+        doubled = p | beam.Create([1, 2, 3]) | beam.Map(lambda x: 2 * x)
+        assert_that(doubled, equal_to([2, 4, 6]))
+    return asked
+
+
+def test_the_local_runner_runs_pipelines_without_offering_them_to_prism(monkeypatch):
+    assert _prism_asked("pipeline.beam_runner.DirectRunner", monkeypatch) == []
+    assert _prism_asked("DirectRunner", monkeypatch) == ["prism"]  # Beam's own tries it first
