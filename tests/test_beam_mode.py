@@ -8,27 +8,27 @@ from marquee.config import BeamConfig, ConfigError, from_dict
 from marquee.data import contract as c
 from marquee.data.simulate import SimConfig, simulate
 from pipeline.local_runner import _interactions, _mode_note
-from pipeline.pipeline import beam_args
+from pipeline.pipeline import NO_PRISM, beam_args
 
 
 def test_auto_runs_in_memory_below_the_threshold_and_workers_from_it():
     beam = BeamConfig(in_memory_below=1000)
-    local = "--runner=pipeline.beam_runner.DirectRunner"  # Beam's, without trying Prism
-    assert beam_args(beam, 2, 999) == [local, "--direct_running_mode=in_memory",
-                                       "--direct_num_workers=1"]
-    assert beam_args(beam, 2, 1000) == [local,
+    no_prism = "--allow_unsafe_triggers"  # Beam's DirectRunner without trying Prism first
+    assert beam_args(beam, 2, 999) == ["--runner=DirectRunner", "--direct_running_mode=in_memory",
+                                       "--direct_num_workers=1", no_prism]
+    assert beam_args(beam, 2, 1000) == ["--runner=DirectRunner",
                                         "--direct_running_mode=multi_processing",
-                                        "--direct_num_workers=2"]
+                                        "--direct_num_workers=2", no_prism]
     # Not counted (Kubeflow: data_dir is a runtime parameter): worker processes.
-    assert beam_args(beam, 0, None)[1:] == ["--direct_running_mode=multi_processing",
-                                            "--direct_num_workers=0"]
+    assert beam_args(beam, 0, None)[1:3] == ["--direct_running_mode=multi_processing",
+                                             "--direct_num_workers=0"]
     # A mode given is kept whatever the size; in_memory always runs one worker.
     assert beam_args(BeamConfig(direct_running_mode="multi_processing", direct_num_workers=3),
-                     2, 10)[1:] == ["--direct_running_mode=multi_processing",
-                                    "--direct_num_workers=3"]
+                     2, 10)[1:3] == ["--direct_running_mode=multi_processing",
+                                     "--direct_num_workers=3"]
     assert beam_args(BeamConfig(direct_running_mode="in_memory", direct_num_workers=3),
-                     2, 10**9)[1:] == ["--direct_running_mode=in_memory",
-                                       "--direct_num_workers=1"]
+                     2, 10**9)[1:3] == ["--direct_running_mode=in_memory",
+                                        "--direct_num_workers=1"]
     # Other runners get no DirectRunner options.
     assert beam_args(BeamConfig(runner="DataflowRunner", extra_args=("--project=p",)), 2, 5) == [
         "--runner=DataflowRunner", "--project=p"]
@@ -60,9 +60,10 @@ def test_the_runner_counts_the_interactions_from_the_parquet_footers(tmp_path):
                                                "auto, interactions not counted")
 
 
-def _prism_asked(runner: str, monkeypatch) -> list[str]:
-    """A small pipeline on ``runner``, with Beam's Prism runner replaced by one that records
-    being asked and fails (what the real one does where it cannot download its binary)."""
+def _prism_asked(args: list[str], monkeypatch) -> list[str]:
+    """Runs a small pipeline with the options ``args``, Beam's Prism runner replaced by one
+    that records being asked and fails (as the real one does where it cannot download its
+    binary); returns the record."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.runners.portability import prism_runner
@@ -75,13 +76,14 @@ def _prism_asked(runner: str, monkeypatch) -> list[str]:
         raise RuntimeError("no prism binary here")
 
     monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", refuse)
-    with beam.Pipeline(options=PipelineOptions([f"--runner={runner}",
-                                                "--direct_running_mode=in_memory"])) as p:
+    with beam.Pipeline(options=PipelineOptions(args)) as p:
         doubled = p | beam.Create([1, 2, 3]) | beam.Map(lambda x: 2 * x)
         assert_that(doubled, equal_to([2, 4, 6]))
     return asked
 
 
-def test_the_local_runner_runs_pipelines_without_offering_them_to_prism(monkeypatch):
-    assert _prism_asked("pipeline.beam_runner.DirectRunner", monkeypatch) == []
-    assert _prism_asked("DirectRunner", monkeypatch) == ["prism"]  # Beam's own tries it first
+def test_the_direct_runner_runs_pipelines_without_offering_them_to_prism(monkeypatch):
+    args = beam_args(BeamConfig(), 2, 10)
+    assert _prism_asked(args, monkeypatch) == []
+    # Without the option Beam tries Prism first (and falls back when it fails).
+    assert _prism_asked([a for a in args if a != NO_PRISM], monkeypatch) == ["prism"]

@@ -46,9 +46,8 @@ FACTORY_COMPONENTS = {"ContractExampleGen", "StatisticsGen", "ImportSchemaGen",
 TFX_V2_ENTRYPOINT = ["python", "-m",
                      "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
 # beam_args(BeamConfig(), cores=0): the pod's DirectRunner, one worker per core it sees.
-DEFAULT_BEAM_ARGS = ["--runner=pipeline.beam_runner.DirectRunner",
-                     "--direct_running_mode=multi_processing",
-                     "--direct_num_workers=0"]
+DEFAULT_BEAM_ARGS = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
+                     "--direct_num_workers=0", "--allow_unsafe_triggers"]
 
 
 @pytest.fixture(scope="module")
