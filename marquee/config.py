@@ -49,8 +49,8 @@ class DataConfig:
     # (tests/test_preprocessing.py runs both modes), a v1 SavedModel in the Transform graph.
     # TF2 mode traces the preprocessing_fn as tf.functions and writes and reloads TF2
     # SavedModels for each analysis phase; on MovieLens 100K the Transform took 25.4 s this
-    # way against 30.8 s, and every component that loads the graph (towers, ranker, evaluator,
-    # index) loaded it faster: the pipeline ran in 116.5 s against 128.5 s (docs/performance.md).
+    # way against 30.8 s, and the components that load the graph (the towers, the ranker, the
+    # evaluator) loaded it faster (docs/performance.md). False: TF2 mode.
     transform_tf_compat_v1: bool = True
 
     def __post_init__(self) -> None:

@@ -81,10 +81,10 @@ def executions(step: Callable[[object], dict], counter: tf.Variable,
 
     def execution(iterator) -> dict:
         n = steps_per_execution
-        # One concrete step, called from the loop's body only: calling the tf.function there
-        # would trace it again (its cache key holds the graph it is called from), and a call
-        # before the loop would put a second copy in the graph for Grappler to optimise. So the
-        # loop starts from zeros of the step's outputs (Keras's: scalar metrics).
+        # One concrete step, called from the loop's body only, so the graph holds one copy of
+        # it for Grappler to optimise (a first step before the loop was a second copy: 0.3 s
+        # more on the towers' first execution). So the loop starts from zeros of the step's
+        # outputs (Keras's: scalar metrics).
         concrete = one.get_concrete_function(iterator)
         traced = tf.nest.flatten(concrete.structured_outputs, expand_composites=True)
         if all(isinstance(t, tf.Tensor) and t.shape.is_fully_defined() for t in traced):
