@@ -32,8 +32,8 @@ class GraphLinear(GraphSteps, Linear):
 
 
 class Stepped(Linear):
-    """Its own steps, which create no variables: the case of the towers and the ranker, whose
-    weights and optimizer slots exist before ``fit``. Counts its traces."""
+    """Its own steps, which create no variables: the case of the towers, whose weights and
+    optimizer slots exist before ``fit``. Counts its traces."""
 
     traces = 0
 

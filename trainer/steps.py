@@ -16,8 +16,10 @@ on the iterator's next batch, then the step counter. Models whose steps are plai
     class TwoTowerModel(GraphSteps, tfrs.Model): ...
 
 A step that creates variables (an optimizer or metric built lazily) is still traced twice, as
-``tf.function`` does for any function creating variables on its first call; the towers and the
-ranker create theirs before ``fit``.
+``tf.function`` does for any function creating variables on its first call. The towers create
+theirs before ``fit`` (``TwoTowerModel.build_weights``), so their train step is traced once; the
+ranker's train step creates its Adam slots and loss metrics in the first trace and is traced
+twice (its test step once).
 
 It falls back to Keras's own functions where they do more than this: eager runs, a
 ``jit_compile`` model, a distribution strategy or cluster coordinator, or an autotuned
